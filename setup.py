@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="tfvae",
+    version="0.1.0",
+    description="Variational autoencoders for TensorFlow/Keras: density estimation, inference, export.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tfvae", "tfvae.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.20",
+        "keras>=3.10",
+        # The [tf] extra brings tf_keras, which TFP 0.25 imports at import time.
+        "tensorflow-probability[tf]>=0.25",
+        "numpy",
+        "scikit-learn",
+        "mlxtend",
+        "matplotlib",
+        "pillow",
+        "ai-edge-litert",
+    ],
+    extras_require={
+        "test": ["pytest"],
+        "bench": ["torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["tfvae = tfvae.cli:main"]},
+)

@@ -1,0 +1,107 @@
+"""Checks on what users pass in and on what training produces.
+
+Each failure is a ValueError or TypeError that names the argument, what was expected and what was
+given, raised in Python before TensorFlow sees the data: a bad input never becomes a graph stack
+trace or a silent NaN.
+"""
+
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def positive_int(value, name):
+    """Returns `value` as an int, or raises unless it is a whole number >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1; got {value!r}.")
+    return int(value)
+
+
+def _shape_error(name, event_shape, shape):
+    return ValueError(
+        f"{name}: expected a batch of shape (batch, {', '.join(map(str, event_shape))}); got shape {tuple(shape)}."
+    )
+
+
+def check_shape(shape, event_shape, name):
+    """Raises unless `shape` is (batch, *event_shape); unknown (None) dimensions pass."""
+    shape = tuple(shape)
+    if len(shape) != len(event_shape) + 1 or any(
+        d is not None and d != e for d, e in zip(shape[1:], event_shape)
+    ):
+        raise _shape_error(name, event_shape, shape)
+
+
+def as_batch(x, event_shape, name="x", support=None):
+    """Returns x as a float32 tensor of shape (batch, *event_shape), after checking it.
+
+    Concrete data (numpy, lists, eager tensors) is checked for its dtype, shape, finiteness and,
+    given `support` (a function that raises), its range. Symbolic tensors, met while tracing a
+    graph, can only be checked for their static shape.
+    """
+    if isinstance(x, tf.Tensor) and not tf.executing_eagerly():
+        check_shape(x.shape, event_shape, name)
+        return tf.cast(x, tf.float32)
+    values = np.asarray(x.numpy() if isinstance(x, tf.Tensor) else x)
+    if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+        raise TypeError(f"{name}: expected numeric data that can be cast to float32; got dtype {values.dtype}.")
+    check_shape(values.shape, event_shape, name)
+    values = values.astype(np.float32, copy=False)
+    check_values(values, name, support)
+    return tf.convert_to_tensor(values)
+
+
+def check_values(values, name, support=None):
+    """Raises if numpy `values` is empty, holds NaN or inf, or leaves the likelihood's support."""
+    if values.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one example; got an empty batch of shape {values.shape}.")
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise ValueError(
+            f"{name}: expected finite values; got {np.size(finite) - np.count_nonzero(finite)} NaN or inf "
+            f"entries (first at index {np.argwhere(~finite)[0].tolist()})."
+        )
+    if support is not None:
+        support(values, name)
+
+
+def check_training_data(data, event_shape, name, support=None):
+    """Checks what `fit`/`evaluate` receive: an array, or a tf.data.Dataset of x or (x, labels)."""
+    if data is None:
+        raise ValueError(f"{name}: expected training data (an array or a tf.data.Dataset); got None.")
+    if isinstance(data, tf.data.Dataset):
+        if data.cardinality() == 0:
+            raise ValueError(f"{name}: expected a non-empty dataset; got a dataset with no batches.")
+        spec = data.element_spec
+        spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+        if not isinstance(spec, tf.TensorSpec):
+            raise TypeError(f"{name}: expected a dataset of tensors x or (x, labels); got elements {spec}.")
+        check_shape(spec.shape, event_shape, name)
+        if not (spec.dtype.is_floating or spec.dtype.is_integer or spec.dtype == tf.bool):
+            raise TypeError(f"{name}: expected numeric data; got a dataset of dtype {spec.dtype.name}.")
+        return
+    if isinstance(data, (tuple, list)) and len(data) in (1, 2) and np.ndim(data[0]) > 0:
+        data = data[0]  # validation_data=(x,) or (x, labels)
+    as_batch(data, event_shape, name, support)
+
+
+class TerminateOnNaN(keras.callbacks.Callback):
+    """Stops training with a clear error when the loss stops being finite, restoring the weights
+    the model had at the start of the epoch so the model is never left full of NaN."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._weights = self.model.get_weights()
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not np.isfinite(loss):
+            self.model.set_weights(self._weights)
+            self.model.stop_training = True
+            raise FloatingPointError(
+                f"training diverged: the loss became {loss} in epoch {self._epoch + 1} (batch {batch + 1}). "
+                f"The weights from the start of that epoch were restored. Check the data for extreme values, "
+                f"or lower the learning rate."
+            )

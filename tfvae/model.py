@@ -1,0 +1,298 @@
+"""The variational autoencoder: a Keras model whose q(z|x), p(z) and p(x|z) are TFP distributions."""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tfvae import checks, distributions, networks, objectives
+
+OBJECTIVES = ("elbo", "iwae")
+
+# Importance samples per chunk are capped so one chunk's decoder output stays near this many floats.
+_CHUNK_ELEMENTS = 2**23
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
+class VAE(keras.Model):
+    """A variational autoencoder trained by maximizing the ELBO (or the IWAE bound) with `fit`.
+
+    Args:
+        input_shape: shape of one x, e.g. (784,) or (28, 28, 1).
+        latent_dim: dimension of z.
+        encoder: body from x to features: None or "mlp" (MLP [200, 200] tanh), "conv", or any Keras layer.
+        decoder: body from z to features: None or "mlp", "conv", or any Keras layer.
+        likelihood: p(x|z): "bernoulli", "gaussian", or a head from `tfvae.distributions`.
+        prior: p(z): "normal" (N(0, I)), "mixture" (learned mixture of Gaussians), or a head.
+        posterior: q(z|x): "diagonal", "full" (full covariance), or a head.
+        beta: weight of the KL term in the training loss (1 is the true ELBO).
+        num_samples: K, the samples of z per example in the training objective.
+        objective: "elbo" (the mean of K single-sample ELBOs) or "iwae" (the K-sample IWAE bound).
+        seed: seed of the model's noise; None draws it from `keras.utils.set_random_seed`'s state.
+
+    Example:
+        >>> model = tfvae.VAE(input_shape=(64,), latent_dim=8)
+        >>> model.fit(x_train, epochs=10, batch_size=100)
+        >>> model.log_prob(x_test, num_samples=1000)  # [batch] nats
+    """
+
+    def __init__(
+        self,
+        input_shape=(784,),
+        latent_dim=50,
+        encoder=None,
+        decoder=None,
+        likelihood="bernoulli",
+        prior="normal",
+        posterior="diagonal",
+        beta=1.0,
+        num_samples=1,
+        objective="elbo",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.event_shape = tuple(checks.positive_int(d, "input_shape") for d in _as_tuple(input_shape))
+        self.latent_dim = checks.positive_int(latent_dim, "latent_dim")
+        self.num_samples = checks.positive_int(num_samples, "num_samples")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective: expected one of {list(OBJECTIVES)}; got {objective!r}.")
+        self.objective = objective
+        self.seed = seed
+        # Heads given by name are saved by name; others as serialized layers.
+        self._head_names = {
+            "likelihood": likelihood if isinstance(likelihood, str) else None,
+            "prior": prior if isinstance(prior, str) else None,
+            "posterior": posterior if isinstance(posterior, str) else None,
+        }
+
+        self.encoder = networks.get(_deserialize(encoder), "encoder", self.event_shape)
+        self.decoder = networks.get(_deserialize(decoder), "decoder", self.event_shape)
+        self.posterior_head = distributions.get(
+            distributions.POSTERIORS, _deserialize(posterior), "posterior", latent_dim=self.latent_dim
+        )
+        self.prior_head = distributions.get(
+            distributions.PRIORS, _deserialize(prior), "prior", latent_dim=self.latent_dim
+        )
+        self.likelihood_head = distributions.get(
+            distributions.LIKELIHOODS, _deserialize(likelihood), "likelihood", event_shape=self.event_shape
+        )
+        _check_head_matches(self.posterior_head, "posterior", "latent_dim", self.latent_dim)
+        _check_head_matches(self.prior_head, "prior", "latent_dim", self.latent_dim)
+        _check_head_matches(self.likelihood_head, "likelihood", "event_shape", self.event_shape)
+
+        self._beta = keras.Variable(float(beta), trainable=False, name="beta")
+        self.seed_generator = keras.random.SeedGenerator(seed, name="noise")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "elbo", "reconstruction", "kl")}
+        self.build((None, *self.event_shape))
+
+    def get_config(self):
+        serialize = keras.saving.serialize_keras_object
+        heads = {"likelihood": self.likelihood_head, "prior": self.prior_head, "posterior": self.posterior_head}
+        heads = {role: self._head_names[role] or serialize(head) for role, head in heads.items()}
+        return {
+            **super().get_config(),
+            "input_shape": list(self.event_shape),
+            "latent_dim": self.latent_dim,
+            "encoder": serialize(self.encoder),
+            "decoder": serialize(self.decoder),
+            **heads,
+            "beta": float(self.beta),
+            "num_samples": self.num_samples,
+            "objective": self.objective,
+            "seed": self.seed,
+        }
+
+    def build(self, input_shape):
+        # One zero batch through every part creates all weights now, so `save`/`load_model`,
+        # `summary` and export work before the first `fit`.
+        self.decode(self.encode(tf.zeros((1, *self.event_shape))).mean())
+        self.prior_head.distribution()
+
+    @property
+    def beta(self):
+        """The KL weight; a variable, so callbacks can change it without retracing."""
+        return self._beta.value
+
+    @beta.setter
+    def beta(self, value):
+        self._beta.assign(float(value))
+
+    @property
+    def prior(self):
+        """p(z), a TFP distribution with event shape [latent_dim]."""
+        return self.prior_head.distribution()
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def encode(self, x):
+        """q(z|x): a TFP distribution with batch shape [B] and event shape [latent_dim]."""
+        x = self._as_batch(x)
+        return self.posterior_head.distribution(self.posterior_head(self.encoder(x)))
+
+    def decode(self, z):
+        """p(x|z): a TFP distribution with batch shape [B] and event shape `input_shape`."""
+        z = checks.as_batch(z, (self.latent_dim,), name="z")
+        return self.likelihood_head.distribution(self.likelihood_head(self.decoder(z)))
+
+    def reconstruct(self, x):
+        """The mean of p(x|z) at the posterior mean z = E_q[z]."""
+        return self.decode(self.encode(x).mean()).mean()
+
+    def call(self, x):
+        return self.reconstruct(x)
+
+    def sample(self, num_samples, seed=None):
+        """Means of p(x|z) for z ~ p(z): [num_samples, *input_shape].
+
+        Args:
+            num_samples: how many x to draw.
+            seed: an int for a reproducible draw; None takes the model's next seed.
+        """
+        num_samples = checks.positive_int(num_samples, "num_samples")
+        seed = self.seed_generator.next() if seed is None else tf.constant([seed, 0], tf.int64)
+        z = self.prior.sample(num_samples, seed=tf.cast(seed, tf.int32))
+        return self.decode(z).mean()
+
+    def elbo(self, x, num_samples=1):
+        """The ELBO of each x, in nats: [B]. More samples lower its variance, not its bias."""
+        num_samples = checks.positive_int(num_samples, "num_samples")
+        return self._compiled_bounds(self._as_batch(x), num_samples)["elbo"]
+
+    def log_prob(self, x, num_samples=1000):
+        """The importance-weighted estimate of log p(x) with K = num_samples, in nats: [B].
+
+        A lower bound in expectation that tightens to log p(x) as K grows (Burda et al. 2015). The K
+        samples are taken in chunks, so memory stays bounded for K = 5000.
+        """
+        num_samples = checks.positive_int(num_samples, "num_samples")
+        x = self._as_batch(x)
+        batch = x.shape[0] or 256
+        chunk = max(1, min(num_samples, _CHUNK_ELEMENTS // (batch * math.prod(self.event_shape))))
+        running, count = None, 0
+        while count < num_samples:
+            k = min(chunk, num_samples - count)
+            running, count = objectives.log_mean_exp_update(running, count, self._compiled_log_weights(x, k))
+        return running
+
+    def _as_batch(self, x, name="x"):
+        return checks.as_batch(x, self.event_shape, name, self.likelihood_head.check_support)
+
+    def _standard_normal(self, num_samples, batch_size):
+        """eps ~ N(0, I), [K, B, latent_dim], drawn for the whole global batch and sliced per replica.
+
+        Under a tf.distribute strategy each replica then sees the noise a single device would give
+        the same examples, so distributed training matches single-device training draw for draw.
+        """
+        context = tf.distribute.get_replica_context()
+        replicas, replica = 1, 0
+        if context is not None:
+            replicas, replica = context.num_replicas_in_sync, context.replica_id_in_sync_group
+        eps = keras.random.normal(
+            (num_samples, batch_size * replicas, self.latent_dim), seed=self.seed_generator
+        )
+        return eps[:, replica * batch_size : (replica + 1) * batch_size]
+
+    def _sample_posterior(self, x, num_samples):
+        q = self.encode(x)
+        eps = self._standard_normal(num_samples, tf.shape(x)[0])
+        return q, self.posterior_head.reparameterize(q, eps)
+
+    def _log_likelihood(self, x, z):
+        """log p(x|z_k) for z of shape [K, B, latent_dim]: [K, B]."""
+        k, b = tf.shape(z)[0], tf.shape(z)[1]
+        params = self.likelihood_head(self.decoder(tf.reshape(z, (-1, self.latent_dim))))
+        params = tf.reshape(params, tf.concat([[k, b], tf.shape(params)[1:]], axis=0))
+        return self.likelihood_head.distribution(params).log_prob(x)
+
+    def _log_weights(self, x, num_samples):
+        q, z = self._sample_posterior(x, num_samples)
+        return objectives.log_importance_weights(self._log_likelihood(x, z), q, self.prior, z)
+
+    def _bounds(self, x, num_samples, objective="elbo", beta=1.0):
+        """The training bound and the ELBO with its two terms, each [B]."""
+        q, z = self._sample_posterior(x, num_samples)
+        log_likelihood = self._log_likelihood(x, z)
+        p = self.prior
+        bound, reconstruction, kl = objectives.elbo(log_likelihood, q, p, z, beta)
+        if objective == "iwae":
+            bound = objectives.iwae(objectives.log_importance_weights(log_likelihood, q, p, z, beta))
+        return {"bound": bound, "elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+
+    # Compiled once per (batch shape, K): eager evaluation of K = 5000 samples would be slow.
+    @tf.function(reduce_retracing=True)
+    def _compiled_bounds(self, x, num_samples):
+        return self._bounds(x, num_samples)
+
+    @tf.function(reduce_retracing=True)
+    def _compiled_log_weights(self, x, num_samples):
+        return self._log_weights(x, num_samples)
+
+    def _update_metrics(self, terms):
+        self.trackers["loss"].update_state(-terms["bound"])
+        for name in ("elbo", "reconstruction", "kl"):
+            self.trackers[name].update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def train_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x = tf.cast(x, tf.float32)
+        with tf.GradientTape() as tape:
+            terms = self._bounds(x, self.num_samples, self.objective, self.beta)
+            # Gradients are summed over replicas: each one's mean is scaled so that the sum is
+            # the gradient of the global batch's mean loss.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            loss = -tf.reduce_mean(terms["bound"]) / replicas
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return self._update_metrics(terms)
+
+    def test_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._update_metrics(self._bounds(tf.cast(x, tf.float32), self.num_samples, self.objective))
+
+    def compile(self, optimizer="adam", **kwargs):
+        """Like `keras.Model.compile`; the loss is the model's own (the negative bound)."""
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, **kwargs):
+        """Like `keras.Model.fit`; labels `y`, if any, are ignored. Compiles with Adam if needed."""
+        self._check_data(x, "x")
+        if kwargs.get("validation_data") is not None:
+            self._check_data(kwargs["validation_data"], "validation_data")
+        if not self.compiled:
+            self.compile()
+        callbacks = [*(callbacks or []), checks.TerminateOnNaN()]
+        return super().fit(x, y, batch_size, epochs, verbose, callbacks, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """Like `keras.Model.evaluate`: the mean loss, ELBO, reconstruction and KL."""
+        self._check_data(x, "x")
+        if not self.compiled:
+            self.compile()
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def _check_data(self, data, name):
+        checks.check_training_data(data, self.event_shape, name, self.likelihood_head.check_support)
+
+
+def _as_tuple(shape):
+    if isinstance(shape, int):
+        return (shape,)
+    if not isinstance(shape, (tuple, list)) or not shape:
+        raise ValueError(f"input_shape: expected a non-empty tuple of positive ints such as (784,); got {shape!r}.")
+    return tuple(shape)
+
+
+def _deserialize(spec):
+    return keras.saving.deserialize_keras_object(spec) if isinstance(spec, dict) else spec
+
+
+def _check_head_matches(head, argument, attribute, expected):
+    if getattr(head, attribute) != expected:
+        raise ValueError(
+            f"{argument}: the head's {attribute} is {getattr(head, attribute)}, but the model's is {expected}."
+        )

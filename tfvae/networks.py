@@ -1,0 +1,149 @@
+"""Encoder and decoder bodies: serializable Keras layers from x to features and from z to features.
+
+A body knows nothing of distributions: the heads in `tfvae.distributions` turn its features into
+q(z|x) or p(x|z). Any Keras layer or model can stand in for these.
+"""
+
+import keras
+import numpy as np
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
+class MLP(keras.layers.Layer):
+    """A stack of dense layers; inputs of any shape are flattened first.
+
+    Args:
+        units: widths of the hidden layers, e.g. [200, 200] (Burda et al. 2015).
+        activation: activation of every hidden layer.
+
+    Example:
+        >>> body = MLP(units=[200, 200], activation="tanh")
+        >>> features = body(x)  # [batch, 200]
+    """
+
+    def __init__(self, units=(200, 200), activation="tanh", **kwargs):
+        super().__init__(**kwargs)
+        self.units = [int(u) for u in units]
+        self.activation = activation
+        self.hidden = [
+            keras.layers.Dense(u, activation=activation, name=f"dense_{i}") for i, u in enumerate(self.units)
+        ]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation}
+
+    def build(self, input_shape):
+        shape = (input_shape[0], int(np.prod(input_shape[1:])))
+        for layer in self.hidden:
+            layer.build(shape)
+            shape = (shape[0], layer.units)
+
+    def call(self, x):
+        h = keras.ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
+        for layer in self.hidden:
+            h = layer(h)
+        return h
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
+class ConvEncoder(keras.layers.Layer):
+    """Strided 3x3 convolutions that halve the image per layer, then one dense layer.
+
+    Args:
+        filters: channels of each convolution, e.g. (32, 64) takes 28x28 to 7x7.
+        units: width of the final dense layer.
+        activation: activation of every layer.
+    """
+
+    def __init__(self, filters=(32, 64), units=256, activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.filters = [int(f) for f in filters]
+        self.units = int(units)
+        self.activation = activation
+        self.convolutions = [
+            keras.layers.Conv2D(f, 3, strides=2, padding="same", activation=activation, name=f"conv_{i}")
+            for i, f in enumerate(self.filters)
+        ]
+        self.dense = keras.layers.Dense(self.units, activation=activation, name="dense")
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "units": self.units,
+            "activation": self.activation,
+        }
+
+    def call(self, x):
+        if len(x.shape) != 4:
+            raise ValueError(f"x: ConvEncoder expects images (batch, height, width, channels); got shape {x.shape}.")
+        h = x
+        for layer in self.convolutions:
+            h = layer(h)
+        return self.dense(keras.ops.reshape(h, (-1, int(np.prod(h.shape[1:])))))
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
+class ConvDecoder(keras.layers.Layer):
+    """A dense layer to a small feature map, then transposed convolutions that double it per layer.
+
+    Its output keeps the image's spatial shape; the likelihood head maps its channels to x's.
+
+    Args:
+        image_size: (height, width) of x; each must be divisible by 2 ** len(filters).
+        filters: channels of each transposed convolution, e.g. (64, 32) takes 7x7 to 28x28.
+        activation: activation of every layer.
+    """
+
+    def __init__(self, image_size, filters=(64, 32), activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.image_size = [int(s) for s in image_size]
+        self.filters = [int(f) for f in filters]
+        self.activation = activation
+        stride = 2 ** len(self.filters)
+        if len(self.image_size) != 2 or any(s % stride for s in self.image_size):
+            raise ValueError(
+                f"image_size: expected (height, width) each divisible by {stride} for {len(self.filters)} "
+                f"upsampling layers; got {tuple(image_size)}."
+            )
+        self.seed_shape = (self.image_size[0] // stride, self.image_size[1] // stride, self.filters[0])
+        self.dense = keras.layers.Dense(int(np.prod(self.seed_shape)), activation=activation, name="dense")
+        self.deconvolutions = [
+            keras.layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation=activation, name=f"deconv_{i}")
+            for i, f in enumerate(self.filters)
+        ]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "image_size": self.image_size,
+            "filters": self.filters,
+            "activation": self.activation,
+        }
+
+    def call(self, z):
+        h = keras.ops.reshape(self.dense(z), (-1, *self.seed_shape))
+        for layer in self.deconvolutions:
+            h = layer(h)
+        return h
+
+
+def get(spec, role, event_shape):
+    """The body for `role` ("encoder" or "decoder") of a model over x of shape `event_shape`.
+
+    Args:
+        spec: None or "mlp" (MLP [200, 200] tanh), "conv" (convolutional, for images), or a Keras layer.
+        role: "encoder" or "decoder", also the argument name in error messages.
+        event_shape: shape of one x; "conv" needs (height, width, channels).
+    """
+    if isinstance(spec, keras.layers.Layer):
+        return spec
+    if spec is None or spec == "mlp":
+        return MLP()
+    if spec == "conv":
+        if len(event_shape) != 3:
+            raise ValueError(
+                f"{role}: 'conv' expects images, input_shape (height, width, channels); got input_shape {event_shape}."
+            )
+        return ConvEncoder() if role == "encoder" else ConvDecoder(image_size=event_shape[:2])
+    raise ValueError(f"{role}: expected None, 'mlp', 'conv' or a keras.layers.Layer; got {spec!r}.")
