@@ -2,8 +2,9 @@
 
 import keras
 
+from tfvae import checks
 
-@keras.saving.register_keras_serializable(package="tfvae")
+
 class KLWarmup(keras.callbacks.Callback):
     """Ramps the KL weight beta linearly from 0 to `target` over the first `epochs` epochs.
 
@@ -20,9 +21,7 @@ class KLWarmup(keras.callbacks.Callback):
 
     def __init__(self, epochs, target=1.0):
         super().__init__()
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs: expected an integer >= 1; got {epochs!r}.")
-        self.epochs = epochs
+        self.epochs = checks.positive_int(epochs, "epochs")
         self.target = float(target)
 
     def on_epoch_begin(self, epoch, logs=None):
