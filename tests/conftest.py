@@ -1,0 +1,22 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same random state, so its numbers are reproducible."""
+    keras.utils.set_random_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's bundled 8x8 digits, flattened to 64 values in [0, 1] and binarized at 0.5."""
+    from sklearn.datasets import load_digits
+
+    x = (load_digits().data / 16.0 > 0.5).astype(np.float32)
+    return x[:1500], x[1500:]
