@@ -1,0 +1,119 @@
+"""Bad input gets a clear error naming the argument, the expectation and what was given."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfvae import VAE
+
+
+@pytest.fixture(scope="module")
+def model():
+    return VAE(input_shape=(64,), latent_dim=2)
+
+
+@pytest.mark.parametrize("method", ["encode", "elbo", "log_prob", "reconstruct"])
+def test_wrong_input_shape_names_the_expected_shape(model, method):
+    with pytest.raises(ValueError, match=r"x: expected a batch of shape \(batch, 64\); got shape \(3, 63\)"):
+        getattr(model, method)(np.zeros((3, 63), np.float32))
+
+
+def test_a_single_example_without_batch_axis_is_refused(model):
+    with pytest.raises(ValueError, match=r"got shape \(64,\)"):
+        model.encode(np.zeros(64, np.float32))
+
+
+def test_data_that_cannot_be_cast_to_float_is_a_type_error(model):
+    with pytest.raises(TypeError, match="x: expected numeric data that can be cast to float32; got dtype <U1"):
+        model.encode(np.full((2, 64), "a"))
+
+
+def test_integer_and_boolean_data_are_cast(model):
+    ones = np.ones((2, 64))
+    expected = model.encode(ones.astype(np.float32)).mean().numpy()
+    np.testing.assert_allclose(model.encode(ones.astype(np.int64)).mean().numpy(), expected)
+    np.testing.assert_allclose(model.encode(ones.astype(bool)).mean().numpy(), expected)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_refused_with_their_position(model, bad):
+    x = np.zeros((2, 64), np.float32)
+    x[1, 5] = bad
+    with pytest.raises(ValueError, match=r"x: expected finite values; got 1 NaN or inf entries \(first at index \[1, 5\]\)"):
+        model.elbo(x)
+    with pytest.raises(ValueError, match="x: expected finite values"):
+        model.fit(x, verbose=0)
+
+
+def test_bernoulli_data_outside_the_unit_interval_is_refused(model):
+    x = np.full((2, 64), 255.0, np.float32)
+    with pytest.raises(ValueError, match=r"x: the Bernoulli likelihood expects values in \[0, 1\]; got values in \[255, 255\]"):
+        model.log_prob(x)
+    with pytest.raises(ValueError, match="validation_data: the Bernoulli likelihood expects values in"):
+        model.fit(np.zeros((4, 64), np.float32), validation_data=(x,), verbose=0)
+
+
+def test_gaussian_likelihood_accepts_any_finite_values():
+    model = VAE(input_shape=(4,), latent_dim=2, likelihood="gaussian")
+    assert np.all(np.isfinite(model.elbo(np.full((2, 4), 255.0, np.float32)).numpy()))
+
+
+@pytest.mark.parametrize("latent_dim", [0, -3, 2.5, "2", True])
+def test_latent_dim_must_be_a_positive_integer(latent_dim):
+    with pytest.raises(ValueError, match=f"latent_dim: expected an integer >= 1; got {latent_dim!r}"):
+        VAE(input_shape=(4,), latent_dim=latent_dim)
+
+
+@pytest.mark.parametrize("input_shape", [(), (0,), (28, -1), "784"])
+def test_input_shape_must_be_positive_integers(input_shape):
+    with pytest.raises(ValueError, match="input_shape: expected"):
+        VAE(input_shape=input_shape, latent_dim=2)
+
+
+def test_other_constructor_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"objective: expected one of \['elbo', 'iwae'\]; got 'vi'"):
+        VAE(input_shape=(4,), objective="vi")
+    with pytest.raises(ValueError, match="num_samples: expected an integer >= 1; got 0"):
+        VAE(input_shape=(4,), num_samples=0)
+    with pytest.raises(ValueError, match="encoder: expected None, 'mlp', 'conv' or a keras.layers.Layer; got 'resnet'"):
+        VAE(input_shape=(4,), encoder="resnet")
+    with pytest.raises(ValueError, match=r"encoder: 'conv' expects images, input_shape \(height, width, channels\)"):
+        VAE(input_shape=(784,), encoder="conv")
+
+
+@pytest.mark.parametrize("num_samples", [0, -1, 1.5])
+def test_sample_counts_must_be_positive_integers(model, num_samples):
+    x = np.zeros((1, 64), np.float32)
+    for call in (lambda: model.log_prob(x, num_samples), lambda: model.elbo(x, num_samples), lambda: model.sample(num_samples)):
+        with pytest.raises(ValueError, match="num_samples: expected an integer >= 1"):
+            call()
+
+
+def test_empty_data_is_refused(model):
+    with pytest.raises(ValueError, match=r"x: expected at least one example; got an empty batch of shape \(0, 64\)"):
+        model.fit(np.zeros((0, 64), np.float32), verbose=0)
+    empty = tf.data.Dataset.from_tensor_slices(np.zeros((0, 64), np.float32)).batch(8)
+    with pytest.raises(ValueError, match="x: expected a non-empty dataset; got a dataset with no batches"):
+        model.fit(empty, verbose=0)
+    with pytest.raises(ValueError, match="x: expected training data"):
+        model.fit(None, verbose=0)
+
+
+def test_dataset_of_the_wrong_shape_or_dtype_is_refused(model):
+    wrong_shape = tf.data.Dataset.from_tensor_slices(np.zeros((4, 10), np.float32)).batch(2)
+    with pytest.raises(ValueError, match=r"x: expected a batch of shape \(batch, 64\); got shape \(None, 10\)"):
+        model.fit(wrong_shape, verbose=0)
+    strings = tf.data.Dataset.from_tensor_slices(np.full((4, 64), "a")).batch(2)
+    with pytest.raises(TypeError, match="x: expected numeric data; got a dataset of dtype string"):
+        model.fit(strings, verbose=0)
+
+
+def test_diverging_training_stops_with_a_clear_error_and_finite_weights():
+    model = VAE(input_shape=(4,), latent_dim=2, likelihood="gaussian")
+    # Finite data whose squared error overflows float32: the loss becomes inf.
+    x = np.full((8, 4), 3e38, np.float32)
+    before = model.get_weights()
+    with pytest.raises(FloatingPointError, match=r"training diverged: the loss became (inf|nan) in epoch 1 \(batch 1\)"):
+        model.fit(x, epochs=3, batch_size=4, verbose=0)
+    for restored, original in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(restored, original)

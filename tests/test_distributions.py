@@ -1,0 +1,97 @@
+"""The heads build the distributions the math asks for, and KL(q || p) is right."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_probability import distributions as tfd
+
+from tfvae import VAE, distributions, objectives
+
+
+def _monte_carlo_kl(q, p, num_samples=20000):
+    """Mean and standard error of log q(z) - log p(z) over z ~ q, per example."""
+    z = q.sample(num_samples, seed=(1, 2))
+    log_ratio = (q.log_prob(z) - p.log_prob(z)).numpy()
+    return log_ratio.mean(axis=0), log_ratio.std(axis=0) / math.sqrt(num_samples)
+
+
+@pytest.mark.parametrize("posterior", ["diagonal", "full"])
+def test_analytic_kl_matches_monte_carlo_within_standard_error(posterior, digits):
+    model = VAE(input_shape=(64,), latent_dim=3, posterior=posterior)
+    q = model.encode(digits[0][:5])
+    analytic = tfd.kl_divergence(q, model.prior).numpy()
+    estimate, stderr = _monte_carlo_kl(q, model.prior)
+    assert np.all(analytic > 0)
+    np.testing.assert_array_less(np.abs(analytic - estimate), 4 * stderr)
+
+
+def test_full_covariance_kl_is_registered_and_equals_the_closed_form():
+    """KL(N(m, LL^T) || N(0, I)) = 0.5 (tr(LL^T) + m^T m - d - log det LL^T)."""
+    loc = tf.constant([[0.5, -1.0]])
+    tril = tf.constant([[[0.8, 0.0], [0.3, 0.5]]])
+    q = tfd.MultivariateNormalTriL(loc, tril)
+    p = distributions.StandardNormal(latent_dim=2).distribution()
+    cov = tril[0].numpy() @ tril[0].numpy().T
+    closed_form = 0.5 * (np.trace(cov) + loc.numpy() @ loc.numpy().T - 2 - np.log(np.linalg.det(cov)))
+    np.testing.assert_allclose(tfd.kl_divergence(q, p).numpy(), closed_form.ravel(), rtol=1e-5)
+
+
+def test_mixture_prior_falls_back_to_a_monte_carlo_kl(digits):
+    model = VAE(input_shape=(64,), latent_dim=2, prior="mixture")
+    q = model.encode(digits[0][:4])
+    with pytest.raises(NotImplementedError):
+        tfd.kl_divergence(q, model.prior)
+    z = q.sample(50000, seed=(3, 4))
+    estimate, stderr = _monte_carlo_kl(q, model.prior, 50000)
+    kl = objectives.kl_divergence(q, model.prior, z).numpy()
+    np.testing.assert_allclose(kl, estimate, atol=4 * stderr.max())
+
+
+def test_posterior_scale_has_its_floor_and_mean_is_the_location():
+    head = distributions.DiagonalGaussian(latent_dim=2, min_scale=1e-3)
+    params = tf.constant([[1.0, -2.0, -100.0, 0.0]])
+    q = head.distribution(params)
+    np.testing.assert_allclose(q.mean().numpy(), [[1.0, -2.0]])
+    np.testing.assert_allclose(q.stddev().numpy(), [[1e-3, math.log(2.0) + 1e-3]], rtol=1e-5)
+
+
+def test_reparameterized_samples_have_the_posterior_moments():
+    head = distributions.FullCovarianceGaussian(latent_dim=2)
+    q = head.distribution(tf.constant([[1.0, -1.0, 0.3, 0.5, -0.2]]))
+    eps = tf.random.stateless_normal([200000, 1, 2], seed=(5, 6))
+    z = head.reparameterize(q, eps).numpy()[:, 0]
+    np.testing.assert_allclose(z.mean(axis=0), q.mean().numpy()[0], atol=0.01)
+    np.testing.assert_allclose(np.cov(z.T), q.covariance().numpy()[0], atol=0.01)
+
+
+def test_likelihoods_give_one_log_prob_per_example():
+    x = np.random.RandomState(0).rand(3, 4, 4, 1).astype(np.float32)
+    bernoulli = distributions.Bernoulli(event_shape=(4, 4, 1)).distribution(tf.zeros([3, 4, 4, 1]))
+    # Logits 0 give p = 1/2: the cross-entropy is 16 ln 2 for any x in [0, 1].
+    np.testing.assert_allclose(bernoulli.log_prob(x).numpy(), [-16 * math.log(2)] * 3, rtol=1e-6)
+    gaussian_head = distributions.Gaussian(event_shape=(4, 4, 1))
+    gaussian = gaussian_head.distribution(tf.constant(x))
+    # At its mean, with unit scale (+ floor), each of the 16 values has log density -0.5 ln(2 pi) - ln(scale).
+    expected = 16 * (-0.5 * math.log(2 * math.pi) - math.log(1 + gaussian_head.min_scale))
+    np.testing.assert_allclose(gaussian.log_prob(x).numpy(), [expected] * 3, rtol=1e-5)
+
+
+def test_unknown_head_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match=r"likelihood: expected one of \['bernoulli', 'gaussian'\]; got 'poisson'"):
+        VAE(input_shape=(4,), latent_dim=2, likelihood="poisson")
+    with pytest.raises(ValueError, match=r"prior: expected one of \['mixture', 'normal'\]"):
+        VAE(input_shape=(4,), latent_dim=2, prior="laplace")
+    with pytest.raises(ValueError, match=r"posterior: expected one of \['diagonal', 'full'\]"):
+        VAE(input_shape=(4,), latent_dim=2, posterior="flow")
+    with pytest.raises(TypeError, match="posterior: expected one of"):
+        VAE(input_shape=(4,), latent_dim=2, posterior=3)
+
+
+def test_head_instances_are_accepted_and_must_match_the_model():
+    model = VAE(input_shape=(4,), latent_dim=2, prior=distributions.MixtureOfGaussians(latent_dim=2, num_components=3))
+    assert isinstance(model.prior, tfd.MixtureSameFamily)
+    assert model.prior.mixture_distribution.logits.shape == (3,)
+    with pytest.raises(ValueError, match="prior: the head's latent_dim is 5, but the model's is 2"):
+        VAE(input_shape=(4,), latent_dim=2, prior=distributions.StandardNormal(latent_dim=5))
