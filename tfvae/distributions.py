@@ -109,6 +109,7 @@ class StandardNormal(keras.layers.Layer):
     def __init__(self, latent_dim, **kwargs):
         super().__init__(**kwargs)
         self.latent_dim = int(latent_dim)
+        self.built = True  # nothing to build: p(z) has no weights
 
     def get_config(self):
         return {**super().get_config(), "latent_dim": self.latent_dim}
@@ -141,6 +142,7 @@ class MixtureOfGaussians(keras.layers.Layer):
         self.raw_scale = self.add_weight(
             shape=shape, initializer=keras.initializers.Constant(_UNIT_SOFTPLUS), name="raw_scale"
         )
+        self.built = True  # the weights above are all of it
 
     def get_config(self):
         return {
