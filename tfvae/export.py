@@ -1,0 +1,319 @@
+"""Writes a trained VAE as a SavedModel and a TFLite model that need no tfvae, checked against Keras.
+
+    manifest = tfvae.export.save(model, "export/digits", quantize="float16", sample_inputs=x_test)
+
+The directory then holds `saved_model/` (for `tf.saved_model.load` and TF Serving), `model.tflite`
+(for LiteRT), optionally a quantized `model_<mode>.tflite`, and `manifest.json`. Its signatures:
+
+    encode(x) -> {z_mean, z_stddev}        serving_default is encode
+    decode(z) -> {x_mean}                  reconstruct(x) -> {x_mean}
+    sample(num_samples) -> {x_mean}        sample_seeded(num_samples, seed) -> {x_mean}
+    elbo(x) -> {elbo}                      log_prob(x) -> {log_prob}   (nats per example)
+
+See export/README.md for calling them from Python, TF Serving's REST API and Android.
+"""
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import sys
+import uuid
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfvae import checks
+from tfvae import signatures as signatures_lib
+from tfvae.model import VAE
+
+QUANTIZE_MODES = ("dynamic", "float16")
+TFLITE_SIGNATURES = ("encode", "decode", "reconstruct", "sample", "sample_seeded", "elbo", "log_prob")
+# save() refuses an export whose float outputs differ from Keras by more than this (abs and rel).
+TOLERANCE = {"saved_model": 1e-5, "tflite": 1e-4}
+PARITY_BATCH = 64
+
+
+def save(
+    model,
+    directory=None,
+    tflite=True,
+    quantize=None,
+    log_prob_samples=100,
+    overwrite=False,
+    sample_inputs=None,
+    allow_untrained=False,
+):
+    """Exports `model` and returns the manifest (also written as `directory/manifest.json`).
+
+    The export is written to a temporary sibling directory and renamed into place, so a crash
+    never leaves a half-written export, and an old export is replaced only by a complete one.
+    Before the rename every runtime is checked against Keras on a batch of inputs: a SavedModel
+    or float TFLite model that disagrees (or returns NaN) raises, and nothing is written.
+
+    Args:
+        model: a trained `tfvae.VAE`.
+        directory: where to write; None means `export/<model.name>` under the current directory.
+        tflite: also write `model.tflite` (TFLite builtin ops only; runs on LiteRT).
+        quantize: None, "dynamic" (int8 weights) or "float16": also write `model_<quantize>.tflite`.
+        log_prob_samples: K, the importance samples behind the `log_prob` signature.
+        overwrite: replace an existing `directory`; otherwise an existing one is refused.
+        sample_inputs: real x (an array of shape (n, *input_shape)); its first 64 are the parity
+            batch. None uses x ~ p(x|z), z ~ p(z) from the model itself; the manifest says which.
+        allow_untrained: export a model whose weights are still at their initialization (no
+            optimizer step ran and every bias is exactly zero); refused otherwise.
+
+    Returns:
+        The manifest: shapes, likelihood, signatures, versions, file sizes and measured parity.
+    """
+    _check_model(model, allow_untrained)
+    log_prob_samples = checks.positive_int(log_prob_samples, "log_prob_samples")
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize: expected None or one of {list(QUANTIZE_MODES)}; got {quantize!r}.")
+    if quantize is not None and not tflite:
+        raise ValueError(f"quantize: {quantize!r} needs tflite=True.")
+    directory = os.path.abspath(directory if directory is not None else os.path.join("export", model.name))
+    _check_directory(directory, overwrite)
+    x, inputs_source = _parity_inputs(model, sample_inputs)
+
+    staging = _sibling(directory, "partial")
+    os.mkdir(staging)
+    try:
+        manifest = _write(model, staging, tflite, quantize, log_prob_samples, x)
+        manifest["parity"]["inputs"] = inputs_source
+        with open(os.path.join(staging, "manifest.json"), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2)
+        _move_into_place(staging, directory, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write(model, staging, tflite, quantize, log_prob_samples, x):
+    module = signatures_lib.Signatures(model, log_prob_samples)
+    concrete = module.signatures()
+    saved_model_dir = os.path.join(staging, "saved_model")
+    tf.saved_model.save(module, saved_model_dir, signatures=concrete)
+
+    runtimes = {"saved_model": _saved_model_runner(saved_model_dir)}
+    files = {"saved_model": {"path": "saved_model", "bytes": _size(saved_model_dir)}}
+    variants = ([None] if tflite else []) + ([quantize] if quantize else [])
+    for mode in variants:
+        key = "tflite" if mode is None else f"tflite_{mode}"
+        path = os.path.join(staging, "model.tflite" if mode is None else f"model_{mode}.tflite")
+        with open(path, "wb") as f:
+            f.write(_convert(saved_model_dir, mode))
+        runtimes[key] = _tflite_runner(path)
+        files[key] = {"path": os.path.basename(path), "bytes": os.path.getsize(path)}
+
+    return {
+        "format": "tfvae-export/1",
+        "model_name": model.name,
+        "input_shape": list(model.event_shape),
+        "latent_dim": model.latent_dim,
+        "likelihood": type(model.likelihood_head).__name__.lower(),
+        "prior": type(model.prior_head).__name__,
+        "posterior": type(model.posterior_head).__name__,
+        "log_prob_samples": log_prob_samples,
+        "signatures": _describe(concrete),
+        "tflite_signatures": list(TFLITE_SIGNATURES) if tflite else [],
+        "files": files,
+        "versions": _versions(),
+        "parity": _parity(model, x, runtimes, log_prob_samples),
+    }
+
+
+def _check_model(model, allow_untrained):
+    if not isinstance(model, VAE):
+        raise TypeError(f"model: expected a tfvae.VAE; got {type(model).__name__}.")
+    if not model.built or not model.variables:
+        raise ValueError("model: expected a built tfvae.VAE with weights; this one has none. Build it first.")
+    optimizer = getattr(model, "optimizer", None)
+    stepped = optimizer is not None and int(optimizer.iterations.numpy()) > 0
+    biases = [v for v in model.trainable_variables if v.name == "bias"]
+    at_init = not stepped and all(not np.any(keras.ops.convert_to_numpy(v)) for v in biases)
+    if at_init and not allow_untrained:
+        raise ValueError(
+            "model: its weights are still at their initialization (no optimizer step has run and every "
+            "bias is zero), so the export would encode and sample noise. Train it with model.fit (or load "
+            "trained weights) first, or pass allow_untrained=True to export it anyway."
+        )
+
+
+def _check_directory(directory, overwrite):
+    """Raises unless an export can be written as `directory`; creates its parent if needed."""
+    if os.path.lexists(directory):
+        if not os.path.isdir(directory):
+            raise FileExistsError(f"directory: {directory!r} exists and is not a directory.")
+        if not overwrite:
+            raise FileExistsError(
+                f"directory: {directory!r} already exists; pass overwrite=True to replace it "
+                f"(the old export is kept until the new one is complete)."
+            )
+    parent = os.path.dirname(directory)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as error:
+        raise type(error)(f"directory: cannot create the parent directory {parent!r}: {error}.") from error
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"directory: cannot write an export into {parent!r}: permission denied.")
+
+
+def _sibling(directory, role):
+    """A fresh hidden path beside `directory`: renames within one file system are atomic."""
+    name = f".{os.path.basename(directory)}.{role}-{uuid.uuid4().hex[:8]}"
+    return os.path.join(os.path.dirname(directory), name)
+
+
+def _move_into_place(staging, directory, overwrite):
+    if not overwrite or not os.path.exists(directory):
+        os.rename(staging, directory)
+        return
+    # A directory cannot be renamed over a non-empty one: move the old export aside first, and
+    # back if the second rename fails.
+    old = _sibling(directory, "old")
+    os.rename(directory, old)
+    try:
+        os.rename(staging, directory)
+    except BaseException:
+        os.rename(old, directory)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _parity_inputs(model, sample_inputs):
+    if sample_inputs is not None:
+        x = model._as_batch(sample_inputs, "sample_inputs")[:PARITY_BATCH]
+        return x.numpy(), f"sample_inputs (first {int(x.shape[0])})"
+    # Draws of the model itself lie in the likelihood's support (binary for Bernoulli).
+    z = model.prior.sample(PARITY_BATCH, seed=tf.constant([0, 0], tf.int32))
+    x = model.decode(z).sample(seed=tf.constant([0, 1], tf.int32))
+    x = model._as_batch(x.numpy())
+    return x.numpy(), f"{PARITY_BATCH} model samples x ~ p(x|z), z ~ p(z) (no sample_inputs given)"
+
+
+def _convert(saved_model_dir, quantize):
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        saved_model_dir, signature_keys=list(TFLITE_SIGNATURES)
+    )
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    try:
+        return converter.convert()
+    except Exception as error:
+        missing = re.search(r"TF Select ops: (.*)", str(error))
+        if missing is None:
+            raise
+        raise ValueError(
+            f"tflite: the model uses TensorFlow ops that TFLite has no builtin for ({missing.group(1)}), "
+            f"so it cannot run on LiteRT alone. Pass tflite=False to export the SavedModel only."
+        ) from None
+
+
+def _saved_model_runner(path):
+    loaded = tf.saved_model.load(path)
+
+    def run(name, **inputs):
+        outputs = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in outputs.items()}
+
+    return run
+
+
+def _tflite_runner(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path)
+
+    def run(name, **inputs):
+        return interpreter.get_signature_runner(name)(**inputs)
+
+    return run
+
+
+def _parity(model, x, runtimes, log_prob_samples):
+    """Max |Keras - runtime| per deterministic output; batch means of the stochastic ones."""
+    q = model.encode(x)
+    z = q.mean().numpy()
+    keras_outputs = {
+        "encode": ({"x": x}, {"z_mean": z, "z_stddev": q.stddev().numpy()}),
+        "decode": ({"z": z}, {"x_mean": model.decode(z).mean().numpy()}),
+        "reconstruct": ({"x": x}, {"x_mean": model.reconstruct(x).numpy()}),
+    }
+    parity = {"batch_size": int(x.shape[0]), "max_abs_diff": {}, "batch_mean": {}}
+    for name, (inputs, expected) in keras_outputs.items():
+        parity["max_abs_diff"][name] = diffs = {}
+        for runtime, run in runtimes.items():
+            actual = run(name, **inputs)
+            for output, value in expected.items():
+                _check_close(actual[output], value, runtime, f"{name}/{output}")
+            diffs[runtime] = max(float(np.max(np.abs(actual[k] - v))) for k, v in expected.items())
+    keras_means = {
+        "elbo": model.elbo(x).numpy(),
+        "log_prob": model.log_prob(x, num_samples=log_prob_samples).numpy(),
+    }
+    for name, value in keras_means.items():
+        means = {"keras": float(np.mean(value))}
+        for runtime, run in runtimes.items():
+            result = run(name, x=x)[name]
+            if not np.all(np.isfinite(result)):
+                raise RuntimeError(f"export: the {runtime} signature {name!r} returned NaN or inf.")
+            means[runtime] = float(np.mean(result))
+        parity["batch_mean"][name] = means
+    return parity
+
+
+def _check_close(actual, expected, runtime, what):
+    """Raises unless `actual` is finite and, for float runtimes, within tolerance of Keras.
+
+    `np.testing.assert_allclose` fails on NaN, which a hand-written `error > tol` would let pass.
+    """
+    try:
+        np.testing.assert_array_equal(np.isfinite(actual), True)
+        if runtime in TOLERANCE:
+            np.testing.assert_allclose(actual, expected, rtol=TOLERANCE[runtime], atol=TOLERANCE[runtime])
+    except AssertionError as error:
+        raise RuntimeError(f"export: {runtime} output {what} disagrees with Keras:{error}") from None
+
+
+def _describe(concrete):
+    def spec(s):
+        return {"dtype": s.dtype.name, "shape": [-1 if d is None else d for d in s.shape.as_list()]}
+
+    described = {}
+    for name, function in concrete.items():
+        inputs = function.structured_input_signature[0]
+        outputs = function.structured_outputs
+        described[name] = {
+            "inputs": {s.name: spec(s) for s in inputs},
+            "outputs": {k: spec(tf.TensorSpec(v.shape, v.dtype)) for k, v in sorted(outputs.items())},
+        }
+    return described
+
+
+def _versions():
+    import tfvae  # here, not at the top: tfvae/__init__.py may import this module
+
+    versions = {
+        "python": sys.version.split()[0],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tensorflow_probability": tfp.__version__,
+        "tfvae": tfvae.__version__,
+    }
+    try:
+        versions["ai_edge_litert"] = importlib.metadata.version("ai-edge-litert")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return versions
+
+
+def _size(path):
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
