@@ -247,7 +247,7 @@ def test_seeded_prior_noise_has_the_prior_distribution(exported_mixture):
         assert stats.ks_2samp(column, expected).pvalue > 1e-3
 
 
-def test_full_covariance_posterior_exports_a_saved_model(digits, tmp_path):
+def test_full_covariance_posterior_exports_to_saved_model_and_tflite(digits, tmp_path):
     keras.utils.set_random_seed(2)
     model = tfvae.VAE(input_shape=(64,), latent_dim=4, posterior="full")
     model.fit(digits[0][:300], epochs=1, batch_size=100, verbose=0)
@@ -260,15 +260,12 @@ def test_full_covariance_posterior_exports_a_saved_model(digits, tmp_path):
     kl = signatures._kl_divergence(q, model.prior, z, eps)
     np.testing.assert_allclose(kl, signatures.tfd.kl_divergence(q, model.prior), rtol=1e-5, atol=1e-4)
 
-    manifest = export.save(model, str(tmp_path / "full"), tflite=False, sample_inputs=x)
-    assert set(manifest["files"]) == {"saved_model"} and manifest["tflite_signatures"] == []
-    assert manifest["parity"]["max_abs_diff"]["encode"]["saved_model"] <= TOLERANCE["saved_model"]
-    for name, expected in (("elbo", model.elbo(x)), ("log_prob", model.log_prob(x, num_samples=100))):
-        actual = _run("saved_model", str(tmp_path / "full"), name, x=x)[name]
-        _assert_same_distribution(actual, expected.numpy(), name)
-    # TFP's FillScaleTriL takes a diagonal with MatrixDiagPart: save(tflite=True) raises this error.
-    with pytest.raises(ValueError, match=r"tflite: .*\(MatrixDiagPartV3\).*tflite=False"):
-        export._convert(str(tmp_path / "full" / "saved_model"), None)
+    manifest = export.save(model, str(tmp_path / "full"), sample_inputs=x)
+    for runtime in ("saved_model", "tflite"):
+        assert manifest["parity"]["max_abs_diff"]["encode"][runtime] <= TOLERANCE[runtime]
+        for name, expected in (("elbo", model.elbo(x)), ("log_prob", model.log_prob(x, num_samples=100))):
+            actual = _run(runtime, str(tmp_path / "full"), name, x=x)[name]
+            _assert_same_distribution(actual, expected.numpy(), name)
 
 
 def test_tflite_uses_builtin_ops_only(exported, capsys):

@@ -15,8 +15,8 @@ import math
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow_probability import bijectors as tfb
 from tensorflow_probability import distributions as tfd
+from tensorflow_probability import math as tfp_math
 
 # softplus(raw) = 1 at this raw value: heads start at unit scale.
 _UNIT_SOFTPLUS = math.log(math.e - 1.0)
@@ -81,7 +81,6 @@ class FullCovarianceGaussian(keras.layers.Layer):
         self.min_scale = float(min_scale)
         tril_size = self.latent_dim * (self.latent_dim + 1) // 2
         self.dense = keras.layers.Dense(self.latent_dim + tril_size, name="params")
-        self._scale_tril = tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=self.min_scale)
 
     def get_config(self):
         return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}
@@ -91,7 +90,11 @@ class FullCovarianceGaussian(keras.layers.Layer):
 
     def distribution(self, params):
         loc, raw_tril = params[..., : self.latent_dim], params[..., self.latent_dim :]
-        return tfd.MultivariateNormalTriL(loc, self._scale_tril.forward(raw_tril))
+        tril = tfp_math.fill_triangular(raw_tril)
+        # The diagonal through a mask, not tf.linalg.diag_part: TFLite has no builtin for MatrixDiagPart.
+        eye = tf.eye(self.latent_dim)
+        diagonal = tf.nn.softplus(tf.reduce_sum(tril * eye, axis=-1)) + self.min_scale
+        return tfd.MultivariateNormalTriL(loc, tril * (1.0 - eye) + eye * diagonal[..., None, :])
 
     def reparameterize(self, q, eps):
         """z = loc + L eps."""
