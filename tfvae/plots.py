@@ -210,6 +210,9 @@ class _atomic:
 
     def __exit__(self, exc_type, exc, traceback):
         if exc_type is None:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(self.tmp, 0o666 & ~mask)  # mkstemp's 0600 would make pictures private
             os.replace(self.tmp, self.path)
         elif os.path.exists(self.tmp):
             os.remove(self.tmp)
