@@ -1,0 +1,219 @@
+"""How good is a trained VAE? Test log-likelihood with its standard error, bits/dim, active units,
+and the amortization gap.
+
+    log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K,  z_k ~ q(z|x)
+
+is the importance-weighted estimate (Burda et al. 2015) with K = 5000 samples by default; the
+samples are drawn in chunks, so memory stays bounded for any K. The ELBO, its reconstruction and
+KL terms come from the same samples at no extra cost.
+
+Data is a numpy array (or anything `np.asarray` takes) of shape (N, *model.event_shape), or a
+`tf.data.Dataset` of x or (x, labels), batched or not.
+
+Example:
+    >>> evaluate.log_likelihood(model, x_test)          # {"log_likelihood": -86.8, ...} in nats
+    >>> evaluate.active_units(model, x_test)            # 20
+    >>> evaluate.amortization_gap(model, x_test[:1000])  # what model.infer gains over the encoder
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfvae import checks, inference, objectives
+
+# Importance samples per chunk are capped so one chunk's decoder output stays near this many floats.
+_CHUNK_ELEMENTS = 2**23
+
+
+def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1):
+    """The mean test log-likelihood (importance-weighted, K = num_samples) and the ELBO, in nats.
+
+    Args:
+        model: a `tfvae.VAE`.
+        data: array of shape (N, *model.event_shape), or a `tf.data.Dataset` of x or (x, labels).
+        num_samples: K, importance samples per example; the estimate tightens as K grows.
+        batch_size: examples per batch for arrays and unbatched datasets.
+        verbose: 0 silent, 1 a progress bar (`keras.utils.Progbar`), 2 one line at the end
+            (Keras's convention; printed when the number of examples is known, i.e. for arrays).
+
+    Returns:
+        A dict of floats: "log_likelihood" (mean log p(x)), "log_likelihood_stderr" (sample standard
+        deviation of per-example log p(x) / sqrt(N); NaN for one example), "bits_per_dim"
+        (-log_likelihood / (D ln 2), D = prod(event_shape)), "elbo", "reconstruction" (E_q log p(x|z)),
+        "kl", "gap" (log_likelihood - elbo), and the ints "num_examples" and "num_samples".
+    """
+    num_samples = checks.positive_int(num_samples, "num_samples")
+    batches, num_examples = _batches(model, data, batch_size)
+    dimensions = math.prod(model.event_shape)
+    progress = keras.utils.Progbar(
+        num_examples, verbose=verbose, stateful_metrics=["log_likelihood"], unit_name="example"
+    )
+    log_p, reconstruction, kl = [], [], []
+    seen, total = 0, 0.0
+    for x in batches:
+        chunk = max(1, min(num_samples, _CHUNK_ELEMENTS // (x.shape[0] * dimensions)))
+        running, count = None, 0
+        reconstruction_sum, kl_sum = 0.0, 0.0
+        while count < num_samples:
+            k = min(chunk, num_samples - count)
+            log_weights, log_likelihood_sum, kl_mean = _chunk_terms(model, x, k)
+            running, count = objectives.log_mean_exp_update(running, count, log_weights)
+            reconstruction_sum += log_likelihood_sum
+            kl_sum += kl_mean * k
+        log_p.append(running.numpy().astype(np.float64))
+        reconstruction.append((reconstruction_sum / num_samples).numpy().astype(np.float64))
+        kl.append((kl_sum / num_samples).numpy().astype(np.float64))
+        seen, total = seen + len(log_p[-1]), total + log_p[-1].sum()
+        progress.update(seen, [("log_likelihood", total / seen)], finalize=False)
+    if not log_p:
+        raise _no_examples()
+    progress.update(seen, [("log_likelihood", total / seen)], finalize=True)
+    log_p, reconstruction, kl = (np.concatenate(v) for v in (log_p, reconstruction, kl))
+
+    mean = float(np.mean(log_p))
+    elbo = float(np.mean(reconstruction - kl))
+    return {
+        "log_likelihood": mean,
+        "log_likelihood_stderr": _stderr(log_p),
+        "bits_per_dim": -mean / (dimensions * math.log(2.0)),
+        "elbo": elbo,
+        "reconstruction": float(np.mean(reconstruction)),
+        "kl": float(np.mean(kl)),
+        "gap": mean - elbo,
+        "num_examples": len(log_p),
+        "num_samples": num_samples,
+    }
+
+
+def active_units(model, data, threshold=0.01, batch_size=1000, return_variances=False):
+    """The number of latent units whose posterior mean varies over x: Var_x(E_q[z_u|x]) > threshold.
+
+    A unit whose q(z_u|x) ignores x (collapsed onto the prior) has a constant mean and counts as
+    inactive (Burda et al. 2015, section 5.2).
+
+    Args:
+        model: a `tfvae.VAE`.
+        data: array of shape (N, *model.event_shape), or a `tf.data.Dataset` of x or (x, labels).
+        threshold: the variance above which a unit is active, >= 0.
+        batch_size: examples per batch for arrays and unbatched datasets.
+        return_variances: also return the per-unit variances.
+
+    Returns:
+        The count (int), or (count, variances [latent_dim] numpy) with `return_variances`.
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold < float("inf"):
+        raise ValueError(f"threshold: expected a finite number >= 0; got {threshold!r}.")
+    batches, _ = _batches(model, data, batch_size)
+    count, total, total_squares = 0, 0.0, 0.0
+    for x in batches:
+        mean = model.encode(x).mean().numpy().astype(np.float64)
+        count += len(mean)
+        total = total + mean.sum(axis=0)
+        total_squares = total_squares + np.square(mean).sum(axis=0)
+    if count == 0:
+        raise _no_examples()
+    # In float64 the one-pass E[m^2] - E[m]^2 loses nothing at these magnitudes.
+    variances = np.maximum(total_squares / count - np.square(total / count), 0.0)
+    active = int(np.sum(variances > threshold))
+    return (active, variances) if return_variances else active
+
+
+def amortization_gap(
+    model, data, steps=100, learning_rate=1e-2, num_samples=1, elbo_samples=100, batch_size=500, seed=None
+):
+    """How much ELBO per example `model.infer` gains over the encoder's q(z|x): the amortization gap it closes.
+
+    Both ELBOs are estimated with the same `elbo_samples` draws of eps (common random numbers),
+    so their difference is measured far more precisely than either ELBO.
+
+    Args:
+        model: a `tfvae.VAE`.
+        data: array of shape (N, *model.event_shape), or a `tf.data.Dataset` of x or (x, labels).
+        steps, learning_rate, num_samples: passed to `model.infer`.
+        elbo_samples: samples of z per example in each ELBO estimate.
+        batch_size: examples per batch for arrays and unbatched datasets.
+        seed: an int for reproducible numbers; None takes the model's next seed.
+
+    Returns:
+        A dict: "amortized_elbo", "refined_elbo" (means, nats), "amortization_gap" (their mean
+        difference, refined - amortized), "amortization_gap_stderr", "num_examples", "steps".
+    """
+    elbo_samples = checks.positive_int(elbo_samples, "elbo_samples")
+    batches, _ = _batches(model, data, batch_size)
+    if seed is None:
+        seed = model.seed_generator.next().numpy().tolist()
+    seeds = np.random.default_rng(seed)
+    amortized, refined = [], []
+    for x in batches:
+        refine_seed, elbo_seed = (int(s) for s in seeds.integers(0, 2**31 - 1, size=2))
+        q = inference.refine(model, x, steps, learning_rate, num_samples, seed=refine_seed)
+        amortized.append(inference.elbo(model, x, model.encode(x), elbo_samples, seed=elbo_seed).numpy())
+        refined.append(inference.elbo(model, x, q, elbo_samples, seed=elbo_seed).numpy())
+    if not refined:
+        raise _no_examples()
+    amortized, refined = (np.concatenate(v).astype(np.float64) for v in (amortized, refined))
+    return {
+        "amortized_elbo": float(np.mean(amortized)),
+        "refined_elbo": float(np.mean(refined)),
+        "amortization_gap": float(np.mean(refined - amortized)),
+        "amortization_gap_stderr": _stderr(refined - amortized),
+        "num_examples": len(refined),
+        "steps": steps,
+    }
+
+
+@tf.function(reduce_retracing=True)
+def _chunk_terms(model, x, num_samples):
+    """For k samples z ~ q(z|x): the log weights [k, B], sum_k log p(x|z_k) [B] and KL(q || p) [B]."""
+    q, z = model._sample_posterior(x, num_samples)
+    log_likelihood = model._log_likelihood(x, z)
+    p = model.prior
+    log_weights = objectives.log_importance_weights(log_likelihood, q, p, z)
+    return log_weights, tf.reduce_sum(log_likelihood, axis=0), objectives.kl_divergence(q, p, z)
+
+
+def _no_examples():
+    return ValueError("data: expected at least one example; got a dataset that yielded none.")
+
+
+def _stderr(values):
+    if len(values) < 2:
+        return float("nan")
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def _batches(model, data, batch_size, name="data"):
+    """Checks `data` and returns (an iterable of float32 batches, the number of examples or None)."""
+    batch_size = checks.positive_int(batch_size, "batch_size")
+    if isinstance(data, tf.data.Dataset):
+        return _dataset_batches(model, data, batch_size, name)
+    if data is None:
+        raise ValueError(f"{name}: expected an array of shape (N, {', '.join(map(str, model.event_shape))}) or a tf.data.Dataset; got None.")
+    x = model._as_batch(data, name)
+    return (x[i : i + batch_size] for i in range(0, x.shape[0], batch_size)), int(x.shape[0])
+
+
+def _dataset_batches(model, data, batch_size, name):
+    cardinality = int(data.cardinality())
+    if cardinality == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(f"{name}: expected a finite dataset; got an infinite one (drop the .repeat()).")
+    if cardinality == 0:
+        raise ValueError(f"{name}: expected a non-empty dataset; got a dataset with no elements.")
+    spec = data.element_spec
+    spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+    if not isinstance(spec, tf.TensorSpec):
+        raise TypeError(f"{name}: expected a dataset of tensors x or (x, labels); got elements {spec}.")
+    if spec.shape.rank == len(model.event_shape):
+        data = data.batch(batch_size)  # a dataset of single examples
+    else:
+        checks.check_shape(spec.shape, model.event_shape, name)
+
+    def batches():
+        for element in data:
+            yield model._as_batch(element[0] if isinstance(element, (tuple, list)) else element, name)
+
+    return batches(), None
