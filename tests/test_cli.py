@@ -1,0 +1,320 @@
+"""The `tfvae` command end to end: each subcommand in a subprocess on scikit-learn's digits, plus the
+refusals (bad runs, inputs, flags) in-process, where they are fast, and a training run killed with
+SIGKILL and resumed."""
+
+import csv
+import glob
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tfvae import plots
+from tfvae.cli import main
+
+TILE = 8 * plots.default_scale(8, 8) + 1  # a digit's tile in a grid, with its padding
+LATENT_DIM = 3
+# Lines TensorFlow's C++ start-up writes through absl before logging is configured, while
+# `import tfvae` imports TensorFlow, before the command can keep them out (see tfvae.cli).
+ABSL_START_UP = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ")
+
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def command(*args):
+    """The installed `tfvae` console script (or `python -m tfvae` if it is not installed) with args."""
+    script = os.path.join(os.path.dirname(sys.executable), "tfvae")
+    return [*([script] if os.path.exists(script) else [sys.executable, "-m", "tfvae"]), *map(str, args)]
+
+
+def tfvae(*args, cwd, timeout=300):
+    return subprocess.run(command(*args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def run_together(commands, cwd, timeout=600):
+    """Runs {name: argv}, as many at a time as there are CPUs, and returns {name: CompletedProcess}.
+
+    Most of a command's time is importing TensorFlow, single-threaded: two imports share two cores."""
+    waiting, running, results = list(commands.items()), {}, {}
+    deadline = time.monotonic() + timeout
+    while waiting or running:
+        while waiting and len(running) < (os.cpu_count() or 1):
+            name, argv = waiting.pop(0)
+            out, err = (open(cwd / f".{name.replace(' ', '_')}.{stream}", "w+") for stream in ("out", "err"))
+            running[name] = (argv, subprocess.Popen(argv, cwd=cwd, env=ENV, stdout=out, stderr=err), out, err)
+        for name, (argv, process, out, err) in list(running.items()):
+            if process.poll() is not None:
+                out.seek(0), err.seek(0)
+                results[name] = subprocess.CompletedProcess(argv, process.returncode, out.read(), err.read())
+                out.close(), err.close()
+                del running[name]
+        assert time.monotonic() < deadline, f"still running after {timeout} s: {list(running)}"
+        time.sleep(0.05)
+    return results
+
+
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(ABSL_START_UP)]
+
+
+def png_size(path):
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def run(workdir):
+    """One small trained run shared by the tests that only read it."""
+    result = tfvae("train", "--dataset", "digits", "--latent-dim", LATENT_DIM, "--epochs", 2, "--batch-size", 100,
+                   "--out", "runs/digits", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return workdir / "runs" / "digits"
+
+
+@pytest.fixture(scope="module")
+def inputs(workdir):
+    """DATA in each form: .npy (8-bit), .npz with labels, and a folder of PNGs of other sizes."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    np.save(workdir / "digits.npy", (digits.images[:40] * 255 / 16).astype(np.uint8))
+    np.savez(workdir / "digits.npz", x=digits.images[:30] / 16.0, y=digits.target[:30])
+    folder = workdir / "pngs"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8)).resize((32, 32)).save(folder / f"{i}.png")
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def results(run, inputs):
+    """Each command that reads the run, in its own process."""
+    return run_together(
+        {
+            "sample": command("sample", run, "-n", 10, "-o", "out/samples.png", "--seed", 3),
+            "reconstruct": command("reconstruct", run, "--input", "pngs", "-o", "recon.png"),
+            "encode": command("encode", run, "--input", "digits.npy", "-o", "z.npy"),
+            "score": command("score", run, "--input", "digits.npz", "-o", "scores.csv", "--num-samples", 20),
+            "plot-latent": command("plot-latent", run, "-o", "latent.png"),
+            "evaluate": command("evaluate", run, "--num-samples", 10, "--json"),
+            "export": command("export", run, "--out", "export/digits"),
+            "python -m, missing run": [sys.executable, "-m", "tfvae", "sample", "no/such/run"],
+        },
+        cwd=inputs,
+    )
+
+
+def snapshot(directory):
+    return {
+        path: hashlib.sha256(open(path, "rb").read()).hexdigest()
+        for path in glob.glob(os.path.join(directory, "**"), recursive=True)
+        if os.path.isfile(path)
+    }
+
+
+def test_train_writes_a_complete_run_directory(run):
+    for name in ("model.keras", "config.json", "history.csv", "samples.png", "reconstructions.png"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["dataset"] == "digits" and config["latent_dim"] == LATENT_DIM and config["input_shape"] == [8, 8, 1]
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert {"loss", "elbo", "reconstruction", "kl", "val_elbo"} <= set(rows[0])
+    assert png_size(run / "samples.png") == (8 * TILE + 1, 8 * TILE + 1)  # 64 samples
+    assert png_size(run / "reconstructions.png") == (8 * TILE + 1, 8 * TILE + 1)  # 32 images, 32 reconstructions
+    assert os.listdir(run / "checkpoints") == ["epoch-0002.keras"]
+    for logs in ("train", "validation", "images"):
+        assert any(name.startswith("events.out.tfevents") for name in os.listdir(run / "logs" / logs))
+    assert not glob.glob(str(run / "**" / ".tmp-*"), recursive=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.keras", "config.json", "samples.png"):  # written via temporary files, made with 0600
+        assert os.stat(run / name).st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_sample_writes_a_grid(results, workdir):
+    result = results["sample"]
+
+    assert result.returncode == 0, result.stderr
+    assert png_size(workdir / "out" / "samples.png") == (4 * TILE + 1, 3 * TILE + 1)  # 10 in rows of 4
+
+
+def test_reconstruct_reads_a_folder_of_images(results, inputs):
+    result = results["reconstruct"]
+
+    assert result.returncode == 0, result.stderr
+    assert png_size(inputs / "recon.png") == (8 * TILE + 1, 2 * TILE + 1)  # a row of 5 inputs, one of reconstructions
+
+
+def test_encode_writes_posterior_means(results, inputs):
+    result = results["encode"]
+
+    assert result.returncode == 0, result.stderr
+    z = np.load(inputs / "z.npy")
+    assert z.shape == (40, LATENT_DIM) and np.isfinite(z).all()
+
+
+def test_score_writes_log_p_per_input(results, inputs):
+    result = results["score"]
+
+    assert result.returncode == 0, result.stderr
+    with open(inputs / "scores.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["index", "log_prob"]
+    assert [int(r[0]) for r in rows[1:]] == list(range(30))
+    log_p = np.array([float(r[1]) for r in rows[1:]])
+    assert np.all(np.isfinite(log_p)) and np.all(log_p < 0)
+
+
+def test_plot_latent_draws_the_test_set(results, workdir):
+    result = results["plot-latent"]
+
+    assert result.returncode == 0, result.stderr
+    assert png_size(workdir / "latent.png") == (600, 600)
+
+
+def test_evaluate_prints_json(results):
+    pytest.importorskip("tfvae.evaluate")
+    result = results["evaluate"]
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in ("log_likelihood", "log_likelihood_stderr", "bits_per_dim", "elbo", "kl", "active_units"):
+        assert np.isfinite(report[key]), key
+    assert report["num_examples"] == 297 and report["num_samples"] == 10
+    assert report["log_likelihood"] >= report["elbo"] - 1.0
+    assert 0 <= report["active_units"] <= LATENT_DIM
+
+
+def test_export_writes_saved_model_and_tflite(results, workdir):
+    pytest.importorskip("tfvae.export")
+    result = results["export"]
+
+    assert result.returncode == 0, result.stderr
+    exported = workdir / "export" / "digits"
+    assert (exported / "manifest.json").is_file()
+    assert (exported / "saved_model").is_dir()
+    assert (exported / "model.tflite").is_file()
+
+
+def test_every_subcommand_has_help(capsys):
+    commands = ("train", "evaluate", "export", "sample", "reconstruct", "encode", "score", "plot-latent")
+    for command in commands:
+        with pytest.raises(SystemExit) as exit:
+            main([command, "--help"])
+        assert exit.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: tfvae {command}")
+
+
+def test_a_user_error_is_one_line_on_stderr_with_status_2_also_from_python_m_tfvae(results):
+    result = results["python -m, missing run"]
+
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == ["tfvae: error: no/such/run: no such run directory."]
+    assert result.stdout == ""
+
+
+def check_error(capsys, argv, message):
+    """main(argv) fails with exit status 2 and one line on stderr that contains `message`."""
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as exit:  # argparse's own errors
+        status = exit.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert status == 2, err
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_bad_runs_inputs_and_flags_are_refused_and_the_run_is_left_alone(run, inputs, capsys, tmp_path):
+    before = snapshot(run)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "unfinished" / "checkpoints").mkdir(parents=True)
+    np.save(tmp_path / "wrong_shape.npy", np.zeros((4, 7, 7)))
+    np.save(tmp_path / "strings.npy", np.array([["a"] * 64] * 2))
+    (tmp_path / "pngs").mkdir()
+    (tmp_path / "pngs" / "broken.png").write_bytes(b"not a png")
+    Image.new("L", (8, 8)).save(tmp_path / "pngs" / "fine.png")
+
+    check_error(capsys, ["sample", tmp_path / "missing"], "no such run directory")
+    check_error(capsys, ["sample", tmp_path / "empty"], "no model.keras")
+    check_error(capsys, ["encode", run, "--input", tmp_path / "wrong_shape.npy", "-o", tmp_path / "z.npy"],
+                "expected images of shape (N, 8, 8, 1) for this model; got shape (4, 7, 7)")
+    check_error(capsys, ["score", run, "--input", tmp_path / "strings.npy", "-o", tmp_path / "s.csv"],
+                "expected numeric images; got dtype <U1")
+    check_error(capsys, ["reconstruct", run, "--input", tmp_path / "pngs", "-o", tmp_path / "r.png"],
+                "broken.png: cannot read the image")
+    check_error(capsys, ["encode", run, "--input", tmp_path / "nothing.npy", "-o", tmp_path / "z.npy"],
+                "no such file or folder")
+    check_error(capsys, ["sample", run, "-o", run / "model.keras"], "-o: expected a file ending in .png or .npy")
+    check_error(capsys, ["evaluate", run, "--dataset", "mnist-5k", "--num-samples", 2],
+                "expected images of shape (N, 8, 8, 1) for this model; got shape (1000, 28, 28, 1)")
+    check_error(capsys, ["train", "--dataset", "nope", "--out", tmp_path / "new"], "--dataset: expected one of")
+    assert not (tmp_path / "new").exists()
+    check_error(capsys, ["train", "--epochs", 0, "--out", tmp_path / "new"], "--epochs: expected an integer >= 1")
+    check_error(capsys, ["train", "--out", run], "already exists; continue it with --resume")
+    check_error(capsys, ["train", "--resume", "--out", run, "--latent-dim", 7], "--latent-dim 7 contradicts")
+    check_error(capsys, ["train", "--resume", "--out", run, "--epochs", 1], "already trained 2 epochs")
+    check_error(capsys, ["train", "--resume", "--out", tmp_path / "unfinished"], "no config.json")
+
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    assert "already trained for 2 epochs; nothing to do" in capsys.readouterr().out
+    assert snapshot(run) == before
+    assert not os.listdir(tmp_path / "empty")
+
+
+def test_resume_with_more_epochs_trains_longer(run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["train", "--resume", "--out", str(copy), "--epochs", "3"]) == 0
+
+    assert "Resuming" in capsys.readouterr().out
+    with open(copy / "history.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
+    assert json.loads((copy / "config.json").read_text())["epochs"] == 3
+    assert os.listdir(copy / "checkpoints") == ["epoch-0003.keras"]
+
+
+def test_training_killed_with_sigkill_resumes_where_it_stopped(tmp_path):
+    epochs = 6
+    train = command("train", "--dataset", "digits", "--latent-dim", 2, "--batch-size", 100, "--epochs", epochs,
+                    "--out", "run")
+    process = subprocess.Popen(train, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not glob.glob(str(tmp_path / "run" / "checkpoints" / "epoch-*.keras")):
+        assert process.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    with open(tmp_path / "run" / "history.csv") as f:
+        assert len(list(csv.DictReader(f))) < epochs  # killed mid-training, not after
+
+    resumed = tfvae("train", "--resume", "--out", "run", cwd=tmp_path)
+
+    assert resumed.returncode == 0, resumed.stderr
+    first = next(line for line in resumed.stdout.splitlines() if line.startswith("Resuming"))
+    assert int(first.split("epoch ")[-1].split(" of")[0]) >= 2
+    assert "Epoch 1/" not in resumed.stdout
+    with open(tmp_path / "run" / "history.csv") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == list(range(epochs))
+    assert os.listdir(tmp_path / "run" / "checkpoints") == [f"epoch-{epochs:04d}.keras"]
+    assert (tmp_path / "run" / "model.keras").is_file()

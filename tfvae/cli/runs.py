@@ -1,0 +1,279 @@
+"""Run directories, input files and atomic writes for the `tfvae` command.
+
+A run directory (`tfvae train --out RUN`) holds:
+
+    config.json        how it was trained: dataset, model, optimization (read back by --resume)
+    model.keras        the trained model (with its optimizer state), written when training ends
+    history.csv        one row per epoch (0-based `epoch`) of loss, elbo, reconstruction, kl, val_*
+    samples.png        64 samples, redrawn after every epoch from the same z
+    reconstructions.png  rows of test images alternating with rows of their reconstructions
+    logs/              TensorBoard: scalars per epoch (train/, validation/) and the two grids (images/)
+    checkpoints/       epoch-NNNN.keras, the whole training state after the last completed epoch
+
+Every file is written to a temporary file in its directory and renamed into place, so a process
+killed at any moment leaves each file either complete or as it was.
+"""
+
+import contextlib
+import json
+import math
+import os
+import re
+import tempfile
+
+import numpy as np
+
+CONFIG = "config.json"
+MODEL = "model.keras"
+HISTORY = "history.csv"
+CHECKPOINTS = "checkpoints"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Binarized test sets are one fixed draw, so every evaluation of a run scores the same binary images.
+TEST_BINARIZATION_SEED = 1234
+_CHECKPOINT = re.compile(r"epoch-(\d+)\.keras")
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path` (same suffix) that replaces `path` if the block succeeds.
+
+    The data is flushed to disk before the rename; on an error the temporary file is removed and
+    `path` is left as it was.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    # Keras and numpy pick the format by the suffix, so the temporary file keeps it.
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_json(path, value):
+    write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def save_model(model, path):
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def read_config(run):
+    """The run's config.json as a dict; a clear error if the run or its config is missing or broken."""
+    check_run_directory(run)
+    path = os.path.join(run, CONFIG)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run}: not a run directory of tfvae train (no {CONFIG}).")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the run's configuration ({e}).") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object; got {type(config).__name__}.")
+    return config
+
+
+def check_run_directory(run):
+    if not os.path.exists(run):
+        raise FileNotFoundError(f"{run}: no such run directory.")
+    if not os.path.isdir(run):
+        raise NotADirectoryError(f"{run}: expected a run directory written by tfvae train; got a file.")
+
+
+def load_model(run):
+    """The run's trained model (without its optimizer), after checking the run holds one."""
+    import keras
+
+    import tfvae.model  # noqa: F401  (registers the model's classes for deserialization)
+
+    check_run_directory(run)
+    path = os.path.join(run, MODEL)
+    if not os.path.isfile(path):
+        hint = f"train one with tfvae train --out {run}"
+        if latest_checkpoint(run)[0]:
+            hint = f"its training did not finish; finish it with tfvae train --resume --out {run}"
+        raise FileNotFoundError(f"{run}: no {MODEL} in this run directory; {hint}.")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # a damaged zip, a foreign .keras file, ...: the user's file, not our bug
+        raise ValueError(f"{path}: cannot load the model ({brief(e)}).") from None
+
+
+def brief(error, limit=300):
+    """An exception as "Type: message", cut short: Keras's messages can quote whole model configs."""
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def checkpoints(run):
+    """[(epochs completed, path)] of the run's checkpoints, oldest first."""
+    directory = os.path.join(run, CHECKPOINTS)
+    if not os.path.isdir(directory):
+        return []
+    matches = (_CHECKPOINT.fullmatch(name) for name in os.listdir(directory))
+    return sorted((int(m.group(1)), os.path.join(directory, m.group(0))) for m in matches if m)
+
+
+def latest_checkpoint(run):
+    """(epochs completed, path) of the run's newest checkpoint, or (0, None) if it has none."""
+    return max(checkpoints(run), default=(0, None))
+
+
+def checkpoint_path(run, epochs_done):
+    return os.path.join(run, CHECKPOINTS, f"epoch-{epochs_done:04d}.keras")
+
+
+def evaluation_images(config, dataset):
+    """The test split as the model is scored on it: one fixed binary draw if it was trained binarized."""
+    from tfvae import data
+
+    x = dataset.x_test
+    if config.get("binarization") in ("dynamic", "static"):
+        x = data.binarize_static(x, seed=TEST_BINARIZATION_SEED)
+    return x
+
+
+def load_dataset(name, data_dir=None):
+    """`tfvae.data.load` with the error naming the command-line flag."""
+    from tfvae import data
+
+    if name not in data.DATASETS and not str(name).endswith((".npz", ".npy")):
+        raise ValueError(f"--dataset: expected one of {', '.join(data.DATASETS)} or an .npz/.npy file; got {name!r}.")
+    return data.load(name, data_dir=data_dir)
+
+
+def read_input(path, event_shape):
+    """Reads DATA for a model whose x has shape `event_shape`.
+
+    Args:
+        path: a .npy file, an .npz file (its only array, or x / x_test / images / arr_0, with labels
+            from y / y_test / labels), or a folder of PNG/JPEG images, which are converted to the
+            model's channels (grey or RGB), resized to its height and width and scaled to [0, 1].
+        event_shape: the model's input shape, e.g. (28, 28, 1).
+
+    Returns:
+        (x float32 of shape (N, *event_shape), labels or None, file names or None).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        x, names = _read_image_folder(path, event_shape)
+        return x, None, names
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--input: no such file or folder {path!r}.")
+    if not path.endswith((".npy", ".npz")):
+        raise ValueError(f"--input: expected a .npy or .npz file or a folder of PNG/JPEG images; got {path!r}.")
+    labels = None
+    try:
+        if path.endswith(".npy"):
+            x = np.load(path, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+            x, labels = _pick_arrays(arrays)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read it as a numpy file ({e}).") from None
+    return as_model_input(x, event_shape, path), labels, None
+
+
+def _pick_arrays(arrays):
+    if len(arrays) == 1:
+        return next(iter(arrays.values())), None
+    for x_key, y_keys in (("x", ("y", "labels")), ("x_test", ("y_test",)), ("images", ("labels",)), ("arr_0", ())):
+        if x_key in arrays:
+            labels = next((arrays[k] for k in y_keys if k in arrays), None)
+            if labels is not None:
+                labels = np.asarray(labels).reshape(-1)
+                if len(labels) != len(arrays[x_key]):
+                    raise ValueError(f"expected one label per image of {x_key}; got {len(labels)} labels")
+            return arrays[x_key], labels
+    raise ValueError(f"expected a single array, or one named x, x_test, images or arr_0; got {sorted(arrays)}")
+
+
+def as_model_input(x, event_shape, source):
+    """x as float32 (N, *event_shape): 8-bit pixels are divided by 255, (N, H, W) gets its channel,
+    and flat rows (N, D) are reshaped when D matches."""
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise TypeError(f"{source}: expected numeric images; got dtype {x.dtype}.")
+    if np.issubdtype(x.dtype, np.integer):
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise ValueError(f"{source}: expected integer pixels in 0..255; got {x.min()}..{x.max()}.")
+        x = x / 255.0
+    event_shape = tuple(event_shape)
+    size = int(np.prod(event_shape))
+    if x.ndim >= 2 and x.shape[1:] != event_shape and int(np.prod(x.shape[1:])) == size:
+        if x.ndim == 2 or len(event_shape) == 1 or x.shape[1:] == event_shape[:-1]:
+            x = x.reshape(len(x), *event_shape)
+    if x.ndim < 2 or x.shape[1:] != event_shape:
+        raise ValueError(
+            f"{source}: expected images of shape (N, {', '.join(map(str, event_shape))}) for this model; "
+            f"got shape {x.shape}."
+        )
+    if len(x) == 0:
+        raise ValueError(f"{source}: expected at least one image; got none.")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{source}: expected finite values; got {int((~np.isfinite(x)).sum())} NaN or inf.")
+    return x
+
+
+def _read_image_folder(folder, event_shape):
+    from PIL import Image, UnidentifiedImageError
+
+    names = sorted(
+        n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, n))
+    )
+    if not names:
+        raise ValueError(f"--input: no PNG or JPEG images in the folder {folder!r}.")
+    side = math.isqrt(event_shape[0])
+    if len(event_shape) == 3 and event_shape[-1] in (1, 3):
+        height, width, channels = event_shape
+    elif len(event_shape) == 2:
+        (height, width), channels = event_shape, 1
+    elif len(event_shape) == 1 and side * side == event_shape[0]:  # flattened square grey images, e.g. (784,)
+        height = width = side
+        channels = 1
+    else:
+        raise ValueError(
+            f"--input: this model takes x of shape {tuple(event_shape)}, not images; give a .npy or .npz file."
+        )
+    images = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+                images.append(np.asarray(image, dtype=np.float32) / 255.0)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read the image ({e}).") from None
+    return np.stack(images).reshape(len(images), *event_shape), names
+
+
+def output_path(path, suffixes, flag="-o"):
+    """Checks an output's suffix and creates its folder; returns the path."""
+    path = os.fspath(path)
+    if not path.lower().endswith(suffixes):
+        raise ValueError(f"{flag}: expected a file ending in {' or '.join(suffixes)}; got {path!r}.")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{flag}: {path!r} is a folder; give a file name.")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return path

@@ -1,0 +1,234 @@
+"""`tfvae train`: fit a VAE and write a run directory that survives being killed at any moment.
+
+Resuming works from checkpoints/epoch-NNNN.keras, the whole model with its optimizer state, saved
+by the last callback of every epoch. Callbacks run in list order, so when that checkpoint exists
+the epoch's history row and pictures are already on disk; a resumed run drops the history rows of
+epochs after the checkpoint (an epoch cut short by the kill) and goes on from there.
+"""
+
+import csv
+import importlib.util
+import io
+import os
+import sys
+
+import keras
+import numpy as np
+
+from tfvae import VAE, callbacks, data, distributions, plots
+from tfvae.cli import TRAIN_DEFAULTS as DEFAULTS
+from tfvae.cli import runs
+
+RECONSTRUCTED_IMAGES = 32
+VALIDATION_BATCH = 500
+
+
+def train(args):
+    if args.resume:
+        if args.out is None:
+            raise ValueError("--resume: name the run to resume with --out RUN.")
+        run = args.out
+        done, checkpoint = runs.latest_checkpoint(run)
+        config = _resume_config(runs.read_config(run), args, done)
+        if done == 0 and os.path.exists(os.path.join(run, runs.MODEL)):
+            raise ValueError(f"{run}: has {runs.MODEL} but no checkpoint in {runs.CHECKPOINTS}/ to resume from.")
+        if done >= config["epochs"] and os.path.exists(os.path.join(run, runs.MODEL)):
+            print(f"{run}: already trained for {done} epochs; nothing to do (--epochs N > {done} trains longer).")
+            return 0
+    else:
+        run = args.out if args.out is not None else _free_run_name(args.dataset or DEFAULTS["dataset"])
+        if os.path.exists(run) and not (os.path.isdir(run) and not os.listdir(run)):
+            raise FileExistsError(f"--out: {run} already exists; continue it with --resume, or choose another --out.")
+        config, done, checkpoint = _new_config(args), 0, None
+
+    if config["likelihood"] not in distributions.LIKELIHOODS:
+        raise ValueError(f"--likelihood: expected one of {', '.join(distributions.LIKELIHOODS)}; "
+                         f"got {config['likelihood']!r}.")
+    dataset = runs.load_dataset(config["dataset"], config["data_dir"])
+    image_shape = tuple(dataset.x_train.shape[1:])
+    if args.resume and tuple(config["input_shape"]) != image_shape:
+        raise ValueError(f"--dataset: {config['dataset']} now has images of shape {image_shape}; the run was trained "
+                         f"on {tuple(config['input_shape'])}.")
+    config["input_shape"] = list(image_shape)
+    keras.utils.set_random_seed(config["seed"])
+    binarization = None if config["binarization"] == "none" else config["binarization"]
+    # A resumed run must not replay the shuffles and binary draws of its first epochs: the seed moves on.
+    train_data = data.make_dataset(dataset.x_train, config["batch_size"], binarization, seed=config["seed"] + done)
+    x_test = runs.evaluation_images(config, dataset)
+    validation_data = data.make_dataset(x_test, VALIDATION_BATCH, shuffle=False)
+    if checkpoint is not None:
+        model = _load_checkpoint(checkpoint, config["learning_rate"])
+    else:
+        model = VAE(
+            input_shape=image_shape,
+            latent_dim=config["latent_dim"],
+            encoder=config["architecture"],
+            decoder=config["architecture"],
+            likelihood=config["likelihood"],
+            objective=config["objective"],
+            num_samples=config["num_samples"],
+            seed=config["seed"],
+        )
+        model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
+
+    os.makedirs(os.path.join(run, runs.CHECKPOINTS), exist_ok=True)
+    runs.write_json(os.path.join(run, runs.CONFIG), config)
+    history = os.path.join(run, runs.HISTORY)
+    _keep_history_before(history, done)
+    log_dir = os.path.join(run, "logs")
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    shown = dataset.x_test[np.linspace(0, len(dataset.x_test) - 1, RECONSTRUCTED_IMAGES).astype(int)]
+    pictures = _drawable(shown)
+    # Order matters: the checkpoint goes last (see the module docstring).
+    fit_callbacks = [keras.callbacks.CSVLogger(history, append=True)]
+    if tensorboard:
+        fit_callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0))
+    if pictures:
+        fit_callbacks.append(callbacks.ImageGrids(run, x=shown, log_dir=log_dir if tensorboard else None))
+    fit_callbacks.append(Checkpoint(run))
+
+    _describe(run, config, dataset, done)
+    if not tensorboard:
+        print("TensorBoard is not installed, so no logs/ are written (pip install tensorboard).")
+    if not pictures:
+        print(f"x of shape {image_shape} is not a grey or RGB image: no samples.png or reconstructions.png.")
+    if done < config["epochs"]:
+        try:
+            # shuffle=False: the dataset shuffles itself; Keras would only warn that it cannot.
+            model.fit(train_data, epochs=config["epochs"], initial_epoch=done, validation_data=validation_data,
+                      callbacks=fit_callbacks, shuffle=False)
+        except KeyboardInterrupt:
+            print(f"\nStopped. Continue with: tfvae train --resume --out {run}", file=sys.stderr)
+            raise
+    runs.save_model(model, os.path.join(run, runs.MODEL))
+    _summarize(run, history, tensorboard, pictures)
+    return 0
+
+
+def _new_config(args):
+    config = {key: getattr(args, key) if getattr(args, key) is not None else value for key, value in DEFAULTS.items()}
+    if config["binarization"] is None:
+        config["binarization"] = "dynamic" if config["likelihood"] == "bernoulli" else "none"
+    if config["num_samples"] is None:
+        config["num_samples"] = 5 if config["objective"] == "iwae" else 1
+    for key in ("dataset", "data_dir"):
+        if config[key] is not None and (key == "data_dir" or config[key].endswith((".npz", ".npy"))):
+            config[key] = os.path.abspath(config[key])  # a run must find its data from any directory
+    return config
+
+
+def _resume_config(config, args, done):
+    """The run's config, after refusing flags that contradict it; --epochs may only grow."""
+    missing = [key for key in DEFAULTS if key not in config]
+    if missing:
+        raise ValueError(f"{args.out}/{runs.CONFIG}: missing {', '.join(missing)}; not a config of tfvae train.")
+    for key in DEFAULTS:
+        given = getattr(args, key)
+        if given is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key == "epochs":
+            if given < done:
+                raise ValueError(f"{flag} {given}: the run has already trained {done} epochs.")
+            config["epochs"] = given
+        elif _comparable(key, given) != _comparable(key, config[key]):
+            raise ValueError(
+                f"{flag} {given} contradicts the run's {key} = {config[key]!r} in {args.out}/{runs.CONFIG}; "
+                f"resume without {flag}, or start a new run with another --out."
+            )
+    return config
+
+
+def _comparable(key, value):
+    if key in ("dataset", "data_dir") and value is not None and (key == "data_dir" or value.endswith((".npz", ".npy"))):
+        return os.path.abspath(value)
+    return value
+
+
+def _free_run_name(dataset):
+    stem = os.path.splitext(os.path.basename(dataset))[0]
+    run, n = os.path.join("runs", stem), 1
+    while os.path.exists(run):
+        n += 1
+        run = os.path.join("runs", f"{stem}-{n}")
+    return run
+
+
+def _load_checkpoint(path, learning_rate):
+    """The model of a checkpoint with its optimizer state (moments, step count)."""
+    try:
+        # VAE overrides compile(), so load_model would skip restoring the optimizer: that is done here.
+        model = keras.models.load_model(path, compile=False)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(path)
+    except Exception as e:  # a checkpoint damaged outside tfvae (they are written atomically)
+        raise ValueError(f"{path}: cannot load the checkpoint ({runs.brief(e)}); delete it to resume "
+                         f"from the one before, if any.") from None
+    return model
+
+
+def _keep_history_before(path, epochs_done):
+    """Keeps the rows of history.csv for epochs < epochs_done: rows of an epoch cut short by a kill go."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    kept = [row for row in rows[1:] if len(row) == len(rows[0]) and row[0].isdigit() and int(row[0]) < epochs_done]
+    if not kept:
+        os.remove(path)
+        return
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([rows[0], *kept])
+    runs.write_text(path, text.getvalue())
+
+
+def _describe(run, config, dataset, done):
+    shape = "x".join(map(str, config["input_shape"]))
+    epochs = config["epochs"]
+    plan = f"epoch {done + 1} of {epochs}" if done else f"{epochs} epoch{'s' * (epochs != 1)}"
+    print(
+        f"{'Resuming' if done else 'Training'} {run}: {config['dataset']} ({len(dataset.x_train)} train, "
+        f"{len(dataset.x_test)} test, {shape}), {config['architecture']} VAE, latent_dim {config['latent_dim']}, "
+        f"{config['likelihood']} likelihood, {config['objective']} objective; {plan}, batch {config['batch_size']}.",
+        flush=True,
+    )
+
+
+def _drawable(images):
+    try:
+        plots.as_images(images)
+    except ValueError:
+        return False
+    return True
+
+
+def _summarize(run, history, tensorboard, pictures):
+    last = {}
+    if os.path.exists(history):
+        with open(history, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        last = rows[-1] if rows else {}
+    if "val_elbo" in last:
+        print(f"Epoch {int(last['epoch']) + 1}: test ELBO {float(last['val_elbo']):.2f} nats per image.")
+    files = [runs.MODEL, runs.HISTORY, runs.CONFIG] + ["samples.png", "reconstructions.png"] * pictures
+    print(f"Wrote {os.path.join(run, '')}: {', '.join(files)}" + (", logs/" if tensorboard else "") + ".")
+    if pictures:
+        print(f"Pictures: {os.path.join(run, 'samples.png')} and {os.path.join(run, 'reconstructions.png')}.")
+    if tensorboard:
+        print(f"TensorBoard: tensorboard --logdir {os.path.join(run, 'logs')}")
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Saves checkpoints/epoch-NNNN.keras (weights and optimizer state) after every epoch, then
+    removes the older ones, so a complete checkpoint exists at every moment."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        runs.save_model(self.model, runs.checkpoint_path(self.run, epoch + 1))
+        for done, path in runs.checkpoints(self.run):
+            if done != epoch + 1:
+                os.remove(path)
