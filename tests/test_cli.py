@@ -264,6 +264,10 @@ def test_bad_runs_inputs_and_flags_are_refused_and_the_run_is_left_alone(run, in
     check_error(capsys, ["encode", run, "--input", tmp_path / "nothing.npy", "-o", tmp_path / "z.npy"],
                 "no such file or folder")
     check_error(capsys, ["sample", run, "-o", run / "model.keras"], "-o: expected a file ending in .png or .npy")
+    check_error(capsys, ["score", run, "--input", inputs / "digits.npy", "-o", run / "history.csv"],
+                "is a file of the run")
+    check_error(capsys, ["export", run, "--out", run, "--overwrite"], "an export there would replace it")
+    check_error(capsys, ["export", run, "--out", run.parent, "--overwrite"], "an export there would replace it")
     check_error(capsys, ["evaluate", run, "--dataset", "mnist-5k", "--num-samples", 2],
                 "expected images of shape (N, 8, 8, 1) for this model; got shape (1000, 28, 28, 1)")
     check_error(capsys, ["train", "--dataset", "nope", "--out", tmp_path / "new"], "--dataset: expected one of")

@@ -67,6 +67,9 @@ def export(args):
 
     quantize = None if args.quantize == "none" else args.quantize
     directory = args.out or os.path.join("export", os.path.basename(os.path.normpath(args.run)))
+    run = os.path.realpath(args.run)
+    if os.path.commonpath([run, os.path.realpath(directory)]) == os.path.realpath(directory):
+        raise ValueError(f"--out: {directory} holds the run {args.run}; an export there would replace it.")
     model = runs.load_model(args.run)
     config = _config_if_any(args.run)
     sample_inputs = None

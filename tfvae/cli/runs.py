@@ -269,11 +269,17 @@ def _read_image_folder(folder, event_shape):
 
 
 def output_path(path, suffixes, flag="-o"):
-    """Checks an output's suffix and creates its folder; returns the path."""
+    """Checks an output's suffix and creates its folder; returns the path.
+
+    A run's own records (config.json, model.keras, history.csv) are never an output.
+    """
     path = os.fspath(path)
     if not path.lower().endswith(suffixes):
         raise ValueError(f"{flag}: expected a file ending in {' or '.join(suffixes)}; got {path!r}.")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{flag}: {path!r} is a folder; give a file name.")
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(path) in (CONFIG, MODEL, HISTORY) and os.path.isfile(os.path.join(directory, CONFIG)):
+        raise FileExistsError(f"{flag}: {path} is a file of the run in {directory}; choose another name.")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return path
