@@ -19,6 +19,8 @@ setup(
         "matplotlib",
         "pillow",
         "ai-edge-litert",
+        # TensorFlow 2.21 no longer brings it; keras.callbacks.TensorBoard (used by `tfvae train`) needs it.
+        "tensorboard",
     ],
     extras_require={
         "test": ["pytest"],
