@@ -12,6 +12,9 @@ OBJECTIVES = ("elbo", "iwae")
 # Importance samples per chunk are capped so one chunk's decoder output stays near this many floats.
 _CHUNK_ELEMENTS = 2**23
 
+# Batches per host round trip in `fit`/`evaluate` (see `VAE.compile`); measured in benchmarks/README.md.
+STEPS_PER_EXECUTION = 32
+
 
 @keras.saving.register_keras_serializable(package="tfvae")
 class VAE(keras.Model):
@@ -268,16 +271,46 @@ class VAE(keras.Model):
             loss = -tf.reduce_mean(terms["bound"]) / replicas
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        # Keras's Adam is ~12 small ops and as many passes over memory per variable; the fused
+        # kernel of the same update is one of each (-20% time per step; benchmarks/README.md).
+        if not _apply_adam_fused(self.optimizer, gradients, self.trainable_variables):
+            self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         return self._update_metrics(terms)
 
     def test_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self._update_metrics(self._bounds(tf.cast(x, tf.float32), self.num_samples, self.objective))
 
-    def compile(self, optimizer="adam", **kwargs):
-        """Like `keras.Model.compile`; the loss is the model's own (the negative bound)."""
-        super().compile(optimizer=optimizer, **kwargs)
+    def compile(self, optimizer="adam", steps_per_execution=None, **kwargs):
+        """Like `keras.Model.compile`; the loss is the model's own (the negative bound).
+
+        `steps_per_execution=None` means `STEPS_PER_EXECUTION` batches per host round trip, not
+        Keras's 1: the host launches one compiled loop per that many batches instead of one call
+        per batch, which is much of the time of a small model's step. Batch-level callbacks and
+        the progress bar then see every `steps_per_execution`-th batch; epoch-level ones are
+        unaffected. Under a strategy with several replicas it means 1: Keras 3.15's multi-step
+        loop fails there ("You must feed a value for placeholder tensor").
+        """
+        self._default_steps_per_execution = steps_per_execution is None
+        if steps_per_execution is None:
+            replicas = self.distribute_strategy.num_replicas_in_sync
+            steps_per_execution = STEPS_PER_EXECUTION if replicas == 1 else 1
+        super().compile(optimizer=optimizer, steps_per_execution=steps_per_execution, **kwargs)
+
+    def _fit_steps_per_execution(self, *steps):
+        """Shrinks tfvae's default steps_per_execution to a divisor of the step counts a call asks for.
+
+        Keras runs whole executions, so `steps_per_epoch=7` with 32 steps per execution would run
+        32 batches an epoch. A `steps_per_execution` the user chose is left as it is.
+        """
+        if not getattr(self, "_default_steps_per_execution", False):
+            return
+        steps = [s for s in steps if s]
+        largest = STEPS_PER_EXECUTION if self.distribute_strategy.num_replicas_in_sync == 1 else 1
+        best = next(d for d in range(largest, 0, -1) if all(s % d == 0 for s in steps))
+        if best != self.steps_per_execution:
+            self.steps_per_execution = best
+            self.train_function = self.test_function = self.predict_function = None
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, **kwargs):
         """Like `keras.Model.fit`; labels `y`, if any, are ignored. Compiles with Adam if needed."""
@@ -286,6 +319,7 @@ class VAE(keras.Model):
             self._check_data(kwargs["validation_data"], "validation_data")
         if not self.compiled:
             self.compile()
+        self._fit_steps_per_execution(kwargs.get("steps_per_epoch"), kwargs.get("validation_steps"))
         callbacks = [*(callbacks or []), checks.TerminateOnNaN()]
         return super().fit(x, y, batch_size, epochs, verbose, callbacks, **kwargs)
 
@@ -294,10 +328,61 @@ class VAE(keras.Model):
         self._check_data(x, "x")
         if not self.compiled:
             self.compile()
+        self._fit_steps_per_execution(kwargs.get("steps"))
         return super().evaluate(x, y, *args, **kwargs)
 
     def _check_data(self, data, name):
         checks.check_training_data(data, self.event_shape, name, self.likelihood_head.check_support)
+
+
+def _apply_adam_fused(optimizer, gradients, variables):
+    """Applies a plain `keras.optimizers.Adam` step with TF's fused kernel; False if it cannot.
+
+    The update is Adam's own, on the optimizer's own slots and step counter: m += (g - m)(1 - b1),
+    v += (g^2 - v)(1 - b2), w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps). Anything the
+    kernel does not cover (clipping, weight decay, EMA, AMSGrad, gradient accumulation, loss
+    scaling, several replicas whose gradients must be all-reduced) goes through `apply_gradients`.
+    """
+    plain = (
+        type(optimizer) is keras.optimizers.Adam
+        and not optimizer.amsgrad
+        and not optimizer.use_ema
+        and optimizer.weight_decay is None
+        and optimizer.clipnorm is None
+        and optimizer.clipvalue is None
+        and optimizer.global_clipnorm is None
+        and optimizer.gradient_accumulation_steps is None
+        and optimizer.loss_scale_factor is None
+        and tf.distribute.get_strategy().num_replicas_in_sync == 1
+        and all(g is not None for g in gradients)
+        and all(v.dtype == "float32" and not v.overwrite_with_gradient for v in variables)
+        and hasattr(optimizer, "_momentums")
+    )
+    if not plain:
+        return False
+    if not optimizer.built:
+        optimizer.build(variables)
+    step = tf.cast(optimizer.iterations + 1, tf.float32)
+    beta_1, beta_2 = tf.constant(optimizer.beta_1, tf.float32), tf.constant(optimizer.beta_2, tf.float32)
+    hyperparameters = {
+        "beta1_power": tf.pow(beta_1, step),
+        "beta2_power": tf.pow(beta_2, step),
+        "lr": tf.cast(optimizer.learning_rate, tf.float32),
+        "beta1": beta_1,
+        "beta2": beta_2,
+        "epsilon": tf.constant(optimizer.epsilon, tf.float32),
+    }
+    for gradient, variable in zip(gradients, variables):
+        index = optimizer._get_variable_index(variable)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.value.handle,
+            m=optimizer._momentums[index].value.handle,
+            v=optimizer._velocities[index].value.handle,
+            grad=tf.cast(gradient, tf.float32),
+            **hyperparameters,
+        )
+    optimizer.iterations.assign_add(1)
+    return True
 
 
 def _as_tuple(shape):
