@@ -174,6 +174,21 @@ def test_save_and_load_round_trip_in_safe_mode(options, digits, tmp_path):
     assert type(loaded.prior_head) is type(model.prior_head)
 
 
+def test_a_loaded_model_keeps_its_optimizer_state_and_goes_on_training(digits, tmp_path, recwarn):
+    model = VAE(input_shape=(64,), latent_dim=2)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    model.fit(digits[0][:200], epochs=2, batch_size=50, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert not [w for w in recwarn if "compile" in str(w.message)]
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 8
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(2e-3)
+    for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    history = loaded.fit(digits[0][:200], epochs=1, batch_size=50, verbose=0)
+    assert np.isfinite(history.history["loss"][0]) and int(loaded.optimizer.iterations) == 12
+
+
 def _train(strategy, x):
     keras.utils.set_random_seed(7)
     with strategy.scope():

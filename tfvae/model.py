@@ -297,6 +297,12 @@ class VAE(keras.Model):
             steps_per_execution = STEPS_PER_EXECUTION if replicas == 1 else 1
         super().compile(optimizer=optimizer, steps_per_execution=steps_per_execution, **kwargs)
 
+    def compile_from_config(self, config):
+        # Keras skips compile() when loading a model that overrides it; this restores the optimizer
+        # (and its state, which is loaded right after) so a loaded model can go on training.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
+
     def _fit_steps_per_execution(self, *steps):
         """Shrinks tfvae's default steps_per_execution to a divisor of the step counts a call asks for.
 
