@@ -57,7 +57,7 @@ def train(args):
     x_test = runs.evaluation_images(config, dataset)
     validation_data = data.make_dataset(x_test, VALIDATION_BATCH, shuffle=False)
     if checkpoint is not None:
-        model = _load_checkpoint(checkpoint, config["learning_rate"])
+        model = _load_checkpoint(checkpoint)
     else:
         model = VAE(
             input_shape=image_shape,
@@ -154,14 +154,10 @@ def _free_run_name(dataset):
     return run
 
 
-def _load_checkpoint(path, learning_rate):
+def _load_checkpoint(path):
     """The model of a checkpoint with its optimizer state (moments, step count)."""
     try:
-        # VAE overrides compile(), so load_model would skip restoring the optimizer: that is done here.
-        model = keras.models.load_model(path, compile=False)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate))
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(path)
+        model = keras.models.load_model(path)
     except Exception as e:  # a checkpoint damaged outside tfvae (they are written atomically)
         raise ValueError(f"{path}: cannot load the checkpoint ({runs.brief(e)}); delete it to resume "
                          f"from the one before, if any.") from None
