@@ -12,7 +12,8 @@ OBJECTIVES = ("elbo", "iwae")
 # Importance samples per chunk are capped so one chunk's decoder output stays near this many floats.
 _CHUNK_ELEMENTS = 2**23
 
-# Batches per host round trip in `fit`/`evaluate` (see `VAE.compile`); measured in benchmarks/README.md.
+# Batches per host round trip in `fit`/`evaluate` (see `VAE.compile`); its effect is measured by
+# `python benchmarks/throughput.py --levers` (lever "steps_per_execution=1").
 STEPS_PER_EXECUTION = 32
 
 
@@ -272,7 +273,8 @@ class VAE(keras.Model):
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         # Keras's Adam is ~12 small ops and as many passes over memory per variable; the fused
-        # kernel of the same update is one of each (-20% time per step; benchmarks/README.md).
+        # kernel of the same update is one of each (~20% less CPU per step here; lever "keras_adam"
+        # of `benchmarks/throughput.py --levers`).
         if not _apply_adam_fused(self.optimizer, gradients, self.trainable_variables):
             self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         return self._update_metrics(terms)
