@@ -1,0 +1,598 @@
+"""Training and inference throughput of tfvae, against plain PyTorch and a keras.io-style Keras VAE.
+
+Training: the Burda et al. (2015) one-stochastic-layer VAE (784-200-200-50, tanh, diagonal Gaussian
+q(z|x), N(0, I) prior, Bernoulli p(x|z), Adam 1e-3, batch 100) on dynamically binarized
+Fashion-MNIST, trained the way a user trains it:
+
+    model = tfvae.VAE(input_shape=(784,), latent_dim=50)
+    model.fit(tfvae.data.make_dataset(x, 100, binarization="dynamic"), epochs=...)
+
+with tfvae's defaults (no compile call, no knobs). The peers (benchmarks/peers) train the same
+model: plain PyTorch (torch CPU, 2 threads; optional, `pip install -e ".[bench]"`) and a keras.io-style
+custom train_step. Contenders take turns within each repeat (the order rotates), so a noisy
+neighbour slows all of them alike; medians over repeats and the ratios between them are reported.
+
+Also measured: the matmul peak of this machine (the model's own forward and backward GEMM shapes at
+this batch size, and a large square GEMM) against the GFLOP/s that training achieves; and the
+latency and throughput of `encode` at batch 1 and batch 256 through Keras (eager and compiled),
+the exported SavedModel and the TFLite model on LiteRT. `--levers` measures each of tfvae's
+performance defaults by switching it off alone.
+
+    python benchmarks/throughput.py --out throughput.json        # the full run, several minutes
+    python benchmarks/throughput.py --quick                      # seconds: checks that it runs
+
+Prints one JSON object on stdout (progress goes to stderr).
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+# ---------------------------------------------------------------------------------------------
+# Command line: parsed before TensorFlow is imported, so --help and argument errors answer at once.
+
+TARGETS = {"vs_torch": 1.3, "vs_keras_io": 1.5, "tflite_vs_keras_batch_1": 5.0}
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per repeat (default 3)")
+    parser.add_argument("--warmup-epochs", type=int, default=1,
+                        help="untimed epochs first in every repeat, tracing included (default 1)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="rounds; each contender trains a fresh model once per round (default 5)")
+    parser.add_argument("--examples", type=int, default=20000,
+                        help="training examples, the first of Fashion-MNIST's train split (default 20000)")
+    parser.add_argument("--batch-size", type=int, default=100, help="examples per step (default 100)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="uniform random pixels instead of Fashion-MNIST (same shape)")
+    parser.add_argument("--peers", default="torch,keras_io",
+                        help="comma-separated peers to train against: torch, keras_io, or none "
+                             "(default torch,keras_io; torch is skipped with a note when not installed)")
+    parser.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--inference-seconds", type=float, default=1.0,
+                        help="timed seconds per inference measurement and repeat (default 1.0)")
+    parser.add_argument("--no-inference", action="store_true", help="skip the encode latency benchmark")
+    parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
+    parser.add_argument("--levers", action="store_true",
+                        help="also train tfvae with each performance default switched off, one at a time")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny settings that only check the benchmark runs: synthetic data, 300 examples, "
+                             "1 epoch, 1 repeat, short inference timing (explicit arguments still win)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data, models and noise (default 0)")
+    parser.add_argument("--out", default=None, help="also write the JSON to this file (atomically)")
+    return parser
+
+
+QUICK = {"epochs": 1, "warmup_epochs": 1, "repeats": 1, "examples": 300, "inference_seconds": 0.05}
+
+
+def parse_args(argv=None):
+    """Parses the command line; out-of-range values exit with status 2 and name the argument."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.quick:
+        given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+        for name, value in QUICK.items():
+            if "--" + name.replace("_", "-") not in given:
+                setattr(args, name, value)
+        args.synthetic = True
+    for name in ("epochs", "repeats", "batch_size", "examples", "torch_threads"):
+        value = getattr(args, name)
+        if value < 1:
+            parser.error(f"argument --{name.replace('_', '-')}: expected an integer >= 1; got {value}")
+    if args.warmup_epochs < 0:
+        parser.error(f"argument --warmup-epochs: expected an integer >= 0; got {args.warmup_epochs}")
+    if args.examples < args.batch_size:
+        parser.error(f"argument --examples: expected at least --batch-size ({args.batch_size}) examples; "
+                     f"got {args.examples}")
+    if not args.synthetic and args.examples > 60000:
+        parser.error(f"argument --examples: Fashion-MNIST has 60000 training examples; got {args.examples} "
+                     "(use --synthetic for more)")
+    if not (math.isfinite(args.inference_seconds) and args.inference_seconds > 0):
+        parser.error(f"argument --inference-seconds: expected a number > 0; got {args.inference_seconds}")
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if peers == ["none"]:
+        peers = []
+    unknown = sorted(set(peers) - {"torch", "keras_io"})
+    if unknown:
+        parser.error(f"argument --peers: expected a comma-separated subset of torch,keras_io, or none; "
+                     f"got {', '.join(unknown)}")
+    args.peers = peers
+    if args.out is not None:
+        parent = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(parent):
+            parser.error(f"argument --out: no such directory {parent}")
+    return args
+
+
+if __name__ == "__main__":
+    _ARGS = parse_args()
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(_HERE))  # the repo, for tfvae when it is not installed
+sys.path.insert(0, os.path.join(_HERE, "peers"))
+
+import keras_io_vae  # noqa: E402
+import torch_vae  # noqa: E402
+
+import tfvae  # noqa: E402
+from tfvae import data  # noqa: E402
+
+LATENT_DIM = 50
+HIDDEN = (200, 200)
+INFERENCE_BATCHES = (1, 256)
+
+
+def training_flops_per_example(input_dim=784, hidden=HIDDEN, latent_dim=LATENT_DIM):
+    """FLOPs of one example's forward and backward GEMMs: 3 GEMMs per dense layer, 2 FLOPs per MAC.
+
+    Forward y = xW; backward dx = dy W^T and dW = x^T dy cost the same MACs each. Elementwise work
+    (activations, the loss, Adam) is left out: it is small next to the GEMMs.
+    """
+    encoder = [input_dim, *hidden, 2 * latent_dim]
+    decoder = [latent_dim, *hidden, input_dim]
+    macs = sum(a * b for widths in (encoder, decoder) for a, b in zip(widths[:-1], widths[1:]))
+    return 3 * 2 * macs
+
+
+def _gemm_shapes(batch_size, input_dim=784, hidden=HIDDEN, latent_dim=LATENT_DIM):
+    encoder = [input_dim, *hidden, 2 * latent_dim]
+    decoder = [latent_dim, *hidden, input_dim]
+    return [(batch_size, a, b) for widths in (encoder, decoder) for a, b in zip(widths[:-1], widths[1:])]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Wall time and loss of every epoch: epoch-level hooks, which add no per-step host sync."""
+
+    def on_train_begin(self, logs=None):
+        self.seconds, self.losses = [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+        self.losses.append(float(logs["loss"]))
+
+
+class _KerasAdam(keras.optimizers.Adam):
+    """Keras's Adam, unchanged; being a subclass keeps it out of tfvae's fused-kernel path (a lever)."""
+
+
+class _InStepBinarizationVAE(tfvae.VAE):
+    """tfvae's VAE binarizing each batch inside train_step (a lever: tf.data does it by default)."""
+
+    def train_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x = tf.cast(keras.random.uniform(tf.shape(x), seed=self.seed_generator) < x, tf.float32)
+        return super().train_step(x)
+
+
+def train_tfvae(x, epochs, batch_size, warmup_epochs, seed, variant="defaults"):
+    """Trains a fresh tfvae VAE with `model.fit` and returns its throughput.
+
+    `variant` "defaults" is what a user gets from `model.fit(dataset)`; the others switch off one
+    default each (see `LEVERS`).
+    """
+    keras.utils.set_random_seed(seed)
+    model_class = _InStepBinarizationVAE if variant == "binarize_in_train_step" else tfvae.VAE
+    model = model_class(input_shape=(x.shape[1],), latent_dim=LATENT_DIM)
+    if variant == "steps_per_execution=1":
+        model.compile(steps_per_execution=1)
+    elif variant == "jit_compile=True":
+        model.compile(jit_compile=True)
+    elif variant == "keras_adam":
+        model.compile(optimizer=_KerasAdam())
+    binarization = None if variant == "binarize_in_train_step" else "dynamic"
+    dataset = data.make_dataset(x, batch_size, binarization=binarization, seed=seed)
+    timer = _EpochTimer()
+    fit = model.fit
+    if variant == "no_nan_check":
+        # Keras's own fit: tfvae's fit adds only the input checks and the TerminateOnNaN callback.
+        model.compile()
+        fit = lambda *a, **k: keras.Model.fit(model, *a, **k)  # noqa: E731
+    verbose = 1 if variant == "progress_bar" else 0
+    with contextlib.redirect_stdout(sys.stderr):  # a progress bar must not mix with the JSON
+        fit(dataset, epochs=warmup_epochs + epochs, verbose=verbose, callbacks=[timer])
+    timed = timer.seconds[warmup_epochs:]
+    return {
+        "examples_per_second": len(x) * epochs / sum(timed),
+        "final_loss": timer.losses[-1],
+        "epoch_seconds": timed,
+    }, model
+
+
+def _peer_once(peer, x, args, seed):
+    if peer == "torch":
+        result = torch_vae.run(x, args.epochs, args.batch_size, args.warmup_epochs, repeats=1,
+                               threads=args.torch_threads, seed=seed)
+    else:
+        result = keras_io_vae.run(x, args.epochs, args.batch_size, args.warmup_epochs, repeats=1, seed=seed)
+    return result["runs"][0], result["versions"]
+
+
+def _summary(runs, flops_per_example):
+    rates = [r["examples_per_second"] for r in runs]
+    median = statistics.median(rates)
+    return {
+        "examples_per_second_median": median,
+        "examples_per_second_min": min(rates),
+        "examples_per_second_max": max(rates),
+        "gflops_achieved_median": median * flops_per_example / 1e9,
+        "final_loss_median": statistics.median(r["final_loss"] for r in runs),
+        "runs": runs,
+    }
+
+
+def _torch_available():
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        return f"torch is not installed ({e}); install the bench extra: pip install -e \".[bench]\""
+    return None
+
+
+def benchmark_training(x, args, log):
+    """Every contender trains once per round, in a rotating order; returns per-contender summaries."""
+    flops = training_flops_per_example(x.shape[1])
+    contenders, skipped, versions = ["tfvae"], {}, {}
+    for peer in args.peers:
+        reason = _torch_available() if peer == "torch" else None
+        if reason:
+            skipped[peer] = reason
+        else:
+            contenders.append(peer)
+    runs = {name: [] for name in contenders}
+    for round_ in range(args.repeats):
+        shift = round_ % len(contenders)
+        for name in contenders[shift:] + contenders[:shift]:
+            seed = args.seed + round_
+            if name == "tfvae":
+                run, model = train_tfvae(x, args.epochs, args.batch_size, args.warmup_epochs, seed)
+                defaults = {
+                    "steps_per_execution": int(model.steps_per_execution),
+                    "jit_compile": bool(model.jit_compile),
+                    "dtype_policy": model.dtype_policy.name,
+                }
+            else:
+                run, versions[name] = _peer_once(name, x, args, seed)
+            runs[name].append(run)
+            log(f"round {round_ + 1}/{args.repeats} {name}: {run['examples_per_second']:.0f} examples/s")
+    result = {name: _summary(r, flops) for name, r in runs.items()}
+    result["tfvae"]["defaults"] = defaults
+    for name, reason in skipped.items():
+        result[name] = {"skipped": reason}
+    ratios, per_round = {}, {}
+    tfvae_rates = [r["examples_per_second"] for r in runs["tfvae"]]
+    for name in contenders[1:]:
+        ratios[f"tfvae_vs_{name}"] = (result["tfvae"]["examples_per_second_median"]
+                                      / result[name]["examples_per_second_median"])
+        per_round[f"tfvae_vs_{name}"] = statistics.median(
+            t / r["examples_per_second"] for t, r in zip(tfvae_rates, runs[name]))
+    return {
+        "model": "784-200-200-50 tanh MLP VAE (Burda et al. 2015), diagonal Gaussian q, N(0, I) prior, "
+                 "Bernoulli p(x|z), Adam 1e-3, dynamic binarization",
+        "batch_size": args.batch_size,
+        "examples": len(x),
+        "epochs": args.epochs,
+        "warmup_epochs": args.warmup_epochs,
+        "repeats": args.repeats,
+        "flops_per_example": flops,
+        "contenders": result,
+        "ratios": ratios,
+        "ratios_per_round_median": per_round,
+        "peer_versions": versions,
+    }
+
+
+LEVERS = ("defaults", "steps_per_execution=1", "keras_adam", "jit_compile=True", "no_nan_check",
+          "binarize_in_train_step", "progress_bar")
+
+
+def benchmark_levers(x, args, log):
+    """tfvae with each default switched off alone (or a rejected option switched on), interleaved."""
+    runs = {lever: [] for lever in LEVERS}
+    for round_ in range(args.repeats):
+        shift = round_ % len(LEVERS)
+        for lever in LEVERS[shift:] + LEVERS[:shift]:
+            run, _ = train_tfvae(x, args.epochs, args.batch_size, args.warmup_epochs, args.seed + round_, lever)
+            runs[lever].append(run)
+            log(f"levers round {round_ + 1}/{args.repeats} {lever}: {run['examples_per_second']:.0f} examples/s")
+    flops = training_flops_per_example(x.shape[1])
+    result = {lever: _summary(r, flops) for lever, r in runs.items()}
+    base = result["defaults"]["examples_per_second_median"]
+    for lever in LEVERS:
+        result[lever]["relative_to_defaults"] = result[lever]["examples_per_second_median"] / base
+    return {
+        "description": {
+            "defaults": "tfvae as shipped",
+            "steps_per_execution=1": "compile(steps_per_execution=1): one host round trip per batch",
+            "keras_adam": "Keras's Adam update (about 12 ops per variable) instead of the fused ResourceApplyAdam",
+            "jit_compile=True": "compile(jit_compile=True): the train step compiled by XLA",
+            "no_nan_check": "keras.Model.fit without tfvae's TerminateOnNaN callback (per-execution loss read)",
+            "binarize_in_train_step": "dynamic binarization drawn inside train_step instead of in tf.data",
+            "progress_bar": "verbose=1 (to stderr) instead of verbose=0",
+        },
+        "results": result,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Matmul peak
+
+
+def _time_per_call(fn, seconds, repeats=5):
+    """Median seconds per call of `fn` over `repeats` timed blocks of about `seconds` each."""
+    fn()
+    start, calls = time.perf_counter(), 0
+    while time.perf_counter() - start < max(seconds / 10, 1e-3) or calls < 2:
+        fn()
+        calls += 1
+    per_call = (time.perf_counter() - start) / calls
+    calls = max(1, int(seconds / per_call))
+    blocks = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        blocks.append((time.perf_counter() - start) / calls)
+    return statistics.median(blocks)
+
+
+def _gemm_loop(shapes, dtype, iterations):
+    """A tf.function running the forward and both backward GEMMs of every layer `iterations` times.
+
+    A graph loop, as training runs them: no Python per iteration.
+    """
+    rng = np.random.default_rng(0)
+    tensors = [[tf.constant(rng.standard_normal(s).astype(np.float32), dtype=dtype)
+                for s in ((b, i), (i, o), (b, o))] for b, i, o in shapes]
+
+    @tf.function
+    def loop():
+        # Each iteration's results feed a loop variable (one element each, a negligible cost), so
+        # no GEMM is pruned or hoisted out of the loop as invariant.
+        def body(step, total):
+            outputs = []
+            for x, w, dy in tensors:
+                outputs += [tf.matmul(x, w), tf.matmul(dy, w, transpose_b=True), tf.matmul(x, dy, transpose_a=True)]
+            return step + 1, total + tf.cast(tf.add_n([o[0, 0] for o in outputs]), tf.float32)
+
+        return tf.while_loop(lambda step, _: step < iterations, body, [tf.constant(0), tf.constant(0.0)])[1]
+
+    return loop
+
+
+def benchmark_peak(batch_size, seconds, flops_per_example, bf16):
+    """GFLOP/s of the model's own GEMMs (a graph loop of forward + backward shapes) and of a square GEMM."""
+    shapes = _gemm_shapes(batch_size)
+    step_flops = sum(3 * 2 * b * i * o for b, i, o in shapes)
+    result = {}
+    dtypes = [("float32", tf.float32)] + ([("bfloat16", tf.bfloat16)] if bf16 else [])
+    for name, dtype in dtypes:
+        iterations = 50
+        seconds_per_loop = _time_per_call(_gemm_loop(shapes, dtype, iterations), seconds)
+        gflops = step_flops * iterations / seconds_per_loop / 1e9
+        result[f"model_gemms_{name}"] = {
+            "gflops": gflops,
+            "examples_per_second_limit": gflops * 1e9 / flops_per_example,
+            "shapes": [list(s) for s in shapes],
+        }
+        n = 2048
+        a = tf.cast(tf.random.stateless_normal((n, n), seed=[0, 0]), dtype)
+        square = tf.function(lambda: tf.matmul(a, a))
+        result[f"square_{n}_{name}"] = {"gflops": 2 * n**3 / _time_per_call(square, seconds) / 1e9}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+
+
+def _encode_callers(model, export_dir, log):
+    """{path: function(x) -> (z_mean, z_stddev) as numpy}, each the way a user calls that path."""
+
+    def keras_eager(x):
+        q = model.encode(x)
+        return q.mean().numpy(), q.stddev().numpy()
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *model.event_shape), tf.float32)])
+    def compiled(x):
+        q = model.encode(x)
+        return q.mean(), q.stddev()
+
+    def keras_compiled(x):
+        z_mean, z_stddev = compiled(x)
+        return z_mean.numpy(), z_stddev.numpy()
+
+    callers = {"keras_eager": keras_eager, "keras_compiled": keras_compiled}
+    notes = {
+        "keras_eager": "q = model.encode(x); q.mean().numpy(), q.stddev().numpy() (eager, input checks included)",
+        "keras_compiled": "tf.function(x -> model.encode(x).mean(), .stddev()) traced once for [None, 784]",
+    }
+    try:
+        from tfvae import export
+    except ImportError as e:
+        return callers, notes, {"saved_model": f"tfvae.export is missing ({e})", "tflite": "ditto"}
+
+    with contextlib.redirect_stdout(sys.stderr):
+        manifest = export.save(model, export_dir, tflite=True, overwrite=True)
+    files = manifest["files"]
+    encode = tf.saved_model.load(os.path.join(export_dir, files["saved_model"]["path"])).signatures["encode"]
+
+    def saved_model(x):
+        out = encode(x=tf.constant(x))
+        return out["z_mean"].numpy(), out["z_stddev"].numpy()
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=os.path.join(export_dir, files["tflite"]["path"])).get_signature_runner("encode")
+
+    def tflite(x):
+        out = runner(x=x)
+        return out["z_mean"], out["z_stddev"]
+
+    callers.update(saved_model=saved_model, tflite=tflite)
+    notes["saved_model"] = "tf.saved_model.load(dir/saved_model).signatures['encode'](x=tf.constant(x))"
+    notes["tflite"] = "ai_edge_litert Interpreter(dir/model.tflite).get_signature_runner('encode')(x=x)"
+    log(f"exported to {export_dir}")
+    return callers, notes, {}
+
+
+def benchmark_inference(model, x, seconds, log):
+    """Latency and throughput of encode at each batch size, through every path."""
+    with tempfile.TemporaryDirectory(prefix="tfvae-throughput-") as tmp:
+        callers, notes, skipped = _encode_callers(model, os.path.join(tmp, "export"), log)
+        result = {}
+        for batch in INFERENCE_BATCHES:
+            xb = np.ascontiguousarray(x[np.arange(batch) % len(x)], dtype=np.float32)
+            expected = callers["keras_eager"](xb)
+            rows = {}
+            for path, fn in callers.items():
+                got = fn(xb)
+                np.testing.assert_allclose(got[0], expected[0], rtol=1e-3, atol=1e-4, err_msg=path)
+                latency = _time_per_call(lambda: fn(xb), seconds)
+                rows[path] = {"latency_ms_median": latency * 1e3, "examples_per_second": batch / latency}
+                log(f"encode batch {batch} {path}: {latency * 1e3:.3f} ms")
+            result[f"batch_{batch}"] = rows
+    ratios = {}
+    for batch in INFERENCE_BATCHES:
+        rows = result[f"batch_{batch}"]
+        if "tflite" in rows:
+            for base in ("keras_eager", "keras_compiled"):
+                ratios[f"tflite_vs_{base}_batch_{batch}"] = (rows[base]["latency_ms_median"]
+                                                            / rows["tflite"]["latency_ms_median"])
+    return {"signature": "encode(x) -> {z_mean, z_stddev}", "paths": notes, "skipped": skipped,
+            "encode": result, "speedups": ratios}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def machine_info():
+    flags = set()
+    model_name = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+                elif line.startswith("model name"):
+                    model_name = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": model_name,
+        "cpus": cpus,
+        "flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")},
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                     "keras": keras.__version__, "tfvae": tfvae.__version__, "numpy": np.__version__},
+    }
+
+
+def load_x(args):
+    """Fashion-MNIST's first `examples` training images flattened to 784 in [0, 1], or uniform noise."""
+    if args.synthetic:
+        return np.random.default_rng(args.seed).uniform(size=(args.examples, 784)).astype(np.float32)
+    images, _ = data.load("fashion_mnist", split="train")
+    return data.flatten(images[: args.examples]).astype(np.float32)
+
+
+def _write_atomically(path, text):
+    path = os.path.abspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def run(args, log=lambda message: None):
+    """The whole benchmark as a JSON-ready dict."""
+    start = time.perf_counter()
+    x = load_x(args)
+    machine = machine_info()
+    result = {
+        "benchmark": "tfvae throughput",
+        "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "data": "synthetic uniform [0, 1]" if args.synthetic else "fashion_mnist (train split, first examples)",
+        "machine": machine,
+    }
+    training = benchmark_training(x, args, log)
+    result["training"] = training
+    flops = training["flops_per_example"]
+    if not args.no_peak:
+        bf16 = machine["flags"]["avx512_bf16"] or machine["flags"]["amx_bf16"]
+        peak = benchmark_peak(args.batch_size, max(args.inference_seconds, 0.05), flops, bf16)
+        achieved = training["contenders"]["tfvae"]["gflops_achieved_median"]
+        peak["tfvae_fraction_of_model_gemm_peak_float32"] = achieved / peak["model_gemms_float32"]["gflops"]
+        result["matmul_peak"] = peak
+    if args.levers:
+        result["levers"] = benchmark_levers(x, args, log)
+    if not args.no_inference:
+        keras.utils.set_random_seed(args.seed)
+        model = tfvae.VAE(input_shape=(x.shape[1],), latent_dim=LATENT_DIM)
+        with contextlib.redirect_stdout(sys.stderr):
+            model.fit(data.make_dataset(x, args.batch_size, binarization="dynamic", seed=args.seed),
+                      epochs=1, verbose=0)
+        result["inference"] = benchmark_inference(model, x, args.inference_seconds, log)
+    targets = {}
+    ratios = training["ratios"]
+    if "tfvae_vs_torch" in ratios:
+        targets["training_vs_torch"] = {"target": TARGETS["vs_torch"], "measured": ratios["tfvae_vs_torch"]}
+    if "tfvae_vs_keras_io" in ratios:
+        targets["training_vs_keras_io"] = {"target": TARGETS["vs_keras_io"], "measured": ratios["tfvae_vs_keras_io"]}
+    speedups = result.get("inference", {}).get("speedups", {})
+    if "tflite_vs_keras_eager_batch_1" in speedups:
+        targets["tflite_vs_keras_eager_batch_1"] = {"target": TARGETS["tflite_vs_keras_batch_1"],
+                                                    "measured": speedups["tflite_vs_keras_eager_batch_1"]}
+    for target in targets.values():
+        target["met"] = target["measured"] >= target["target"]
+    result["targets"] = targets
+    machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv) if argv is not None or __name__ != "__main__" else _ARGS
+
+    def log(message):
+        print(f"[throughput] {message}", file=sys.stderr, flush=True)
+
+    result = run(args, log)
+    text = json.dumps(result, indent=2, allow_nan=False)
+    if args.out is not None:
+        _write_atomically(args.out, text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
