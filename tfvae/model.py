@@ -5,7 +5,7 @@ import math
 import keras
 import tensorflow as tf
 
-from tfvae import checks, distributions, networks, objectives
+from tfvae import checks, distributions, inference, networks, objectives
 
 OBJECTIVES = ("elbo", "iwae")
 
@@ -198,8 +198,6 @@ class VAE(keras.Model):
         Returns:
             A TFP distribution like `encode` returns: batch shape [B], event shape [latent_dim].
         """
-        from tfvae import inference
-
         return inference.refine(self, x, steps, learning_rate, num_samples, seed)
 
     def _as_batch(self, x, name="x"):
