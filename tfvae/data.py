@@ -25,6 +25,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
+from tfvae import checks
+
 DATASETS = ("digits", "mnist-5k", "fashion_mnist", "mnist")
 BINARIZATIONS = (None, "dynamic", "static")
 IDX_FILES = (
@@ -150,8 +152,7 @@ def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labe
     """
     if binarization not in BINARIZATIONS:
         raise ValueError(f"binarization: expected one of {BINARIZATIONS}; got {binarization!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an integer >= 1; got {batch_size!r}.")
+    batch_size = checks.positive_int(batch_size, "batch_size")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise ValueError(f"seed: expected an int or None; got {seed!r}.")
     x = _unit_interval(x, "x") if binarization else _finite(x, "x")

@@ -17,7 +17,6 @@ Example:
 """
 
 import math
-import numbers
 
 import keras
 import numpy as np
@@ -105,8 +104,7 @@ def active_units(model, data, threshold=0.01, batch_size=1000, return_variances=
     Returns:
         The count (int), or (count, variances [latent_dim] numpy) with `return_variances`.
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold < float("inf"):
-        raise ValueError(f"threshold: expected a finite number >= 0; got {threshold!r}.")
+    threshold = checks.finite_float(threshold, "threshold", inclusive=True)
     batches, _ = _batches(model, data, batch_size)
     count, total, total_squares = 0, 0.0, 0.0
     for x in batches:

@@ -14,8 +14,6 @@ Example:
     >>> tfvae.inference.elbo(model, x, q, num_samples=100)  # >= model.elbo(x, 100) on average
 """
 
-import numbers
-
 import tensorflow as tf
 
 from tfvae import checks, objectives
@@ -39,8 +37,8 @@ def refine(model, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None):
     Returns:
         A TFP distribution like `model.encode(x)` returns: batch shape [B], event [latent_dim].
     """
-    steps = _non_negative_int(steps, "steps")
-    learning_rate = _positive_float(learning_rate, "learning_rate")
+    steps = checks.non_negative_int(steps, "steps")
+    learning_rate = checks.finite_float(learning_rate, "learning_rate")
     num_samples = checks.positive_int(num_samples, "num_samples")
     x = model._as_batch(x)
     params = model.posterior_head(model.encoder(x))
@@ -105,14 +103,3 @@ def _ascend(model, x, params, steps, learning_rate, num_samples, seed):
     _, params, _, _ = tf.while_loop(lambda t, *_: t < steps, step, (tf.constant(0), params, zeros, zeros))
     return params
 
-
-def _non_negative_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name}: expected an integer >= 0; got {value!r}.")
-    return int(value)
-
-
-def _positive_float(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 or value == float("inf"):
-        raise ValueError(f"{name}: expected a finite number > 0; got {value!r}.")
-    return float(value)

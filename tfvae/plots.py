@@ -16,6 +16,8 @@ import tempfile
 
 import numpy as np
 
+from tfvae import checks
+
 # Small images are enlarged by whole pixels (nearest neighbour) until a tile is about this wide.
 _TILE_PIXELS = 56
 _PADDING_VALUE = 0.5  # mid grey: visible between dark and light digits alike
@@ -60,8 +62,8 @@ def tile(images, ncols=8, scale=None, padding=1):
     """
     images = np.clip(as_images(images), 0.0, 1.0)
     n, h, w, c = images.shape
-    ncols = _positive(ncols, "ncols")
-    scale = default_scale(h, w) if scale is None else _positive(scale, "scale")
+    ncols = checks.positive_int(ncols, "ncols")
+    scale = default_scale(h, w) if scale is None else checks.positive_int(scale, "scale")
     rows = -(-n // ncols)
     images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     th, tw = h * scale + padding, w * scale + padding
@@ -113,7 +115,7 @@ def interleave(originals, reconstructions, ncols=8):
         raise ValueError(
             f"reconstructions: expected the originals' shape {originals.shape}; got {reconstructions.shape}."
         )
-    ncols = _positive(ncols, "ncols")
+    ncols = checks.positive_int(ncols, "ncols")
     blank = (-len(originals)) % ncols
     pad = np.zeros((blank, *originals.shape[1:]), np.float32)
     rows = [np.concatenate([a, pad]).reshape(-1, ncols, *a.shape[1:]) for a in (originals, reconstructions)]
@@ -188,12 +190,6 @@ def _color(i, n):
     if n <= 20:
         return colormaps["tab10" if n <= 10 else "tab20"](i)
     return colormaps["viridis"](i / (n - 1))
-
-
-def _positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1; got {value!r}.")
-    return int(value)
 
 
 class _atomic:
