@@ -303,17 +303,25 @@ class VAE(keras.Model):
         self.compile(**keras.saving.deserialize_keras_object(config))
         self.optimizer.build(self.trainable_variables)
 
-    def _fit_steps_per_execution(self, *steps):
-        """Shrinks tfvae's default steps_per_execution to a divisor of the step counts a call asks for.
+    def _fit_steps_per_execution(self, steps=(), data=None, batch_size=None):
+        """Fits tfvae's default steps_per_execution to the step counts a call asks for or implies.
 
         Keras runs whole executions, so `steps_per_epoch=7` with 32 steps per execution would run
-        32 batches an epoch. A `steps_per_execution` the user chose is left as it is.
+        32 batches an epoch: explicit counts get a divisor of theirs. Finite data just stops early,
+        but then callbacks and the progress bar count steps past its end: its batch count gets a
+        divisor from 16 up if it has one, else the default capped at that count. A
+        `steps_per_execution` the user chose is left as it is.
         """
         if not getattr(self, "_default_steps_per_execution", False):
             return
-        steps = [s for s in steps if s]
         largest = STEPS_PER_EXECUTION if self.distribute_strategy.num_replicas_in_sync == 1 else 1
-        best = next(d for d in range(largest, 0, -1) if all(s % d == 0 for s in steps))
+        steps = [s for s in steps if s]
+        if steps:
+            best = next(d for d in range(largest, 0, -1) if all(s % d == 0 for s in steps))
+        else:
+            batches = _batches_per_epoch(data, batch_size)
+            divisors = [d for d in range(largest, (largest - 1) // 2, -1) if batches and batches % d == 0]
+            best = divisors[0] if divisors else min(largest, batches or largest)
         if best != self.steps_per_execution:
             self.steps_per_execution = best
             self.train_function = self.test_function = self.predict_function = None
@@ -325,17 +333,20 @@ class VAE(keras.Model):
             self._check_data(kwargs["validation_data"], "validation_data")
         if not self.compiled:
             self.compile()
-        self._fit_steps_per_execution(kwargs.get("steps_per_epoch"), kwargs.get("validation_steps"))
+        self._fit_steps_per_execution((kwargs.get("steps_per_epoch"), kwargs.get("validation_steps")), x, batch_size)
         callbacks = [*(callbacks or []), checks.TerminateOnNaN()]
         return super().fit(x, y, batch_size, epochs, verbose, callbacks, **kwargs)
 
-    def evaluate(self, x=None, y=None, *args, **kwargs):
+    def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
         """Like `keras.Model.evaluate`: the mean loss, ELBO, reconstruction and KL."""
-        self._check_data(x, "x")
-        if not self.compiled:
-            self.compile()
-        self._fit_steps_per_execution(kwargs.get("steps"))
-        return super().evaluate(x, y, *args, **kwargs)
+        # `fit` evaluates validation_data through here every epoch: it was checked once already,
+        # and changing steps_per_execution mid-fit would retrace the training step.
+        if not kwargs.get("_use_cached_eval_dataset"):
+            self._check_data(x, "x")
+            if not self.compiled:
+                self.compile()
+            self._fit_steps_per_execution((kwargs.get("steps"),), x, batch_size)
+        return super().evaluate(x, y, batch_size, *args, **kwargs)
 
     def _check_data(self, data, name):
         checks.check_training_data(data, self.event_shape, name, self.likelihood_head.check_support)
@@ -389,6 +400,14 @@ def _apply_adam_fused(optimizer, gradients, variables):
         )
     optimizer.iterations.assign_add(1)
     return True
+
+
+def _batches_per_epoch(data, batch_size):
+    """Batches in one pass over an array (Keras's default batch size is 32) or a finite dataset; else None."""
+    if isinstance(data, tf.data.Dataset):
+        cardinality = int(data.cardinality())
+        return cardinality if cardinality > 0 else None
+    return math.ceil(len(data) / (batch_size or 32)) if hasattr(data, "__len__") else None
 
 
 def _as_tuple(shape):
