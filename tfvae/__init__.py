@@ -1,7 +1,17 @@
 """tfvae: variational autoencoders for TensorFlow/Keras, with TFP distributions and export to TFLite."""
 
-from tfvae import callbacks, data, distributions, export, networks, objectives
+from tfvae import callbacks, data, distributions, evaluate, export, inference, networks, objectives
 from tfvae.model import VAE
 
-__all__ = ["VAE", "callbacks", "data", "distributions", "export", "networks", "objectives"]
+__all__ = [
+    "VAE",
+    "callbacks",
+    "data",
+    "distributions",
+    "evaluate",
+    "export",
+    "inference",
+    "networks",
+    "objectives",
+]
 __version__ = "0.1.0"
