@@ -203,7 +203,7 @@ def train_tfvae(x, epochs, batch_size, warmup_epochs, seed, variant="defaults"):
     elif variant == "jit_compile=True":
         model.compile(jit_compile=True)
     elif variant == "keras_adam":
-        model.compile(optimizer=_KerasAdam())
+        model.compile(optimizer=_KerasAdam(name="keras_adam"))
     binarization = None if variant == "binarize_in_train_step" else "dynamic"
     dataset = data.make_dataset(x, batch_size, binarization=binarization, seed=seed)
     timer = _EpochTimer()
@@ -436,8 +436,13 @@ def _encode_callers(model, export_dir, log):
     except ImportError as e:
         return callers, notes, {"saved_model": f"tfvae.export is missing ({e})", "tflite": "ditto"}
 
-    with contextlib.redirect_stdout(sys.stderr):
-        manifest = export.save(model, export_dir, tflite=True, overwrite=True)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            manifest = export.save(model, export_dir, tflite=True, overwrite=True)
+    except Exception as e:  # a broken export must not lose the training results
+        reason = f"tfvae.export.save failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        log(reason)
+        return callers, notes, {"saved_model": reason, "tflite": reason}
     files = manifest["files"]
     encode = tf.saved_model.load(os.path.join(export_dir, files["saved_model"]["path"])).signatures["encode"]
 
