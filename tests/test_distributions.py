@@ -78,6 +78,16 @@ def test_likelihoods_give_one_log_prob_per_example():
     np.testing.assert_allclose(gaussian.log_prob(x).numpy(), [expected] * 3, rtol=1e-5)
 
 
+def test_bernoulli_log_prob_equals_tfp_bernoulli():
+    logits = tf.constant(np.random.RandomState(1).randn(5, 16) * 8, tf.float32)
+    x = np.random.RandomState(2).rand(5, 16).astype(np.float32)
+    x[:, :8] = np.round(x[:, :8])
+    ours = distributions.Bernoulli(event_shape=(16,)).distribution(logits)
+    tfp_bernoulli = tfd.Independent(tfd.Bernoulli(logits=logits, dtype=tf.float32), reinterpreted_batch_ndims=1)
+    np.testing.assert_allclose(ours.log_prob(x).numpy(), tfp_bernoulli.log_prob(x).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ours.mean().numpy(), tf.sigmoid(logits).numpy(), rtol=1e-6)
+
+
 def test_unknown_head_names_list_the_valid_ones():
     with pytest.raises(ValueError, match=r"likelihood: expected one of \['bernoulli', 'gaussian'\]; got 'poisson'"):
         VAE(input_shape=(4,), latent_dim=2, likelihood="poisson")

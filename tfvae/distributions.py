@@ -198,6 +198,19 @@ class _Likelihood(keras.layers.Layer):
         """Raises ValueError if numpy data `x` holds values this likelihood gives zero density."""
 
 
+class _BernoulliLogits(tfd.Bernoulli):
+    """tfd.Bernoulli whose log_prob is x * logits - softplus(logits).
+
+    That is x log sigmoid(l) + (1 - x) log(1 - sigmoid(l)) with one softplus instead of TFP's two
+    and no guarded products: the same value for finite logits (also for grey x in [0, 1]), and
+    the likelihood is most of a small VAE's elementwise work per step.
+    """
+
+    def _log_prob(self, event):
+        logits = tf.convert_to_tensor(self._logits)
+        return tf.cast(event, logits.dtype) * logits - tf.nn.softplus(logits)
+
+
 @keras.saving.register_keras_serializable(package="tfvae")
 class Bernoulli(_Likelihood):
     """p(x|z) = prod_i Bernoulli(x_i; sigmoid(logits_i)), parameterized by logits for stability.
@@ -210,7 +223,7 @@ class Bernoulli(_Likelihood):
     """
 
     def distribution(self, logits):
-        return self._independent(tfd.Bernoulli(logits=logits, dtype=tf.float32))
+        return self._independent(_BernoulliLogits(logits=logits, dtype=tf.float32))
 
     def check_support(self, x, name="x"):
         low, high = float(np.min(x)), float(np.max(x))
