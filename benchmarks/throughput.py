@@ -162,20 +162,6 @@ def _gemm_shapes(batch_size, input_dim=784, hidden=HIDDEN, latent_dim=LATENT_DIM
 # Training
 
 
-class _EpochTimer(keras.callbacks.Callback):
-    """Wall time and loss of every epoch: epoch-level hooks, which add no per-step host sync."""
-
-    def on_train_begin(self, logs=None):
-        self.seconds, self.losses = [], []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-        self.losses.append(float(logs["loss"]))
-
-
 class _KerasAdam(keras.optimizers.Adam):
     """Keras's Adam, unchanged; being a subclass keeps it out of tfvae's fused-kernel path (a lever)."""
 
@@ -206,7 +192,7 @@ def train_tfvae(x, epochs, batch_size, warmup_epochs, seed, variant="defaults"):
         model.compile(optimizer=_KerasAdam(name="keras_adam"))
     binarization = None if variant == "binarize_in_train_step" else "dynamic"
     dataset = data.make_dataset(x, batch_size, binarization=binarization, seed=seed)
-    timer = _EpochTimer()
+    timer = keras_io_vae.EpochTimer()
     fit = model.fit
     if variant == "no_nan_check":
         # Keras's own fit: tfvae's fit adds only the input checks and the TerminateOnNaN callback.
