@@ -216,3 +216,18 @@ def test_kl_term_is_analytic_for_gaussian_pairs(digits):
     terms = model._bounds(x, num_samples=1)
     expected = tfd.kl_divergence(model.encode(x), model.prior)
     np.testing.assert_allclose(terms["kl"].numpy(), expected.numpy(), rtol=1e-6)
+
+
+def test_mixed_bfloat16_keeps_distributions_and_the_loss_in_float32(digits):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = VAE(input_shape=(64,), latent_dim=3)
+        history = model.fit(digits[0][:200], epochs=2, batch_size=50, verbose=0)
+        q = model.encode(digits[1][:5])
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.encoder.hidden[0].compute_dtype == "bfloat16"
+    assert q.dtype == tf.float32 and model.decode(q.mean()).dtype == tf.float32
+    assert model.elbo(digits[1][:5]).dtype == tf.float32
+    # bf16 layers, float32 densities: the loss is an ordinary ELBO of an 8x8 binary image.
+    assert 10 < history.history["loss"][-1] < 45

@@ -64,7 +64,11 @@ def as_batch(x, event_shape, name="x", support=None):
     if isinstance(x, tf.Tensor) and not tf.executing_eagerly():
         check_shape(x.shape, event_shape, name)
         return tf.cast(x, tf.float32)
-    values = np.asarray(x.numpy() if isinstance(x, tf.Tensor) else x)
+    if isinstance(x, tf.Tensor):
+        # numpy has no bfloat16 of its own: float tensors of any precision are cast here.
+        x = tf.cast(x, tf.float32) if x.dtype.is_floating else x
+        x = x.numpy()
+    values = np.asarray(x)
     if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
         raise TypeError(f"{name}: expected numeric data that can be cast to float32; got dtype {values.dtype}.")
     check_shape(values.shape, event_shape, name)

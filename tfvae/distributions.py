@@ -22,6 +22,12 @@ from tensorflow_probability import math as tfp_math
 _UNIT_SOFTPLUS = math.log(math.e - 1.0)
 
 
+def _float32(params):
+    """Distribution parameters in float32, whatever the layers compute in (e.g. mixed_bfloat16):
+    log-densities, and so the loss, keep float32 precision."""
+    return tf.cast(params, tf.float32)
+
+
 def _flatten_features(h):
     """Encoder bodies may end in feature maps; the posterior needs one vector per example."""
     if len(h.shape) == 2:
@@ -54,7 +60,7 @@ class DiagonalGaussian(keras.layers.Layer):
         return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}
 
     def call(self, h):
-        return self.dense(_flatten_features(h))
+        return _float32(self.dense(_flatten_features(h)))
 
     def distribution(self, params):
         loc, raw_scale = tf.split(params, 2, axis=-1)
@@ -86,7 +92,7 @@ class FullCovarianceGaussian(keras.layers.Layer):
         return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}
 
     def call(self, h):
-        return self.dense(_flatten_features(h))
+        return _float32(self.dense(_flatten_features(h)))
 
     def distribution(self, params):
         loc, raw_tril = params[..., : self.latent_dim], params[..., self.latent_dim :]
@@ -189,7 +195,7 @@ class _Likelihood(keras.layers.Layer):
         self.dense.build(input_shape)
 
     def call(self, h):
-        return keras.ops.reshape(self.dense(h), (-1, *self.event_shape))
+        return keras.ops.reshape(_float32(self.dense(h)), (-1, *self.event_shape))
 
     def _independent(self, distribution):
         return tfd.Independent(distribution, reinterpreted_batch_ndims=len(self.event_shape))
