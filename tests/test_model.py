@@ -231,3 +231,28 @@ def test_mixed_bfloat16_keeps_distributions_and_the_loss_in_float32(digits):
     assert model.elbo(digits[1][:5]).dtype == tf.float32
     # bf16 layers, float32 densities: the loss is an ordinary ELBO of an 8x8 binary image.
     assert 10 < history.history["loss"][-1] < 45
+
+
+class _UnfusedAdam(keras.optimizers.Adam):
+    """Keras's own Adam update: a subclass is not taken down the fused-kernel path."""
+
+
+def test_fused_adam_step_equals_keras_adam(digits):
+    """train_step applies a plain Adam with TF's fused kernel: the same update as Keras's Adam."""
+    results = []
+    for optimizer in (keras.optimizers.Adam(3e-3, epsilon=1e-4), _UnfusedAdam(3e-3, epsilon=1e-4, name="unfused_adam")):
+        keras.utils.set_random_seed(5)
+        model = VAE(input_shape=(64,), latent_dim=3)
+        model.compile(optimizer=optimizer)
+        history = model.fit(digits[0][:400], epochs=2, batch_size=50, shuffle=False, verbose=0)
+        results.append((history.history["loss"], model.get_weights(), int(optimizer.iterations)))
+    (fused_loss, fused_weights, fused_steps), (keras_loss, keras_weights, keras_steps) = results
+    variables = [keras.Variable(np.ones(3, np.float32))]
+    gradients = [tf.ones(3)]
+    for optimizer, fused in ((keras.optimizers.Adam(), True), (_UnfusedAdam(name="unfused_adam"), False)):
+        optimizer.build(variables)  # as fit does before the first step
+        assert tfvae.model._apply_adam_fused(optimizer, gradients, variables) is fused
+    assert fused_steps == keras_steps == 16
+    np.testing.assert_allclose(fused_loss, keras_loss, rtol=1e-5)
+    for a, b in zip(fused_weights, keras_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
