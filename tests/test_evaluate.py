@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import tfvae
-from tfvae import distributions, evaluate, networks
+from tfvae import distributions, evaluate, networks, objectives
 
 
 def small_vae(latent_dim, units=32, **kwargs):
@@ -109,7 +109,7 @@ def test_chunked_samples_and_datasets_give_the_same_numbers(trained_2d, digits, 
         assert from_dataset[key] == pytest.approx(whole[key], rel=1e-5)
 
     # K split into chunks of 7 (memory bounded for any K): the same estimator, fresh draws.
-    monkeypatch.setattr(evaluate, "_CHUNK_ELEMENTS", 7 * 50 * 64)
+    monkeypatch.setattr(objectives, "_CHUNK_ELEMENTS", 7 * 50 * 64)
     chunked = evaluate.log_likelihood(trained_2d, x, num_samples=40, batch_size=50, verbose=0)
     assert chunked["num_samples"] == 40
     assert chunked["log_likelihood"] == pytest.approx(whole["log_likelihood"], abs=0.1)

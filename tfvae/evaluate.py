@@ -24,9 +24,6 @@ import tensorflow as tf
 
 from tfvae import checks, inference, objectives
 
-# Importance samples per chunk are capped so one chunk's decoder output stays near this many floats.
-_CHUNK_ELEMENTS = 2**23
-
 
 def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1):
     """The mean test log-likelihood (importance-weighted, K = num_samples) and the ELBO, in nats.
@@ -54,7 +51,7 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1):
     log_p, reconstruction, kl = [], [], []
     seen, total = 0, 0.0
     for x in batches:
-        chunk = max(1, min(num_samples, _CHUNK_ELEMENTS // (x.shape[0] * dimensions)))
+        chunk = objectives.samples_per_chunk(num_samples, x.shape[0], dimensions)
         running, count = None, 0
         reconstruction_sum, kl_sum = 0.0, 0.0
         while count < num_samples:

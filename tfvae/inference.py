@@ -43,9 +43,14 @@ def refine(model, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None):
     x = model._as_batch(x)
     params = model.posterior_head(model.encoder(x))
     if steps > 0:
-        seed = model.seed_generator.next() if seed is None else tf.constant([seed, 0], tf.int64)
         params = _ascend(
-            model, x, params, tf.constant(steps), tf.constant(learning_rate, params.dtype), num_samples, seed
+            model,
+            x,
+            params,
+            tf.constant(steps),
+            tf.constant(learning_rate, params.dtype),
+            num_samples,
+            model._stateless_seed(seed),
         )
     return model.posterior_head.distribution(tf.stop_gradient(params))
 
@@ -70,8 +75,7 @@ def elbo(model, x, q, num_samples=1, seed=None):
             f"q: expected batch shape [{x.shape[0]}] and event shape [{model.latent_dim}] to match x and the "
             f"model; got batch shape {q.batch_shape} and event shape {q.event_shape}."
         )
-    seed = model.seed_generator.next() if seed is None else tf.constant([seed, 0], tf.int64)
-    eps = tf.random.stateless_normal((num_samples, x.shape[0], model.latent_dim), seed=seed)
+    eps = tf.random.stateless_normal((num_samples, x.shape[0], model.latent_dim), seed=model._stateless_seed(seed))
     return _elbo(model, x, q, eps)
 
 

@@ -9,9 +9,6 @@ from tfvae import checks, distributions, inference, networks, objectives
 
 OBJECTIVES = ("elbo", "iwae")
 
-# Importance samples per chunk are capped so one chunk's decoder output stays near this many floats.
-_CHUNK_ELEMENTS = 2**23
-
 # Batches per host round trip in `fit`/`evaluate` (see `VAE.compile`); its effect is measured by
 # `python benchmarks/throughput.py --levers` (lever "steps_per_execution=1").
 STEPS_PER_EXECUTION = 32
@@ -156,8 +153,7 @@ class VAE(keras.Model):
             seed: an int for a reproducible draw; None takes the model's next seed.
         """
         num_samples = checks.positive_int(num_samples, "num_samples")
-        seed = self.seed_generator.next() if seed is None else tf.constant([seed, 0], tf.int64)
-        z = self.prior.sample(num_samples, seed=tf.cast(seed, tf.int32))
+        z = self.prior.sample(num_samples, seed=tf.cast(self._stateless_seed(seed), tf.int32))
         return self.decode(z).mean()
 
     def elbo(self, x, num_samples=1):
@@ -173,8 +169,7 @@ class VAE(keras.Model):
         """
         num_samples = checks.positive_int(num_samples, "num_samples")
         x = self._as_batch(x)
-        batch = x.shape[0] or 256
-        chunk = max(1, min(num_samples, _CHUNK_ELEMENTS // (batch * math.prod(self.event_shape))))
+        chunk = objectives.samples_per_chunk(num_samples, x.shape[0] or 256, math.prod(self.event_shape))
         running, count = None, 0
         while count < num_samples:
             k = min(chunk, num_samples - count)
@@ -199,6 +194,10 @@ class VAE(keras.Model):
             A TFP distribution like `encode` returns: batch shape [B], event shape [latent_dim].
         """
         return inference.refine(self, x, steps, learning_rate, num_samples, seed)
+
+    def _stateless_seed(self, seed=None):
+        """A stateless seed pair: from the int `seed`, or the model's next one when None."""
+        return self.seed_generator.next() if seed is None else tf.constant([seed, 0], tf.int64)
 
     def _as_batch(self, x, name="x"):
         return checks.as_batch(x, self.event_shape, name, self.likelihood_head.check_support)

@@ -49,6 +49,15 @@ def iwae(log_weights):
     return tf.reduce_logsumexp(log_weights, axis=0) - tf.math.log(num_samples)
 
 
+# Importance samples per chunk are capped so one chunk's decoder output stays near this many floats.
+_CHUNK_ELEMENTS = 2**23
+
+
+def samples_per_chunk(num_samples, batch_size, event_size):
+    """How many of K samples to take at once for a batch, so memory stays bounded for any K."""
+    return max(1, min(num_samples, _CHUNK_ELEMENTS // (batch_size * event_size)))
+
+
 def log_mean_exp_update(running, count, log_weights):
     """Folds a chunk of log weights [k, B] into a running log-mean-exp over `count` earlier ones.
 
