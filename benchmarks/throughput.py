@@ -68,6 +68,9 @@ def _parser():
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings that only check the benchmark runs: synthetic data, 300 examples, "
                              "1 epoch, 1 repeat, short inference timing (explicit arguments still win)")
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="TF's intra-op thread pool size for the whole run; 0 keeps TF's default "
+                             "(one per core). Measures the thread lever of the README's speed section")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, models and noise (default 0)")
     parser.add_argument("--out", default=None, help="also write the JSON to this file (atomically)")
     return parser
@@ -90,6 +93,8 @@ def parse_args(argv=None):
         value = getattr(args, name)
         if value < 1:
             parser.error(f"argument --{name.replace('_', '-')}: expected an integer >= 1; got {value}")
+    if args.intra_op_threads < 0:
+        parser.error(f"argument --intra-op-threads: expected an integer >= 0; got {args.intra_op_threads}")
     if args.warmup_epochs < 0:
         parser.error(f"argument --warmup-epochs: expected an integer >= 0; got {args.warmup_epochs}")
     if args.examples < args.batch_size:
@@ -175,6 +180,13 @@ class _InStepBinarizationVAE(tfvae.VAE):
         return super().train_step(x)
 
 
+class _TFNormalVAE(tfvae.VAE):
+    """tfvae's VAE drawing eps with TF's normal kernel (a lever: tfvae.noise draws it by default)."""
+
+    def _standard_normal(self, num_samples, batch_size):
+        return keras.random.normal((num_samples, batch_size, self.latent_dim), seed=self.seed_generator)
+
+
 def train_tfvae(x, epochs, batch_size, warmup_epochs, seed, variant="defaults"):
     """Trains a fresh tfvae VAE with `model.fit` and returns its throughput.
 
@@ -182,7 +194,7 @@ def train_tfvae(x, epochs, batch_size, warmup_epochs, seed, variant="defaults"):
     default each (see `LEVERS`).
     """
     keras.utils.set_random_seed(seed)
-    model_class = _InStepBinarizationVAE if variant == "binarize_in_train_step" else tfvae.VAE
+    model_class = {"binarize_in_train_step": _InStepBinarizationVAE, "tf_normal": _TFNormalVAE}.get(variant, tfvae.VAE)
     model = model_class(input_shape=(x.shape[1],), latent_dim=LATENT_DIM)
     if variant == "steps_per_execution=1":
         model.compile(steps_per_execution=1)
@@ -293,7 +305,7 @@ def benchmark_training(x, args, log):
 
 
 LEVERS = ("defaults", "steps_per_execution=1", "keras_adam", "jit_compile=True", "no_nan_check",
-          "binarize_in_train_step", "progress_bar")
+          "binarize_in_train_step", "tf_normal", "progress_bar")
 
 
 def benchmark_levers(x, args, log):
@@ -318,6 +330,7 @@ def benchmark_levers(x, args, log):
             "jit_compile=True": "compile(jit_compile=True): the train step compiled by XLA",
             "no_nan_check": "keras.Model.fit without tfvae's TerminateOnNaN callback (per-execution loss read)",
             "binarize_in_train_step": "dynamic binarization drawn inside train_step instead of in tf.data",
+            "tf_normal": "eps drawn by TF's normal kernel (keras.random.normal) instead of tfvae.noise",
             "progress_bar": "verbose=1 (to stderr) instead of verbose=0",
         },
         "results": result,
@@ -578,6 +591,11 @@ def main(argv=None):
     def log(message):
         print(f"[throughput] {message}", file=sys.stderr, flush=True)
 
+    if args.intra_op_threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+        except RuntimeError as e:  # TF's pools exist once an op has run in this process
+            raise SystemExit(f"--intra-op-threads: TensorFlow is already initialized in this process ({e})")
     result = run(args, log)
     text = json.dumps(result, indent=2, allow_nan=False)
     if args.out is not None:

@@ -38,12 +38,17 @@ def test_log_prob_matches_quadrature_and_the_elbo_lies_below(trained_2d, digits)
     x = digits[1][:12]
     exact = _exact_log_prob(trained_2d, x)
     estimate = trained_2d.log_prob(x, num_samples=2000).numpy()
-    elbo = trained_2d.elbo(x, num_samples=200).numpy()
-    assert estimate.shape == elbo.shape == (12,)
+    assert estimate.shape == (12,)
     np.testing.assert_allclose(estimate, exact, atol=0.1)
     assert abs(np.mean(estimate - exact)) < 0.03
-    # The ELBO's gap is KL(q(z|x) || p(z|x)) >= 0 for every x.
-    assert np.all(elbo < exact)
+    # The ELBO's gap is KL(q(z|x) || p(z|x)) >= 0 for every x, and for some x here it is a few
+    # hundredths of a nat: the Monte Carlo ELBO (20 x 500 samples) lies below log p(x) up to
+    # 4 of its own standard errors.
+    elbos = np.stack([trained_2d.elbo(x, num_samples=500).numpy() for _ in range(20)])
+    assert elbos.shape == (20, 12)
+    stderr = elbos.std(axis=0, ddof=1) / np.sqrt(len(elbos))
+    assert np.all(elbos.mean(axis=0) < exact + 4 * stderr)
+    assert np.mean(exact - elbos.mean(axis=0)) > 0
 
 
 def test_iwae_bound_tightens_with_more_samples(trained_2d, digits):

@@ -5,7 +5,7 @@ import math
 import keras
 import tensorflow as tf
 
-from tfvae import checks, distributions, inference, networks, objectives
+from tfvae import checks, distributions, inference, networks, noise, objectives
 
 OBJECTIVES = ("elbo", "iwae")
 
@@ -212,9 +212,8 @@ class VAE(keras.Model):
         replicas, replica = 1, 0
         if context is not None:
             replicas, replica = context.num_replicas_in_sync, context.replica_id_in_sync_group
-        eps = keras.random.normal(
-            (num_samples, batch_size * replicas, self.latent_dim), seed=self.seed_generator
-        )
+        seed = tf.cast(self.seed_generator.next(), tf.int64)
+        eps = noise.standard_normal((num_samples, batch_size * replicas, self.latent_dim), seed)
         return eps[:, replica * batch_size : (replica + 1) * batch_size]
 
     def _sample_posterior(self, x, num_samples):
