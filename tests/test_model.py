@@ -1,6 +1,7 @@
 """tfvae.VAE: the bounds it computes, how it trains, and how it round-trips."""
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -134,7 +135,10 @@ def test_fit_accepts_datasets_with_and_without_labels(digits):
         tf.data.Dataset.from_tensor_slices(x).batch(50),
         tf.data.Dataset.from_tensor_slices((x, labels)).batch(50),
     ):
-        history = model.fit(data, epochs=1, verbose=0)
+        with warnings.catch_warnings():
+            # Keras's "shuffle=True was passed, but will be ignored" must not reach the user.
+            warnings.simplefilter("error", UserWarning)
+            history = model.fit(data, epochs=1, verbose=0)
         assert np.isfinite(history.history["loss"][0])
     history = model.fit(x, labels, epochs=1, batch_size=50, verbose=0)
     assert np.isfinite(history.history["elbo"][0])

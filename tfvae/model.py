@@ -333,6 +333,10 @@ class VAE(keras.Model):
             self.compile()
         self._fit_steps_per_execution((kwargs.get("steps_per_epoch"), kwargs.get("validation_steps")), x, batch_size)
         callbacks = [*(callbacks or []), checks.TerminateOnNaN()]
+        if isinstance(x, tf.data.Dataset):
+            # A dataset shuffles itself (tfvae.data.make_dataset does): Keras's default shuffle=True
+            # would only warn that it is ignored.
+            kwargs.setdefault("shuffle", False)
         return super().fit(x, y, batch_size, epochs, verbose, callbacks, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
