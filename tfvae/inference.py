@@ -16,7 +16,7 @@ Example:
 
 import tensorflow as tf
 
-from tfvae import checks, objectives
+from tfvae import checks, noise, objectives
 
 # Adam's moment decay rates and its denominator's floor (Kingma & Ba 2015 defaults).
 _BETA_1, _BETA_2, _EPSILON = 0.9, 0.999, 1e-8
@@ -75,7 +75,7 @@ def elbo(model, x, q, num_samples=1, seed=None):
             f"q: expected batch shape [{x.shape[0]}] and event shape [{model.latent_dim}] to match x and the "
             f"model; got batch shape {q.batch_shape} and event shape {q.event_shape}."
         )
-    eps = tf.random.stateless_normal((num_samples, x.shape[0], model.latent_dim), seed=model._stateless_seed(seed))
+    eps = noise.standard_normal((num_samples, x.shape[0], model.latent_dim), model._stateless_seed(seed))
     return _elbo(model, x, q, eps)
 
 
@@ -88,10 +88,10 @@ def _elbo(model, x, q, eps):
 @tf.function(reduce_retracing=True)
 def _ascend(model, x, params, steps, learning_rate, num_samples, seed):
     """Adam ascent on the summed per-example ELBO, one fresh draw of eps per step, as one graph."""
-    noise_shape = tf.stack([num_samples, tf.shape(x)[0], model.latent_dim])
+    noise_shape = (num_samples, tf.shape(x)[0], model.latent_dim)
 
     def step(t, params, m, v):
-        eps = tf.random.stateless_normal(noise_shape, seed=tf.random.experimental.stateless_fold_in(seed, t))
+        eps = noise.standard_normal(noise_shape, tf.random.experimental.stateless_fold_in(seed, t))
         with tf.GradientTape() as tape:
             tape.watch(params)
             objective = tf.reduce_sum(_elbo(model, x, model.posterior_head.distribution(params), eps))
