@@ -91,6 +91,7 @@ def test_help_describes_the_benchmark():
         (["--repeats", "0"], "--repeats"),
         (["--batch-size", "0"], "--batch-size"),
         (["--warmup-epochs", "-1"], "--warmup-epochs"),
+        (["--intra-op-threads", "-1"], "--intra-op-threads"),
         (["--examples", "50", "--batch-size", "100"], "--examples"),
         (["--examples", "70000"], "--examples"),
         (["--peers", "jax"], "--peers"),
