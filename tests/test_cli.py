@@ -109,6 +109,7 @@ def results(run, inputs):
             "sample": command("sample", run, "-n", 10, "-o", "out/samples.png", "--seed", 3),
             "reconstruct": command("reconstruct", run, "--input", "pngs", "-o", "recon.png"),
             "encode": command("encode", run, "--input", "digits.npy", "-o", "z.npy"),
+            "encode npz": command("encode", run, "--input", "digits.npy", "-o", "z.npz"),
             "score": command("score", run, "--input", "digits.npz", "-o", "scores.csv", "--num-samples", 20),
             "plot-latent": command("plot-latent", run, "-o", "latent.png"),
             "evaluate": command("evaluate", run, "--num-samples", 10, "--json"),
@@ -168,6 +169,11 @@ def test_encode_writes_posterior_means(results, inputs):
     assert result.returncode == 0, result.stderr
     z = np.load(inputs / "z.npy")
     assert z.shape == (40, LATENT_DIM) and np.isfinite(z).all()
+    # To .npz: the same means, and the posterior's standard deviations beside them.
+    assert results["encode npz"].returncode == 0, results["encode npz"].stderr
+    with np.load(inputs / "z.npz") as moments:
+        np.testing.assert_array_equal(moments["mean"], z)
+        assert moments["stddev"].shape == z.shape and np.all(moments["stddev"] > 0)
 
 
 def test_score_writes_log_p_per_input(results, inputs):

@@ -119,9 +119,14 @@ def encode(args):
     output = runs.output_path(args.output, (".npy", ".npz"))
     model = runs.load_model(args.run)
     x, _, _ = runs.read_input(args.input, model.event_shape)
-    mean = _batched(lambda b: np.asarray(model.encode(b).mean()), x)
+
+    def moments(batch):  # one encoder pass per batch for both: [batch, 2, latent_dim]
+        q = model.encode(batch)
+        return np.stack([q.mean(), q.stddev()], axis=1)
+
+    both = _batched(moments, x)
+    mean, stddev = both[:, 0], both[:, 1]
     if output.lower().endswith(".npz"):
-        stddev = _batched(lambda b: np.asarray(model.encode(b).stddev()), x)
         with runs.atomic_path(output) as tmp:
             np.savez(tmp, mean=mean, stddev=stddev)
         print(f"Wrote the posterior means and standard deviations, shape {mean.shape}, to {output}.")
