@@ -135,7 +135,7 @@ def binarize_static(x, seed):
 
 
 def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labels=None, drop_remainder=False):
-    """Builds a batched, prefetched `tf.data.Dataset` for `model.fit`.
+    """Builds a shuffled, batched (and binarized) `tf.data.Dataset` for `model.fit`.
 
     Args:
         x: images, float in [0, 1] when binarized, shape (N, ...).
@@ -148,7 +148,8 @@ def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labe
         drop_remainder: drop the last batch if it is smaller than `batch_size`.
 
     Returns:
-        A `tf.data.Dataset` of float32 batches (or `(x, labels)` pairs).
+        A `tf.data.Dataset` of float32 batches (or `(x, labels)` pairs), built where it is asked
+        for: no background threads, no tf.data autotuning (see `_untuned_options`).
     """
     if binarization not in BINARIZATIONS:
         raise ValueError(f"binarization: expected one of {BINARIZATIONS}; got {binarization!r}.")
@@ -173,10 +174,25 @@ def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labe
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds))
         if labels is None:
-            ds = ds.map(_bernoulli, num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.map(_bernoulli)
         else:
-            ds = ds.map(lambda b, s: (_bernoulli(b[0], s), b[1]), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+            ds = ds.map(lambda b, s: (_bernoulli(b[0], s), b[1]))
+    return ds.with_options(_untuned_options())
+
+
+def _untuned_options():
+    """tf.data options for an in-memory pipeline that runs on the thread asking for the batch.
+
+    Measured on 2 cores (TF 2.21, `python benchmarks/throughput.py --levers`, lever
+    "autotuned_pipeline"): with tf.data's autotuner on, each iterator runs a model thread, and
+    `fit` makes new iterators every epoch; dropping the old one waited ~0.5 s for that thread in
+    15-40% of epochs (both cores idle), a quarter of a 0.7 s epoch. Without a parallel map or a
+    prefetch buffer, the batch is shuffled and binarized while the training step waits for it,
+    not on background threads that compete with that step for the same two cores.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 def _bernoulli(x, seed):
