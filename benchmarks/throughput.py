@@ -189,6 +189,7 @@ class _TFNormalVAE(tfvae.VAE):
 
 
 def _autotuned():
+    """tf.data's default, which tfvae.data.make_dataset turns off (a lever)."""
     options = tf.data.Options()
     options.autotune.enabled = True
     return options
