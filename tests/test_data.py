@@ -206,6 +206,20 @@ def test_shuffle_with_labels_is_seeded_and_reshuffles():
     np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in fresh]), order1)
 
 
+@pytest.mark.parametrize("drop_remainder, sizes", [(False, [4, 4, 2]), (True, [4, 4])])
+def test_each_epoch_is_a_permutation_in_batches(drop_remainder, sizes):
+    x, labels = np.full((10, 2), 0.5, dtype=np.float32), np.arange(10)
+    ds = data.make_dataset(x, 4, seed=1, labels=labels, drop_remainder=drop_remainder)
+    assert int(ds.cardinality()) == len(sizes)
+    for _ in range(3):
+        batches = [y.numpy() for _, y in ds]
+        assert [len(b) for b in batches] == sizes
+        seen = np.concatenate(batches)
+        assert len(set(seen)) == sum(sizes)  # no example twice in an epoch
+        if not drop_remainder:
+            assert sorted(seen) == list(range(10))
+
+
 def test_static_and_plain_pipelines():
     x = np.random.default_rng(2).uniform(size=(30, 6)).astype(np.float32)
     ds = data.make_dataset(x, 7, binarization="static", shuffle=False, seed=11)

@@ -161,23 +161,46 @@ def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labe
         raise ValueError(f"labels: expected {len(x)} labels, one per example of x; got {len(labels)}.")
     if binarization == "static":
         x = binarize_static(x, seed)
-    ds = tf.data.Dataset.from_tensor_slices(x if labels is None else (x, np.asarray(labels)))
-    # Cache before shuffling: caching after would freeze the first epoch's order.
-    ds = ds.cache()
+    examples = tf.range(len(x), dtype=tf.int64)
+    # A stream of stateless seed pairs that the seed fixes and that restarts differently for each
+    # new iterator (each epoch): reproducible runs, a fresh order and fresh draws every epoch.
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        # The first pair of each epoch permutes the examples; the batches take the pairs after it.
+        def permuted(pair):
+            return _index_batches(tf.random.experimental.stateless_shuffle(examples, pair), batch_size, drop_remainder)
+
+        batches = len(x) // batch_size if drop_remainder else -(-len(x) // batch_size)
+        order = seeds.take(1).flat_map(permuted).apply(tf.data.experimental.assert_cardinality(batches))
+        seeds = seeds.skip(1)
+    else:
+        order = _index_batches(examples, batch_size, drop_remainder)
+    # Each batch is one gather from the whole array, not `batch_size` examples shuffled and copied
+    # one by one (8-10% of fit's throughput on the benchmark's MLP VAE).
+    table = tf.data.Dataset.from_tensors(x if labels is None else (x, np.asarray(labels))).repeat()
     if binarization == "dynamic":
-        # One stateless seed pair per batch, from a stream that the seed fixes and that restarts
-        # differently for each new iterator (each epoch): reproducible runs, fresh draws per epoch.
-        # Drawing per batch, not per example, is one vectorized op instead of N small ones.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds))
-        if labels is None:
-            ds = ds.map(_bernoulli)
-        else:
-            ds = ds.map(lambda b, s: (_bernoulli(b[0], s), b[1]))
+        ds = tf.data.Dataset.zip((table, order, seeds)).map(
+            lambda t, i, pair: _gather(t, i, lambda images: _bernoulli(images, pair)))
+    else:
+        ds = tf.data.Dataset.zip((table, order)).map(lambda t, i: _gather(t, i))
     return ds.with_options(_untuned_options())
+
+
+def _index_batches(order, batch_size, drop_remainder):
+    """The example indices of each batch, in `order` (a permutation of range(N), N known)."""
+    n = int(order.shape[0])
+    full = n // batch_size
+    ds = tf.data.Dataset.from_tensor_slices(tf.reshape(order[: full * batch_size], (full, batch_size)))
+    if n % batch_size and not drop_remainder:
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size :]))
+    return ds
+
+
+def _gather(table, index, transform=lambda images: images):
+    """The batch `index` of the (images, labels?) table, its images passed through `transform`."""
+    if isinstance(table, tuple):
+        return transform(tf.gather(table[0], index)), tf.gather(table[1], index)
+    return transform(tf.gather(table, index))
 
 
 def _untuned_options():
