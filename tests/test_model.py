@@ -265,3 +265,22 @@ def test_fused_adam_step_equals_keras_adam(digits):
     np.testing.assert_allclose(fused_loss, keras_loss, rtol=1e-5)
     for a, b in zip(fused_weights, keras_weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "examples, fit_kwargs, per_execution, steps_per_epoch",
+    [
+        (700, {}, 70, 140),  # 140 batches: its largest divisor between 50 and 100
+        (30, {}, 6, 6),  # fewer batches than the default: all of them in one execution
+        (700, {"steps_per_epoch": 7}, 7, 7),  # an explicit count: a divisor of it, no step past it
+    ],
+)
+def test_default_steps_per_execution_fits_the_epoch(examples, fit_kwargs, per_execution, steps_per_epoch):
+    x = (np.random.default_rng(0).uniform(size=(examples, 4)) < 0.5).astype(np.float32)
+    model = VAE(input_shape=(4,), latent_dim=2, decoder=keras.layers.Dense(8), encoder=keras.layers.Dense(8))
+    data = tf.data.Dataset.from_tensor_slices(x).batch(5)
+    if fit_kwargs:
+        data = data.repeat()
+    model.fit(data, epochs=2, verbose=0, **fit_kwargs)
+    assert int(model.steps_per_execution) == per_execution
+    assert int(model.optimizer.iterations) == 2 * steps_per_epoch
