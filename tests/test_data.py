@@ -4,8 +4,8 @@ import gzip
 import os
 
 import numpy as np
-import tensorflow as tf
 import pytest
+import tensorflow as tf
 
 from tfvae import data
 
@@ -231,8 +231,8 @@ def test_static_and_plain_pipelines():
 
 @pytest.mark.parametrize("binarization", data.BINARIZATIONS)
 def test_pipeline_runs_on_the_asking_thread(binarization):
-    # No prefetch or parallel stage and no autotuner: their threads cost fit ~0.5 s in a third
-    # of its epochs on 2 cores (see data._untuned_options).
+    # No prefetch or parallel stage and no autotuner: their threads cost fit ~0.5 s in 15-40% of
+    # its epochs on 2 cores (see data._untuned_options).
     x = np.full((30, 4), 0.5, dtype=np.float32)
     ds = data.make_dataset(x, 8, binarization=binarization, seed=0, labels=np.arange(30))
     ops = {node.op for node in tf.compat.v1.GraphDef.FromString(ds._as_serialized_graph().numpy()).node}

@@ -207,11 +207,12 @@ def _untuned_options():
     """tf.data options for an in-memory pipeline that runs on the thread asking for the batch.
 
     Measured on 2 cores (TF 2.21, `python benchmarks/throughput.py --levers`, lever
-    "prefetch_autotune", 0.87x): with tf.data's autotuner on, each iterator runs a model thread, and
-    `fit` makes new iterators every epoch; dropping the old one waited ~0.5 s for that thread in
-    15-40% of epochs (both cores idle), a quarter of a 0.7 s epoch. Without a parallel map or a
-    prefetch buffer, the batch is shuffled and binarized while the training step waits for it,
-    not on background threads that compete with that step for the same two cores.
+    "prefetch_autotune": 0.87x with a per-example shuffle, 0.96x with the gather): with tf.data's
+    autotuner on, each iterator runs a model thread, and `fit` makes new iterators every epoch;
+    dropping the old one waited ~0.5 s for that thread in 15-40% of epochs (both cores idle), a
+    quarter of a 0.7 s epoch. Without a parallel map or a prefetch buffer, the batch is gathered
+    and binarized while the training step waits for it, not on background threads that compete
+    with that step for the same two cores.
     """
     options = tf.data.Options()
     options.autotune.enabled = False
