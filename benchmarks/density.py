@@ -70,7 +70,7 @@ def run(args):
     model = build_model(x_train.shape[1], args.latent_dim, args.objective, args.num_samples, args.seed)
     set_output_bias(model, x_train)
     model.compile(
-        keras.optimizers.Adam(args.learning_rate, epsilon=1e-4), steps_per_execution=args.steps_per_execution
+        tfvae.training.Adam(args.learning_rate, epsilon=1e-4), steps_per_execution=args.steps_per_execution
     )
     train = data.make_dataset(x_train, args.batch_size, binarization="dynamic", seed=args.seed)
     train_start = time.perf_counter()
@@ -150,7 +150,7 @@ def make_parser():
     parser.add_argument("--dataset", default="fashion_mnist", help=f"one of {', '.join(data.DATASETS)} (default fashion_mnist)")
     parser.add_argument("--data-dir", default=None, help="directory with the idx files (default: tfvae.data's search)")
     parser.add_argument("--epochs", type=int, default=10, help="the epoch budget (default 10)")
-    parser.add_argument("--objective", choices=tfvae.model.OBJECTIVES, default="elbo")
+    parser.add_argument("--objective", choices=sorted(tfvae.objectives.OBJECTIVES), default="elbo")
     parser.add_argument("--num-samples", type=int, default=1, help="K in the training objective (default 1)")
     parser.add_argument("--latent-dim", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=100)

@@ -47,7 +47,7 @@ def test_non_finite_values_are_refused_with_their_position(model, bad):
 
 def test_bernoulli_data_outside_the_unit_interval_is_refused(model):
     x = np.full((2, 64), 255.0, np.float32)
-    with pytest.raises(ValueError, match=r"x: the Bernoulli likelihood expects values in \[0, 1\]; got values in \[255, 255\]"):
+    with pytest.raises(ValueError, match=r"x: the Bernoulli likelihood expects values in \[0, 1\].*; got 128 values outside it, in \[255, 255\]"):
         model.log_prob(x)
     with pytest.raises(ValueError, match="validation_data: the Bernoulli likelihood expects values in"):
         model.fit(np.zeros((4, 64), np.float32), validation_data=(x,), verbose=0)
@@ -117,3 +117,69 @@ def test_diverging_training_stops_with_a_clear_error_and_finite_weights():
         model.fit(x, epochs=3, batch_size=4, verbose=0)
     for restored, original in zip(model.get_weights(), before):
         np.testing.assert_array_equal(restored, original)
+    # Adam's moments were restored too: the model trains again on good data, without recompiling.
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.optimizer.variables)
+    history = model.fit(np.ones((8, 4), np.float32), epochs=2, batch_size=4, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"batch_size": 0}, "batch_size: expected an integer >= 1; got 0"),
+        ({"batch_size": -5}, "batch_size: expected an integer >= 1; got -5"),
+        ({"batch_size": 2.5}, "batch_size: expected an integer >= 1; got 2.5"),
+        ({"epochs": 0}, "epochs: expected an integer >= 1; got 0"),
+    ],
+)
+def test_fit_arguments_are_checked(model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        model.fit(np.zeros((4, 64), np.float32), verbose=0, **kwargs)
+
+
+@pytest.mark.parametrize("beta", [-1.0, float("inf"), float("nan"), True])
+def test_beta_must_be_finite_and_non_negative(beta):
+    with pytest.raises(ValueError, match="beta: expected a finite number >= 0"):
+        VAE(input_shape=(4,), latent_dim=2, beta=beta)
+    model = VAE(input_shape=(4,), latent_dim=2)
+    with pytest.raises(ValueError, match="beta: expected a finite number >= 0"):
+        model.beta = beta
+
+
+@pytest.mark.parametrize("seed", [True, 2.0, "1", 2**64])
+def test_seeds_must_be_integers_in_range(model, seed):
+    with pytest.raises(ValueError, match=r"seed: expected None or an integer in \[-2\*\*63, 2\*\*63\)"):
+        model.sample(2, seed=seed)
+    with pytest.raises(ValueError, match="seed: expected None or an integer"):
+        VAE(input_shape=(4,), latent_dim=2, seed=seed)
+
+
+def test_complex_and_float32_overflowing_input_is_named(model):
+    with pytest.raises(TypeError, match="x: expected real numbers; got dtype complex128"):
+        model.elbo(np.zeros((2, 64)) + 1j)
+    huge = np.zeros((2, 64))
+    huge[1, 3] = 1e300
+    with pytest.raises(ValueError, match=r"x: expected values that fit in float32 \(\|x\| <= 3.4e38\); got 1e\+300"):
+        model.elbo(huge)
+
+
+def test_a_dataset_outside_the_likelihoods_support_is_refused_in_fit(model):
+    """A tf.data pipeline is only seen by the graph: the step checks it, and fit raises a ValueError."""
+    grey = tf.data.Dataset.from_tensor_slices(np.full((8, 64), 255.0, np.float32)).batch(4)
+    with pytest.raises(ValueError, match=r"x: expected finite values in the Bernoulli likelihood's support, values in \[0, 1\]"):
+        model.fit(grey, verbose=0)
+    nan = tf.data.Dataset.from_tensor_slices(np.full((8, 64), np.nan, np.float32)).batch(4)
+    with pytest.raises(ValueError, match="x: expected finite values"):
+        model.evaluate(nan, verbose=0)
+
+
+def test_predict_checks_its_input_like_encode(model):
+    x = np.zeros((3, 64), np.float32)
+    assert model.predict(x, verbose=0).shape == (3, 64)
+    x[1, 2] = np.nan
+    with pytest.raises(ValueError, match="x: expected finite values"):
+        model.predict(x, verbose=0)
+    with pytest.raises(ValueError, match="x: expected at least one example"):
+        model.predict(np.zeros((0, 64), np.float32), verbose=0)
+    with pytest.raises(ValueError, match=r"x: expected a batch of shape \(batch, 64\)"):
+        model.predict(np.zeros((3, 8)), verbose=0)

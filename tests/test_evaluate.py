@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import tfvae
+from quadrature import exact_log_prob
 from tfvae import distributions, evaluate, networks, objectives
 
 
@@ -36,21 +37,6 @@ def trained_2d(digits):
     return model
 
 
-def quadrature_log_prob(model, x, limit=6.0, points=201):
-    """log p(x) = log ∫ p(x|z) p(z) dz by a Riemann sum on a points x points grid over [-limit, limit]^2."""
-    axis = np.linspace(-limit, limit, points, dtype=np.float32)
-    z = np.stack(np.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2)
-    logits = model.likelihood_head(model.decoder(z)).numpy().astype(np.float64)  # [G, 64]
-    x = x.astype(np.float64)
-    # Bernoulli log-likelihood of every x under every grid point: x . logits - sum softplus(logits).
-    log_likelihood = x @ logits.T - np.logaddexp(0.0, logits).sum(axis=1)  # [N, G]
-    log_prior = model.prior.log_prob(z).numpy().astype(np.float64)  # [G]
-    joint = log_likelihood + log_prior
-    top = joint.max(axis=1, keepdims=True)
-    cell = (axis[1] - axis[0]) ** 2
-    return (top[:, 0] + np.log(np.exp(joint - top).sum(axis=1))) + math.log(cell)
-
-
 def test_log_likelihood_matches_quadrature(trained_2d, digits):
     x = digits[1][:100]
     q = trained_2d.encode(x)
@@ -58,7 +44,7 @@ def test_log_likelihood_matches_quadrature(trained_2d, digits):
     # sum of a Gaussian with spacing sigma / 2 is exact to ~exp(-8 pi^2).
     assert float(tf.reduce_min(q.stddev())) > 2 * (12.0 / 200)
     assert float(tf.reduce_max(tf.abs(q.mean()) + 4 * q.stddev())) < 6.0
-    exact = quadrature_log_prob(trained_2d, x)
+    exact = exact_log_prob(trained_2d, x)
 
     result = evaluate.log_likelihood(trained_2d, x, num_samples=2000, batch_size=50, verbose=0)
 

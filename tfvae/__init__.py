@@ -1,6 +1,6 @@
 """tfvae: variational autoencoders for TensorFlow/Keras, with TFP distributions and export to TFLite."""
 
-from tfvae import callbacks, data, distributions, evaluate, export, inference, networks, objectives
+from tfvae import callbacks, data, distributions, evaluate, export, inference, networks, objectives, training
 from tfvae.model import VAE
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "inference",
     "networks",
     "objectives",
+    "training",
 ]
 __version__ = "0.1.0"

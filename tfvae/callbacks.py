@@ -10,6 +10,41 @@ import tensorflow as tf
 from tfvae import checks, plots
 
 
+class RestoreOnNaN(keras.callbacks.Callback):
+    """Stops training with a `FloatingPointError` when the loss stops being finite, after restoring
+    the weights and the optimizer's state (Adam's moments, the step count) from the start of that
+    epoch, so the model is never left full of NaN and a later `fit` trains normally.
+
+    Unlike `keras.callbacks.TerminateOnNaN`, which only stops, it raises and restores. `tfvae.VAE.fit`
+    adds it to every fit.
+    """
+
+    def on_train_begin(self, logs=None):
+        # Keras builds the optimizer's slots at the first step, after this: build them now (as that
+        # step would) so that the first epoch's snapshot holds them.
+        optimizer = self.model.optimizer
+        if not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._weights = self.model.get_weights()
+        self._slots = [(v, v.numpy()) for v in self.model.optimizer.variables]
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not np.isfinite(loss):
+            self.model.set_weights(self._weights)
+            for variable, value in self._slots:
+                variable.assign(value)
+            self.model.stop_training = True
+            raise FloatingPointError(
+                f"training diverged: the loss became {loss} in epoch {self._epoch + 1} (batch {batch + 1}). "
+                f"The weights and the optimizer's state from the start of that epoch were restored. Check the "
+                f"data for extreme values, or lower the learning rate."
+            )
+
+
 class KLWarmup(keras.callbacks.Callback):
     """Ramps the KL weight beta linearly from 0 to `target` over the first `epochs` epochs.
 

@@ -7,9 +7,10 @@ trace or a silent NaN.
 
 import numbers
 
-import keras
 import numpy as np
 import tensorflow as tf
+
+from tfvae import distributions
 
 
 def positive_int(value, name):
@@ -54,12 +55,21 @@ def check_shape(shape, event_shape, name):
         raise _shape_error(name, event_shape, shape)
 
 
-def as_batch(x, event_shape, name="x", support=None):
+def seed(value, name="seed"):
+    """Returns `value` (None or an int that fits in int64), or raises naming `name`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not -(2**63) <= value < 2**63:
+        raise ValueError(f"{name}: expected None or an integer in [-2**63, 2**63); got {value!r}.")
+    return int(value)
+
+
+def as_batch(x, event_shape, name="x", likelihood=None):
     """Returns x as a float32 tensor of shape (batch, *event_shape), after checking it.
 
     Concrete data (numpy, lists, eager tensors) is checked for its dtype, shape, finiteness and,
-    given `support` (a function that raises), its range. Symbolic tensors, met while tracing a
-    graph, can only be checked for their static shape.
+    given a `likelihood` head, its support. Symbolic tensors, met while tracing a graph, can only
+    be checked for their static shape here; `support_assertion` checks them in the graph.
     """
     if isinstance(x, tf.Tensor) and not tf.executing_eagerly():
         check_shape(x.shape, event_shape, name)
@@ -69,16 +79,29 @@ def as_batch(x, event_shape, name="x", support=None):
         x = tf.cast(x, tf.float32) if x.dtype.is_floating else x
         x = x.numpy()
     values = np.asarray(x)
+    if np.iscomplexobj(values):
+        raise TypeError(f"{name}: expected real numbers; got dtype {values.dtype} (cast would drop the imaginary part).")
     if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
         raise TypeError(f"{name}: expected numeric data that can be cast to float32; got dtype {values.dtype}.")
     check_shape(values.shape, event_shape, name)
+    _check_float32_range(values, name)
     values = values.astype(np.float32, copy=False)
-    check_values(values, name, support)
+    check_values(values, name, likelihood)
     return tf.convert_to_tensor(values)
 
 
-def check_values(values, name, support=None):
-    """Raises if numpy `values` is empty, holds NaN or inf, or leaves the likelihood's support."""
+def _check_float32_range(values, name):
+    """Finite numbers too large for float32 would become inf when cast: say so, not "NaN or inf"."""
+    if values.dtype.kind == "f" and values.dtype.itemsize > 4 and values.size:
+        finite = values[np.isfinite(values)]
+        if finite.size and np.max(np.abs(finite)) > np.finfo(np.float32).max:
+            raise ValueError(
+                f"{name}: expected values that fit in float32 (|x| <= 3.4e38); got {finite[np.argmax(np.abs(finite))]:g}."
+            )
+
+
+def check_values(values, name, likelihood=None):
+    """Raises if numpy `values` is empty, holds NaN or inf, or leaves the likelihood head's support."""
     if values.shape[0] == 0:
         raise ValueError(f"{name}: expected at least one example; got an empty batch of shape {values.shape}.")
     finite = np.isfinite(values)
@@ -87,11 +110,35 @@ def check_values(values, name, support=None):
             f"{name}: expected finite values; got {np.size(finite) - np.count_nonzero(finite)} NaN or inf "
             f"entries (first at index {np.argwhere(~finite)[0].tolist()})."
         )
-    if support is not None:
-        support(values, name)
+    if likelihood is not None:
+        inside = np.asarray(distributions.in_support(likelihood, tf.constant(values)))
+        if not inside.all():
+            outside = values[~inside]
+            raise ValueError(
+                f"{name}: the {type(likelihood).__name__} likelihood expects {distributions.support(likelihood)}; "
+                f"got {outside.size} values outside it, in [{outside.min():g}, {outside.max():g}] "
+                f"(first at index {np.argwhere(~inside)[0].tolist()})."
+            )
 
 
-def check_training_data(data, event_shape, name, support=None):
+def support_assertion(x, likelihood, name="x"):
+    """An in-graph check that every x is finite and in the likelihood head's support.
+
+    For data only a graph sees (a tf.data.Dataset in `fit`): it fails the step with a message
+    naming `name` instead of training on values with zero density (a Bernoulli log-likelihood of
+    x = 255 is a large positive number, not an error).
+    """
+    valid = tf.reduce_all(tf.math.is_finite(x) & distributions.in_support(likelihood, x))
+    return tf.debugging.Assert(valid, [INVALID_DATA_MARK, f"{name}: expected finite values in the "
+                                       f"{type(likelihood).__name__} likelihood's support, "
+                                       f"{distributions.support(likelihood)}"], summarize=1)
+
+
+# Marks the message of `support_assertion`, so the model can turn the graph's error into a ValueError.
+INVALID_DATA_MARK = "tfvae-invalid-data:"
+
+
+def check_training_data(data, event_shape, name, likelihood=None):
     """Checks what `fit`/`evaluate` receive: an array, or a tf.data.Dataset of x or (x, labels)."""
     if data is None:
         raise ValueError(f"{name}: expected training data (an array or a tf.data.Dataset); got None.")
@@ -108,24 +155,4 @@ def check_training_data(data, event_shape, name, support=None):
         return
     if isinstance(data, (tuple, list)) and len(data) in (1, 2) and np.ndim(data[0]) > 0:
         data = data[0]  # validation_data=(x,) or (x, labels)
-    as_batch(data, event_shape, name, support)
-
-
-class TerminateOnNaN(keras.callbacks.Callback):
-    """Stops training with a clear error when the loss stops being finite, restoring the weights
-    the model had at the start of the epoch so the model is never left full of NaN."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        self._weights = self.model.get_weights()
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = float((logs or {}).get("loss", 0.0))
-        if not np.isfinite(loss):
-            self.model.set_weights(self._weights)
-            self.model.stop_training = True
-            raise FloatingPointError(
-                f"training diverged: the loss became {loss} in epoch {self._epoch + 1} (batch {batch + 1}). "
-                f"The weights from the start of that epoch were restored. Check the data for extreme values, "
-                f"or lower the learning rate."
-            )
+    as_batch(data, event_shape, name, likelihood)

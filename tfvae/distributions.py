@@ -1,15 +1,35 @@
-"""Heads that turn network outputs into TFP distributions.
+"""Heads: the layers that turn network outputs into the model's three TFP distributions.
 
-Three families, one registry each:
+The head protocol. A head is any `keras.layers.Layer` with these methods; tfvae's own heads below
+follow it, and a user's head is accepted the same way, registered with tfvae or not:
 
-- posteriors q(z|x): a layer maps encoder features to parameters, `distribution(params)` builds q;
-- priors p(z): `distribution()` builds p from the head's own (possibly learned) weights;
-- likelihoods p(x|z): a layer maps decoder features to parameters, `distribution(params)` builds p.
+- posterior q(z|x): `call(features) -> params` and `distribution(params) -> tfd.Distribution` with
+  batch shape [B] and event shape [latent_dim];
+- likelihood p(x|z): `call(features) -> params` and `distribution(params) -> tfd.Distribution`
+  with event shape the data's. The params may have any trailing shape (two parameters per pixel
+  are [B, *event_shape, 2]); the model calls `distribution` on params of shape [K, B, ...] too,
+  for K samples of z at once, so it must broadcast over leading dimensions like TFP does;
+- prior p(z): `distribution()` or `distribution(model)` -> a tfd.Distribution with event shape
+  [latent_dim]. A prior that takes the model may use it (a VampPrior encodes its pseudo-inputs
+  with `model.posterior`).
+
+Optional hooks, with the defaults the model uses when a head does not define them:
+
+- posterior `reparameterize(q, eps)`: z from standard normal noise eps [K, B, latent_dim], a
+  differentiable function of q's parameters. Default: `q.mean() + q.stddev() * eps`.
+- posterior `log_prob(q, z, eps)`: log q(z|x) of the z that `reparameterize` made from eps.
+  Default: `q.log_prob(z)`. A head can give a form that needs fewer ops (see FullCovarianceGaussian).
+- posterior `stddev(q)`: the marginal standard deviations. Default: `q.stddev()`.
+- likelihood `point_estimate(p)`: the x that `reconstruct`, `sample` and `decode` signatures
+  return. Default: `p.mean()`.
+- likelihood `in_support(x)`: a boolean tensor of x's shape, False where p(x|z) = 0 for every z
+  (checked on every input), and `support`, a phrase for error messages. Default: every finite x.
 
 Every distribution has batch shape [B] and one event per example, so `log_prob` gives one
-number (in nats) per example. A new head is one class here and one line in its registry.
+number (in nats) per example. A new head is one class; tfvae's own also get a registry name.
 """
 
+import inspect
 import math
 
 import keras
@@ -33,6 +53,50 @@ def _flatten_features(h):
     if len(h.shape) == 2:
         return h
     return keras.ops.reshape(h, (-1, int(np.prod(h.shape[1:]))))
+
+
+# The protocol's optional hooks, each with its default (see the module docstring).
+
+
+def reparameterize(head, q, eps):
+    """z = the posterior head's `reparameterize(q, eps)`, by default loc + scale * eps."""
+    if hasattr(head, "reparameterize"):
+        return head.reparameterize(q, eps)
+    return q.mean() + q.stddev() * eps
+
+
+def posterior_log_prob(head, q, z, eps):
+    """log q(z|x) of z = reparameterize(q, eps), in the head's own form if it has one."""
+    return head.log_prob(q, z, eps) if hasattr(head, "log_prob") else q.log_prob(z)
+
+
+def posterior_stddev(head, q):
+    """q's marginal standard deviations, in the head's own form if it has one."""
+    return head.stddev(q) if hasattr(head, "stddev") else q.stddev()
+
+
+def point_estimate(head, p):
+    """The x a likelihood head stands for: its `point_estimate(p)`, by default p's mean."""
+    return head.point_estimate(p) if hasattr(head, "point_estimate") else p.mean()
+
+
+def in_support(head, x):
+    """Boolean tensor of x's shape: where the likelihood head gives x a non-zero density."""
+    if hasattr(head, "in_support"):
+        return head.in_support(x)
+    return tf.ones_like(x, dtype=tf.bool)
+
+
+def support(head):
+    """The phrase that describes the likelihood head's support in error messages."""
+    return getattr(head, "support", "values where its in_support(x) is true")
+
+
+def prior_distribution(head, model):
+    """p(z) from a prior head: `distribution(model)` if it takes the model, else `distribution()`."""
+    if inspect.signature(head.distribution).parameters:
+        return head.distribution(model)
+    return head.distribution()
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -67,14 +131,14 @@ class DiagonalGaussian(keras.layers.Layer):
         scale = tf.nn.softplus(raw_scale) + self.min_scale
         return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
 
-    def reparameterize(self, q, eps):
-        """z = loc + scale * eps: a differentiable function of q's parameters."""
-        return q.mean() + q.stddev() * eps
-
 
 @keras.saving.register_keras_serializable(package="tfvae")
 class FullCovarianceGaussian(keras.layers.Layer):
     """q(z|x) = N(loc, L L^T), L lower triangular with softplus(raw) + min_scale on its diagonal.
+
+    Its hooks are written in ops TFLite has builtins for, and are the only forms tfvae uses, in
+    training and in exports alike: no MatrixDiagPart (the diagonal through a mask) and no
+    triangular solve (log q from the noise that made z).
 
     Args:
         latent_dim: dimension of z.
@@ -97,7 +161,6 @@ class FullCovarianceGaussian(keras.layers.Layer):
     def distribution(self, params):
         loc, raw_tril = params[..., : self.latent_dim], params[..., self.latent_dim :]
         tril = tfp_math.fill_triangular(raw_tril)
-        # The diagonal through a mask, not tf.linalg.diag_part: TFLite has no builtin for MatrixDiagPart.
         eye = tf.eye(self.latent_dim)
         diagonal = tf.nn.softplus(tf.reduce_sum(tril * eye, axis=-1)) + self.min_scale
         return tfd.MultivariateNormalTriL(loc, tril * (1.0 - eye) + eye * diagonal[..., None, :])
@@ -105,6 +168,21 @@ class FullCovarianceGaussian(keras.layers.Layer):
     def reparameterize(self, q, eps):
         """z = loc + L eps."""
         return q.mean() + tf.linalg.matvec(q.scale.to_dense(), eps)
+
+    def log_prob(self, q, z, eps):
+        """log q(z|x) = log N(eps; 0, I) - log |det L| for z = loc + L eps."""
+        log_normal = -0.5 * tf.reduce_sum(tf.square(eps), axis=-1) - 0.5 * self.latent_dim * math.log(2 * math.pi)
+        return log_normal - _log_abs_det(q.scale.to_dense())
+
+    def stddev(self, q):
+        """The row norms of L: the square roots of the diagonal of L L^T."""
+        return tf.sqrt(tf.reduce_sum(tf.square(q.scale.to_dense()), axis=-1))
+
+
+def _log_abs_det(tril):
+    """log |det L| of lower-triangular matrices: the sum of log |L_ii|, the diagonal through a mask."""
+    diagonal = tf.reduce_sum(tril * tf.eye(tril.shape[-1]), axis=-1)
+    return tf.reduce_sum(tf.math.log(tf.abs(diagonal)), axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -167,12 +245,20 @@ class MixtureOfGaussians(keras.layers.Layer):
         return tfd.MixtureSameFamily(tfd.Categorical(logits=self.logits), components)
 
 
-class _Likelihood(keras.layers.Layer):
-    """Maps decoder features to one parameter per element of x (shape `event_shape`).
+class Likelihood(keras.layers.Layer):
+    """A base for likelihood heads: maps decoder features to `params_per_dimension` parameters per
+    element of x, shape [B, *event_shape] (or [B, *event_shape, P] for P > 1 parameters).
 
-    Flat features get a dense layer to prod(event_shape) values; feature maps whose spatial shape
-    already matches x (a convolutional decoder) get a dense layer over channels only.
+    Flat features get a dense layer to prod(event_shape) * P values; feature maps whose spatial
+    shape already matches x (a convolutional decoder) get a dense layer over channels only.
+    Subclasses define `distribution(params)` and, where the support is not every finite x,
+    `in_support(x)` and `support`.
+
+    Args:
+        event_shape: shape of one x, e.g. (784,) or (28, 28, 1).
     """
+
+    params_per_dimension = 1
 
     def __init__(self, event_shape, **kwargs):
         super().__init__(**kwargs)
@@ -183,10 +269,11 @@ class _Likelihood(keras.layers.Layer):
 
     def build(self, input_shape):
         spatial = tuple(input_shape[1:-1])
+        per = self.params_per_dimension
         if len(input_shape) > 2 and spatial == self.event_shape[:-1]:
-            self.dense = keras.layers.Dense(self.event_shape[-1], name="params")
+            self.dense = keras.layers.Dense(self.event_shape[-1] * per, name="params")
         elif len(input_shape) == 2:
-            self.dense = keras.layers.Dense(int(np.prod(self.event_shape)), name="params")
+            self.dense = keras.layers.Dense(int(np.prod(self.event_shape)) * per, name="params")
         else:
             raise ValueError(
                 f"decoder: expected features of shape (batch, units) or (batch, *{self.event_shape[:-1]}, "
@@ -195,13 +282,11 @@ class _Likelihood(keras.layers.Layer):
         self.dense.build(input_shape)
 
     def call(self, h):
-        return keras.ops.reshape(_float32(self.dense(h)), (-1, *self.event_shape))
+        per = () if self.params_per_dimension == 1 else (self.params_per_dimension,)
+        return keras.ops.reshape(_float32(self.dense(h)), (-1, *self.event_shape, *per))
 
     def _independent(self, distribution):
         return tfd.Independent(distribution, reinterpreted_batch_ndims=len(self.event_shape))
-
-    def check_support(self, x, name="x"):
-        """Raises ValueError if numpy data `x` holds values this likelihood gives zero density."""
 
 
 class _BernoulliLogits(tfd.Bernoulli):
@@ -218,7 +303,7 @@ class _BernoulliLogits(tfd.Bernoulli):
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
-class Bernoulli(_Likelihood):
+class Bernoulli(Likelihood):
     """p(x|z) = prod_i Bernoulli(x_i; sigmoid(logits_i)), parameterized by logits for stability.
 
     Grey values in [0, 1] are scored as the cross-entropy (the continuous relaxation used for
@@ -228,21 +313,17 @@ class Bernoulli(_Likelihood):
         event_shape: shape of one x, e.g. (784,) or (28, 28, 1).
     """
 
+    support = "values in [0, 1] (scale 8-bit images by 1/255, or use likelihood='gaussian')"
+
     def distribution(self, logits):
         return self._independent(_BernoulliLogits(logits=logits, dtype=tf.float32))
 
-    def check_support(self, x, name="x"):
-        low, high = float(np.min(x)), float(np.max(x))
-        if low < 0.0 or high > 1.0:
-            raise ValueError(
-                f"{name}: the Bernoulli likelihood expects values in [0, 1]; got values in "
-                f"[{low:g}, {high:g}]. Scale the data (e.g. divide 8-bit images by 255) or use "
-                f"likelihood='gaussian'."
-            )
+    def in_support(self, x):
+        return (x >= 0.0) & (x <= 1.0)
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
-class Gaussian(_Likelihood):
+class Gaussian(Likelihood):
     """p(x|z) = prod_i N(x_i; loc_i(z), scale_i), one learned scale per element of x.
 
     Args:
@@ -275,7 +356,8 @@ def get(registry, spec, argument, **kwargs):
 
     Args:
         registry: one of POSTERIORS, PRIORS, LIKELIHOODS.
-        spec: a registered name or an instance of a registered class.
+        spec: a registered name, or any head: a `keras.layers.Layer` with a `distribution` method
+            (see the module docstring), whether tfvae registered its class or not.
         argument: the user-facing argument name, for error messages.
         **kwargs: constructor arguments for a named head.
     """
@@ -283,22 +365,27 @@ def get(registry, spec, argument, **kwargs):
         if spec not in registry:
             raise ValueError(f"{argument}: expected one of {sorted(registry)}; got {spec!r}.")
         return registry[spec](**kwargs)
-    if isinstance(spec, tuple(registry.values())):
+    if isinstance(spec, keras.layers.Layer) and callable(getattr(spec, "distribution", None)):
         return spec
     raise TypeError(
-        f"{argument}: expected one of {sorted(registry)} or an instance of "
-        f"{', '.join(c.__name__ for c in registry.values())}; got {type(spec).__name__}."
+        f"{argument}: expected one of {sorted(registry)} or a head (a keras.layers.Layer with a "
+        f"distribution method); got {type(spec).__name__}."
     )
 
 
 @tfd.RegisterKL(tfd.MultivariateNormalLinearOperator, tfd.Independent)
 def _kl_multivariate_normal_independent_normal(a, b, name=None):
-    """KL(MVN || Independent(Normal)): the same math as two MVNs, which TFP registers.
+    """KL(N(m, L L^T) || N(mu, diag(s^2))) = 0.5 (tr + mahalanobis - d) + sum log s - log |det L|.
 
     TFP registers KL only within one form; a full-covariance posterior against the standard
     normal prior mixes them, and without this it would fall back to a noisier Monte Carlo KL.
+    Written without a triangular solve or MatrixDiagPart, so it also runs on TFLite's builtins.
     """
     if not (isinstance(b.distribution, tfd.Normal) and tf.get_static_value(b.reinterpreted_batch_ndims) == 1):
         raise NotImplementedError("KL(MultivariateNormal || Independent) needs an Independent Normal.")
-    as_mvn = tfd.MultivariateNormalDiag(b.distribution.loc, b.distribution.scale)
-    return tfd.kl_divergence(a, as_mvn, name=name)
+    loc, scale = b.distribution.loc, b.distribution.scale
+    tril = a.scale.to_dense()
+    trace = tf.reduce_sum(tf.square(tril / scale[..., :, None]), axis=[-2, -1])
+    mahalanobis = tf.reduce_sum(tf.square((a.mean() - loc) / scale), axis=-1)
+    log_det_ratio = tf.reduce_sum(tf.math.log(scale), axis=-1) - _log_abs_det(tril)
+    return 0.5 * (trace + mahalanobis - tf.cast(tril.shape[-1], tril.dtype)) + log_det_ratio

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfvae import checks, inference, objectives
+from tfvae import checks, inference
 
 
 def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1):
@@ -51,18 +51,10 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1):
     log_p, reconstruction, kl = [], [], []
     seen, total = 0, 0.0
     for x in batches:
-        chunk = objectives.samples_per_chunk(num_samples, x.shape[0], dimensions)
-        running, count = None, 0
-        reconstruction_sum, kl_sum = 0.0, 0.0
-        while count < num_samples:
-            k = min(chunk, num_samples - count)
-            log_weights, log_likelihood_sum, kl_mean = _chunk_terms(model, x, k)
-            running, count = objectives.log_mean_exp_update(running, count, log_weights)
-            reconstruction_sum += log_likelihood_sum
-            kl_sum += kl_mean * k
-        log_p.append(running.numpy().astype(np.float64))
-        reconstruction.append((reconstruction_sum / num_samples).numpy().astype(np.float64))
-        kl.append((kl_sum / num_samples).numpy().astype(np.float64))
+        terms = model.importance_sampled(x, tf.constant(num_samples))
+        log_p.append(terms["log_prob"].numpy().astype(np.float64))
+        reconstruction.append(terms["reconstruction"].numpy().astype(np.float64))
+        kl.append(terms["kl"].numpy().astype(np.float64))
         seen, total = seen + len(log_p[-1]), total + log_p[-1].sum()
         progress.update(seen, [("log_likelihood", total / seen)], finalize=False)
     if not log_p:
@@ -139,6 +131,7 @@ def amortization_gap(
     """
     elbo_samples = checks.positive_int(elbo_samples, "elbo_samples")
     batches, _ = _batches(model, data, batch_size)
+    seed = checks.seed(seed)
     if seed is None:
         seed = model.seed_generator.next().numpy().tolist()
     seeds = np.random.default_rng(seed)
@@ -161,16 +154,6 @@ def amortization_gap(
     }
 
 
-@tf.function(reduce_retracing=True)
-def _chunk_terms(model, x, num_samples):
-    """For k samples z ~ q(z|x): the log weights [k, B], sum_k log p(x|z_k) [B] and KL(q || p) [B]."""
-    q, z = model._sample_posterior(x, num_samples)
-    log_likelihood = model._log_likelihood(x, z)
-    p = model.prior
-    log_weights = objectives.log_importance_weights(log_likelihood, q, p, z)
-    return log_weights, tf.reduce_sum(log_likelihood, axis=0), objectives.kl_divergence(q, p, z)
-
-
 def _no_examples():
     return ValueError("data: expected at least one example; got a dataset that yielded none.")
 
@@ -188,7 +171,7 @@ def _batches(model, data, batch_size, name="data"):
         return _dataset_batches(model, data, batch_size, name)
     if data is None:
         raise ValueError(f"{name}: expected an array of shape (N, {', '.join(map(str, model.event_shape))}) or a tf.data.Dataset; got None.")
-    x = model._as_batch(data, name)
+    x = model.as_input(data, name)
     return (x[i : i + batch_size] for i in range(0, x.shape[0], batch_size)), int(x.shape[0])
 
 
@@ -209,6 +192,6 @@ def _dataset_batches(model, data, batch_size, name):
 
     def batches():
         for element in data:
-            yield model._as_batch(element[0] if isinstance(element, (tuple, list)) else element, name)
+            yield model.as_input(element[0] if isinstance(element, (tuple, list)) else element, name)
 
     return batches(), None

@@ -13,12 +13,14 @@ The directory then holds `saved_model/` (for `tf.saved_model.load` and TF Servin
 See export/README.md for calling them from Python, TF Serving's REST API and Android.
 """
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import re
 import shutil
 import sys
+import tempfile
 import uuid
 
 import keras
@@ -26,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae import checks
+from tfvae import checks, distributions
 from tfvae import signatures as signatures_lib
 from tfvae.model import VAE
 
@@ -187,16 +189,22 @@ def _move_into_place(staging, directory, overwrite):
 
 def _parity_inputs(model, sample_inputs):
     if sample_inputs is not None:
-        x = model._as_batch(sample_inputs, "sample_inputs")[:PARITY_BATCH]
+        x = model.as_input(sample_inputs, "sample_inputs")[:PARITY_BATCH]
         return x.numpy(), f"sample_inputs (first {int(x.shape[0])})"
     # Draws of the model itself lie in the likelihood's support (binary for Bernoulli).
     z = model.prior.sample(PARITY_BATCH, seed=tf.constant([0, 0], tf.int32))
     x = model.decode(z).sample(seed=tf.constant([0, 1], tf.int32))
-    x = model._as_batch(x.numpy())
+    x = model.as_input(x.numpy())
     return x.numpy(), f"{PARITY_BATCH} model samples x ~ p(x|z), z ~ p(z) (no sample_inputs given)"
 
 
 def _convert(saved_model_dir, quantize):
+    """The TFLite flatbuffer, or a ValueError naming the TensorFlow ops TFLite has no builtin for.
+
+    The converter does not always refuse such an op: for `Lgamma` (TFP's Poisson log_prob) it logs
+    an error, folds the op into a constant of the wrong shape and returns a model that LiteRT cannot
+    run. Its log is read for the ops it failed on, and what it wrote there is passed on.
+    """
     converter = tf.lite.TFLiteConverter.from_saved_model(
         saved_model_dir, signature_keys=list(TFLITE_SIGNATURES)
     )
@@ -205,16 +213,42 @@ def _convert(saved_model_dir, quantize):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    try:
-        return converter.convert()
-    except Exception as error:
-        missing = re.search(r"TF Select ops: (.*)", str(error))
-        if missing is None:
-            raise
+    with _native_stderr() as log:
+        try:
+            flatbuffer = converter.convert()
+        except Exception as error:  # the converter's own refusal names the ops too
+            log.append(str(error))
+            flatbuffer = None
+    text = "\n".join(log)
+    missing = sorted(set(re.findall(r"TF Select ops: (.*)", text)) | set(re.findall(r'fused\["(\w+):".*error:', text)))
+    if missing:
         raise ValueError(
-            f"tflite: the model uses TensorFlow ops that TFLite has no builtin for ({missing.group(1)}), "
+            f"tflite: the model uses TensorFlow ops that TFLite has no builtin for ({', '.join(missing)}), "
             f"so it cannot run on LiteRT alone. Pass tflite=False to export the SavedModel only."
-        ) from None
+        )
+    if flatbuffer is None:
+        raise RuntimeError(f"tflite: the TFLite converter failed: {text[-2000:]}")
+    return flatbuffer
+
+
+@contextlib.contextmanager
+def _native_stderr():
+    """Collects what C++ code writes to file descriptor 2 in the block (a list of lines), then writes it on."""
+    lines = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            written = capture.read().decode(errors="replace")
+            sys.stderr.write(written)
+            lines.extend(written.splitlines())
 
 
 def _saved_model_runner(path):
@@ -243,8 +277,8 @@ def _parity(model, x, runtimes, log_prob_samples):
     q = model.encode(x)
     z = q.mean().numpy()
     keras_outputs = {
-        "encode": ({"x": x}, {"z_mean": z, "z_stddev": q.stddev().numpy()}),
-        "decode": ({"z": z}, {"x_mean": model.decode(z).mean().numpy()}),
+        "encode": ({"x": x}, {"z_mean": z, "z_stddev": distributions.posterior_stddev(model.posterior_head, q).numpy()}),
+        "decode": ({"z": z}, {"x_mean": distributions.point_estimate(model.likelihood_head, model.decode(z)).numpy()}),
         "reconstruct": ({"x": x}, {"x_mean": model.reconstruct(x).numpy()}),
     }
     parity = {"batch_size": int(x.shape[0]), "max_abs_diff": {}, "batch_mean": {}}

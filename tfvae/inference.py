@@ -40,7 +40,8 @@ def refine(model, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None):
     steps = checks.non_negative_int(steps, "steps")
     learning_rate = checks.finite_float(learning_rate, "learning_rate")
     num_samples = checks.positive_int(num_samples, "num_samples")
-    x = model._as_batch(x)
+    seed = checks.seed(seed)
+    x = model.as_input(x)
     params = model.posterior_head(model.encoder(x))
     if steps > 0:
         params = _ascend(
@@ -50,7 +51,7 @@ def refine(model, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None):
             tf.constant(steps),
             tf.constant(learning_rate, params.dtype),
             num_samples,
-            model._stateless_seed(seed),
+            noise.stateless_seed(seed, model.seed_generator),
         )
     return model.posterior_head.distribution(tf.stop_gradient(params))
 
@@ -69,19 +70,19 @@ def elbo(model, x, q, num_samples=1, seed=None):
         seed: an int for reproducible noise; None takes the model's next seed.
     """
     num_samples = checks.positive_int(num_samples, "num_samples")
-    x = model._as_batch(x)
+    seed = checks.seed(seed)
+    x = model.as_input(x)
     if tuple(q.batch_shape) != (x.shape[0],) or tuple(q.event_shape) != (model.latent_dim,):
         raise ValueError(
             f"q: expected batch shape [{x.shape[0]}] and event shape [{model.latent_dim}] to match x and the "
             f"model; got batch shape {q.batch_shape} and event shape {q.event_shape}."
         )
-    eps = noise.standard_normal((num_samples, x.shape[0], model.latent_dim), model._stateless_seed(seed))
+    eps = noise.standard_normal((num_samples, x.shape[0], model.latent_dim), noise.stateless_seed(seed, model.seed_generator))
     return _elbo(model, x, q, eps)
 
 
 def _elbo(model, x, q, eps):
-    z = model.posterior_head.reparameterize(q, eps)
-    bound, _, _ = objectives.elbo(model._log_likelihood(x, z), q, model.prior, z)
+    bound, _, _ = objectives.elbo(objectives.posterior_sample(model, x, q, eps))
     return bound
 
 

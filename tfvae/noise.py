@@ -29,3 +29,8 @@ def standard_normal(shape, seed):
     radius = tf.sqrt(-2.0 * tf.math.log1p(-u[0]))  # 1 - u is in (0, 1]: the log is finite
     angle = (2.0 * math.pi) * u[1]
     return tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], axis=-1)[..., :d]
+
+
+def stateless_seed(seed, generator):
+    """A stateless seed pair: from the int `seed`, or the next one of the `keras.random.SeedGenerator` when None."""
+    return generator.next() if seed is None else tf.constant([seed, 0], tf.int64)

@@ -1,46 +1,72 @@
-"""The bounds on log p(x) that tfvae trains and evaluates, in nats per example.
+"""The bounds on log p(x): the one implementation that training, evaluation, inference and export use.
 
     ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z))
-    IWAE_K = E[logsumexp_k (log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K]
+    log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x),   z_k = reparameterize(q, eps_k)
+    IWAE_K = logsumexp_k log w_k - log K
 
-All functions take K samples z of shape [K, B, latent_dim] and return shape [B].
+Every estimator starts from a `PosteriorSample`: K samples of z from q(z|x) made from noise eps
+[K, B, latent_dim], with log p(x|z) [K, B]. Only where eps comes from differs between callers
+(the model's seed generator in training, a stateless seed in `infer`, TensorFlow's unseeded normal
+in an exported graph). All values are in nats, one per example: shape [B].
 """
 
-import math
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
-
-def kl_divergence(q, p, z):
-    """KL(q || p): analytic where TFP registers it, else the Monte Carlo mean over the samples z."""
-    try:
-        return tfd.kl_divergence(q, p)
-    except NotImplementedError:
-        return tf.reduce_mean(q.log_prob(z) - p.log_prob(z), axis=0)
+from tfvae import distributions
 
 
-def elbo(log_likelihood, q, p, z, beta=1.0):
-    """The (beta-weighted) ELBO and its two terms.
+class PosteriorSample(NamedTuple):
+    """K samples z = reparameterize(q, eps) of the posterior, with what the bounds need of them."""
+
+    q: Any  # q(z|x), batch [B]
+    p: Any  # p(z)
+    z: tf.Tensor  # [K, B, latent_dim]
+    eps: tf.Tensor  # [K, B, latent_dim], the noise z was made from
+    log_likelihood: tf.Tensor  # log p(x|z_k), [K, B]
+    log_q: tf.Tensor  # log q(z_k|x), [K, B]
+
+
+def posterior_sample(model, x, q, eps):
+    """Samples z ~ q from the noise eps and scores them: the start of every estimator.
 
     Args:
-        log_likelihood: log p(x|z_k), shape [K, B].
-        q: the posterior q(z|x), batch shape [B].
-        p: the prior p(z).
-        z: samples from q, shape [K, B, latent_dim].
-        beta: weight of the KL term; 1 gives the true lower bound.
+        model: a `tfvae.VAE` (its posterior head, prior and `log_likelihood` are used).
+        x: a float32 batch [B, *event_shape].
+        q: the posterior q(z|x), batch shape [B]: `model.posterior(x)`, or a refined one.
+        eps: standard normal noise [K, B, latent_dim].
+    """
+    head = model.posterior_head
+    z = distributions.reparameterize(head, q, eps)
+    log_q = distributions.posterior_log_prob(head, q, z, eps)
+    return PosteriorSample(q, model.prior, z, eps, model.log_likelihood(x, z), log_q)
+
+
+def kl_divergence(sample):
+    """KL(q || p): analytic where TFP registers it, else the Monte Carlo mean of log q - log p over the K samples."""
+    try:
+        return tfd.kl_divergence(sample.q, sample.p)
+    except NotImplementedError:
+        return tf.reduce_mean(sample.log_q - sample.p.log_prob(sample.z), axis=0)
+
+
+def elbo(sample, beta=1.0):
+    """The (beta-weighted) ELBO and its two terms, each [B].
 
     Returns:
-        (bound, reconstruction, kl), each [B]; bound = reconstruction - beta * kl.
+        (bound, reconstruction, kl) with reconstruction = mean_k log p(x|z_k) and
+        bound = reconstruction - beta * kl; beta = 1 gives the true lower bound.
     """
-    reconstruction = tf.reduce_mean(log_likelihood, axis=0)
-    kl = kl_divergence(q, p, z)
+    reconstruction = tf.reduce_mean(sample.log_likelihood, axis=0)
+    kl = kl_divergence(sample)
     return reconstruction - beta * kl, reconstruction, kl
 
 
-def log_importance_weights(log_likelihood, q, p, z, beta=1.0):
+def log_weights(sample, beta=1.0):
     """log w_k = log p(x|z_k) + beta * (log p(z_k) - log q(z_k|x)), shape [K, B]."""
-    return log_likelihood + beta * (p.log_prob(z) - q.log_prob(z))
+    return sample.log_likelihood + beta * (sample.p.log_prob(sample.z) - sample.log_q)
 
 
 def iwae(log_weights):
@@ -49,26 +75,59 @@ def iwae(log_weights):
     return tf.reduce_logsumexp(log_weights, axis=0) - tf.math.log(num_samples)
 
 
+# The training objectives by name: (sample, beta) -> the bound to maximize, [B].
+OBJECTIVES = {
+    "elbo": lambda sample, beta: elbo(sample, beta)[0],
+    "iwae": lambda sample, beta: iwae(log_weights(sample, beta)),
+}
+
+
+def register(name, objective):
+    """Makes `objective(sample, beta) -> bound [B]` a training objective, `tfvae.VAE(objective=name)`.
+
+    The bound is maximized; `loss` is its negative batch mean. Register it before a saved model
+    that uses it is loaded, as with Keras's own custom objects.
+    """
+    if not isinstance(name, str) or not callable(objective):
+        raise TypeError(f"register: expected a name and a callable; got {name!r} and {type(objective).__name__}.")
+    OBJECTIVES[name] = objective
+
+
 # Importance samples per chunk are capped so one chunk's decoder output stays near this many floats.
 _CHUNK_ELEMENTS = 2**23
 
 
-def samples_per_chunk(num_samples, batch_size, event_size):
-    """How many of K samples to take at once for a batch, so memory stays bounded for any K."""
-    return max(1, min(num_samples, _CHUNK_ELEMENTS // (batch_size * event_size)))
+def importance_sampled(model, x, num_samples, noise):
+    """log p(x) by importance sampling with K = num_samples, and the ELBO's terms from the same z.
 
+    The K samples are taken in chunks by a `tf.while_loop` whose running log-sum-exp keeps memory
+    bounded for any K (5000 included): a chunk's decoder output holds about `_CHUNK_ELEMENTS` floats.
 
-def log_mean_exp_update(running, count, log_weights):
-    """Folds a chunk of log weights [k, B] into a running log-mean-exp over `count` earlier ones.
+    Args:
+        model: a `tfvae.VAE`.
+        x: a float32 batch [B, *event_shape].
+        num_samples: K >= 1, an int or a scalar int32 tensor.
+        noise: `noise(k, batch_size) -> eps [k, B, latent_dim]`, standard normal.
 
-    This keeps memory bounded for any K: log p(x) from K = 5000 samples is a few chunks.
+    Returns:
+        A dict of [B] tensors: "log_prob" (logsumexp_k log w_k - log K), "reconstruction"
+        (mean_k log p(x|z_k)) and "kl" (the KL term the ELBO uses).
     """
-    chunk = int(log_weights.shape[0])
-    chunk_mean = iwae(log_weights)
-    if running is None:
-        return chunk_mean, chunk
-    total = count + chunk
-    combined = tf.reduce_logsumexp(
-        tf.stack([running + math.log(count / total), chunk_mean + math.log(chunk / total)]), axis=0
-    )
-    return combined, total
+    batch_size = tf.shape(x)[0]
+    num_samples = tf.convert_to_tensor(num_samples, tf.int32)
+    event_size = tf.reduce_prod(tf.shape(x)[1:])
+    chunk = tf.clip_by_value(_CHUNK_ELEMENTS // tf.maximum(batch_size * event_size, 1), 1, num_samples)
+    q = model.posterior(x)
+
+    def body(done, log_sum, log_likelihood_sum, kl_sum):
+        k = tf.minimum(chunk, num_samples - done)
+        sample = posterior_sample(model, x, q, noise(k, batch_size))
+        log_sum = tf.reduce_logsumexp(tf.concat([log_sum[None], log_weights(sample)], axis=0), axis=0)
+        kl = kl_divergence(sample) * tf.cast(k, tf.float32)
+        return done + k, log_sum, log_likelihood_sum + tf.reduce_sum(sample.log_likelihood, axis=0), kl_sum + kl
+
+    zeros = tf.zeros([batch_size])
+    start = (tf.constant(0), zeros - float("inf"), zeros, zeros)
+    _, log_sum, log_likelihood_sum, kl_sum = tf.while_loop(lambda done, *_: done < num_samples, body, start)
+    count = tf.cast(num_samples, tf.float32)
+    return {"log_prob": log_sum - tf.math.log(count), "reconstruction": log_likelihood_sum / count, "kl": kl_sum / count}

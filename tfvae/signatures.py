@@ -4,8 +4,9 @@ The functions call the model through closures and the module tracks only its var
 model tracked as a `tf.Module` attribute can leave the TFLite converter with uninitialized
 variables, and LiteRT then returns NaN silently.
 
-Ops TFLite has no builtin for are avoided: TFP's mixture sampling (stateless random ops), and the
-full-covariance posterior's triangular solve and matrix diagonal.
+The estimators are `tfvae.objectives`', the ones training and evaluation use; only the noise differs
+(TF's normal op). Ops TFLite has no builtin for are avoided: TFP's mixture sampling (stateless random
+ops) here, and the full-covariance posterior's triangular solve and matrix diagonal in its head.
 
 Every random op is built without a seed, whatever `keras.utils.set_random_seed` set: a seed in the
 graph would make every freshly loaded model draw the same first samples. `sample_seeded` gives
@@ -19,10 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
-# Importance samples per chunk of `log_prob` are capped so one chunk's decoder output stays near
-# this many floats, whatever the batch size.
-_CHUNK_ELEMENTS = 2**22
-
+from tfvae import distributions, objectives
 
 class Signatures(tf.Module):
     """The model's variables and its signature functions, ready for `tf.saved_model.save`.
@@ -44,11 +42,11 @@ class Signatures(tf.Module):
 
         def encode(x):
             q = model.encode(_check_feature_shape(x, event_shape))
-            return {"z_mean": q.mean(), "z_stddev": _stddev(q)}
+            return {"z_mean": q.mean(), "z_stddev": distributions.posterior_stddev(model.posterior_head, q)}
 
         def decode(z):
             z = _check_feature_shape(z, (latent_dim,))
-            return {"x_mean": model.decode(z).mean()}
+            return {"x_mean": _point_estimate(model, z)}
 
         def reconstruct(x):
             return {"x_mean": model.reconstruct(_check_feature_shape(x, event_shape))}
@@ -57,11 +55,11 @@ class Signatures(tf.Module):
             _unseed_graph()
             uniform = tf.random.uniform(tf.stack([num_samples, 1]))
             z = _prior_sample(model.prior, uniform, tf.random.normal(tf.stack([num_samples, latent_dim])))
-            return {"x_mean": model.decode(z).mean()}
+            return {"x_mean": _point_estimate(model, z)}
 
         def sample_seeded(num_samples, seed):
             z = _prior_sample_from_seed(model.prior, num_samples, latent_dim, seed)
-            return {"x_mean": model.decode(z).mean()}
+            return {"x_mean": _point_estimate(model, z)}
 
         def elbo(x):
             _unseed_graph()
@@ -70,7 +68,7 @@ class Signatures(tf.Module):
         def log_prob(x):
             _unseed_graph()
             x = _check_feature_shape(x, event_shape)
-            return {"log_prob": _importance_weighted(model, x, log_prob_samples)}
+            return {"log_prob": objectives.importance_sampled(model, x, log_prob_samples, _noise(latent_dim))["log_prob"]}
 
         specs = {
             "encode": (encode, [x_spec]),
@@ -111,77 +109,20 @@ def _unseed_graph():
     tf.compat.v1.get_default_graph().seed = None
 
 
-def _posterior_sample(model, q, num_samples, batch_size):
-    """z_k = reparameterize(q, eps_k) with eps [K, B, latent_dim] ~ N(0, I), and eps itself."""
-    eps = tf.random.normal(tf.stack([num_samples, batch_size, model.latent_dim]))
-    return model.posterior_head.reparameterize(q, eps), eps
+def _point_estimate(model, z):
+    """The x that p(x|z) stands for (its mean unless the likelihood head says otherwise)."""
+    return distributions.point_estimate(model.likelihood_head, model.likelihood(z))
 
 
-def _stddev(q):
-    """q's marginal standard deviations; for a full covariance L L^T, the row norms of L (TFP's
-    `stddev` takes the diagonal with MatrixDiagPart, which TFLite has no builtin for)."""
-    if isinstance(q, tfd.MultivariateNormalTriL):
-        return tf.sqrt(tf.reduce_sum(tf.square(q.scale.to_dense()), axis=-1))
-    return q.stddev()
-
-
-def _log_q(q, z, eps):
-    """log q(z|x) for z = reparameterize(q, eps). For the full-covariance posterior this is
-    log N(eps; 0, I) - log |det L|, which avoids the triangular solve TFLite has no builtin for."""
-    if isinstance(q, tfd.MultivariateNormalTriL):
-        log_normal = -0.5 * tf.reduce_sum(tf.square(eps), axis=-1)
-        return log_normal - 0.5 * eps.shape[-1] * math.log(2 * math.pi) - _log_abs_det(q)
-    return q.log_prob(z)
-
-
-def _log_abs_det(q):
-    """log |det L| of q's lower-triangular scale L: the sum of log |L_ii|, without MatrixDiagPart."""
-    scale = q.scale.to_dense()
-    diagonal = tf.reduce_sum(scale * tf.eye(scale.shape[-1]), axis=-1)
-    return tf.reduce_sum(tf.math.log(tf.abs(diagonal)), axis=-1)
-
-
-def _kl_divergence(q, p, z, eps):
-    """KL(q || p) as the model computes it (analytic where TFP registers it, else Monte Carlo over z),
-    in builtin ops: the full-covariance posterior against a diagonal normal prior is written out."""
-    if isinstance(q, tfd.MultivariateNormalTriL) and isinstance(p, tfd.Independent) and isinstance(
-        p.distribution, tfd.Normal
-    ):
-        loc, scale = p.distribution.loc, p.distribution.scale
-        trace = tf.reduce_sum(tf.square(q.scale.to_dense() / scale[..., :, None]), axis=[-2, -1])
-        mahalanobis = tf.reduce_sum(tf.square((q.mean() - loc) / scale), axis=-1)
-        log_det_ratio = tf.reduce_sum(tf.math.log(scale), axis=-1) - _log_abs_det(q)
-        return 0.5 * (trace + mahalanobis - q.event_shape[-1]) + log_det_ratio
-    try:
-        return tfd.kl_divergence(q, p)
-    except NotImplementedError:
-        return tf.reduce_mean(_log_q(q, z, eps) - p.log_prob(z), axis=0)
+def _noise(latent_dim):
+    """eps ~ N(0, I) [k, B, latent_dim] from TF's normal op, seeded afresh at every load (see `_unseed_graph`)."""
+    return lambda k, batch_size: tf.random.normal(tf.stack([k, batch_size, latent_dim]))
 
 
 def _elbo(model, x):
     """A one-sample ELBO per example, the estimator of `model.elbo(x)`."""
-    q = model.encode(x)
-    z, eps = _posterior_sample(model, q, 1, tf.shape(x)[0])
-    reconstruction = tf.reduce_mean(model._log_likelihood(x, z), axis=0)
-    return reconstruction - _kl_divergence(q, model.prior, z, eps)
-
-
-def _importance_weighted(model, x, num_samples):
-    """log p(x) ~= logsumexp_k log w_k - log K, with the K samples taken in chunks by a while loop."""
-    batch_size = tf.shape(x)[0]
-    q, prior = model.encode(x), model.prior
-    chunk = _CHUNK_ELEMENTS // (batch_size * int(np.prod(model.event_shape)))
-    chunk = tf.clip_by_value(chunk, 1, num_samples)
-
-    def body(done, total):
-        k = tf.minimum(chunk, num_samples - done)
-        z, eps = _posterior_sample(model, q, k, batch_size)
-        log_weights = model._log_likelihood(x, z) + prior.log_prob(z) - _log_q(q, z, eps)
-        return done + k, tf.reduce_logsumexp(tf.concat([total[None], log_weights], axis=0), axis=0)
-
-    start = tf.fill([batch_size], -np.inf)
-    _, total = tf.while_loop(lambda done, _: done < num_samples, body, (tf.constant(0), start))
-    return total - math.log(num_samples)
+    sample = objectives.posterior_sample(model, x, model.posterior(x), _noise(model.latent_dim)(1, tf.shape(x)[0]))
+    return objectives.elbo(sample)[0]
 
 
 def _prior_sample(prior, uniform, eps):

@@ -14,14 +14,14 @@ Every file is written to a temporary file in its directory and renamed into plac
 killed at any moment leaves each file either complete or as it was.
 """
 
-import contextlib
 import json
 import math
 import os
 import re
-import tempfile
 
 import numpy as np
+
+from tfvae.atomic import atomic_path
 
 CONFIG = "config.json"
 MODEL = "model.keras"
@@ -31,35 +31,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Binarized test sets are one fixed draw, so every evaluation of a run scores the same binary images.
 TEST_BINARIZATION_SEED = 1234
 _CHECKPOINT = re.compile(r"epoch-(\d+)\.keras")
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yields a temporary path beside `path` (same suffix) that replaces `path` if the block succeeds.
-
-    The data is flushed to disk before the rename; on an error the temporary file is removed and
-    `path` is left as it was.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    # Keras and numpy pick the format by the suffix, so the temporary file keeps it.
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_text(path, text):
@@ -72,8 +43,7 @@ def write_json(path, value):
 
 
 def save_model(model, path):
-    with atomic_path(path) as tmp:
-        model.save(tmp)
+    model.save(path)  # tfvae.VAE.save writes atomically
 
 
 def read_config(run):

@@ -1,0 +1,34 @@
+"""Atomic file writes: a file is either complete or as it was, whatever kills the writer."""
+
+import contextlib
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path` (same suffix) that replaces `path` if the block succeeds.
+
+    The data is flushed to disk before the rename; on an error the temporary file is removed and
+    `path` is left as it was.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    # Keras and numpy pick the format by the suffix, so the temporary file keeps it.
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

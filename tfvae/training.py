@@ -1,0 +1,111 @@
+"""How `fit` is run fast: Adam with TensorFlow's fused kernel, and host round trips fitted to the data.
+
+The model's `train_step` says what is optimized (the bound); this module says how the optimizer and
+Keras's loop run it. Each default is measured by `python benchmarks/throughput.py --levers`.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+# Batches per host round trip in `fit`/`evaluate` (see `steps_per_execution`); lever
+# "steps_per_execution=1". 100 rather than 32: +3-4% in interleaved fits of the benchmark's MLP VAE
+# (200 batches an epoch), 200 no better.
+STEPS_PER_EXECUTION = 100
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
+class Adam(keras.optimizers.Adam):
+    """`keras.optimizers.Adam` whose update of each float32 variable is TensorFlow's fused kernel.
+
+    The same update on the same slots and step counter: m += (g - m)(1 - b1), v += (g^2 - v)(1 - b2),
+    w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps). Keras's own `update_step` is about 12
+    small ops and as many passes over memory per variable, the kernel one of each (~20% less CPU per
+    step of a small VAE; lever "keras_adam"). Everything around the update stays Keras's: gradient
+    clipping, weight decay, EMA, loss scaling, variable constraints (applied after the update) and
+    the step count. AMSGrad, sparse gradients, other dtypes and several replicas take Keras's path.
+    `tfvae.VAE.compile("adam")` uses this class.
+
+    Example:
+        >>> model.compile(optimizer=tfvae.training.Adam(learning_rate=5e-4))
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if (
+            self.amsgrad
+            or isinstance(gradient, tf.IndexedSlices)
+            or variable.dtype != tf.float32
+            or tf.distribute.get_strategy().num_replicas_in_sync > 1
+        ):
+            return super().update_step(gradient, variable, learning_rate)
+        index = self._get_variable_index(variable)
+        step = tf.cast(self.iterations + 1, tf.float32)
+        beta_1, beta_2 = tf.constant(self.beta_1, tf.float32), tf.constant(self.beta_2, tf.float32)
+        return tf.raw_ops.ResourceApplyAdam(
+            var=_handle(variable),
+            m=_handle(self._momentums[index]),
+            v=_handle(self._velocities[index]),
+            beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(learning_rate, tf.float32),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.constant(self.epsilon, tf.float32),
+            grad=tf.cast(gradient, tf.float32),
+        )
+
+
+def _handle(variable):
+    """The resource handle of a Keras variable or of the tf.Variable Keras passes to `update_step`."""
+    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
+
+
+def default_steps_per_execution(model):
+    """`STEPS_PER_EXECUTION`, or 1 under a strategy with several replicas: Keras 3.15's multi-step
+    loop fails there ("You must feed a value for placeholder tensor")."""
+    return STEPS_PER_EXECUTION if model.distribute_strategy.num_replicas_in_sync == 1 else 1
+
+
+def fitted_steps_per_execution(largest, steps=(), data=None, batch_size=None):
+    """The steps per execution to use for the step counts a call asks for or implies.
+
+    Keras runs whole executions, so `steps_per_epoch=7` with 100 steps per execution would run
+    more batches an epoch: explicit counts get a divisor of theirs. Finite data just stops early;
+    its batch count gets a divisor between half of `largest` and `largest` if it has one, else
+    `largest` capped at that count (the progress bar is then kept within the epoch by `Progbar`).
+    """
+    steps = [s for s in steps if s]
+    if steps:
+        return next(d for d in range(largest, 0, -1) if all(s % d == 0 for s in steps))
+    batches = _batches_per_epoch(data, batch_size)
+    divisors = [d for d in range(largest, (largest - 1) // 2, -1) if batches and batches % d == 0]
+    return divisors[0] if divisors else min(largest, batches or largest)
+
+
+def _batches_per_epoch(data, batch_size):
+    """Batches in one pass over an array (Keras's default batch size is 32) or a finite dataset; else None."""
+    if isinstance(data, tf.data.Dataset):
+        cardinality = int(data.cardinality())
+        return cardinality if cardinality > 0 else None
+    return math.ceil(len(data) / (batch_size or 32)) if hasattr(data, "__len__") else None
+
+
+class Progbar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar, never counting past the end of the epoch.
+
+    With several steps per execution Keras reports the last step of each execution, also of the
+    last one that the data cut short: 100 steps per execution over 125 batches showed "200/125".
+    """
+
+    def _clamp(self, batch):
+        return batch if not self.target else min(batch, self.target - 1)
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(self._clamp(batch), logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        super().on_test_batch_end(self._clamp(batch), logs)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        super().on_predict_batch_end(self._clamp(batch), logs)
