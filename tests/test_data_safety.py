@@ -284,6 +284,16 @@ def test_a_refused_resume_keeps_history_rows(run_copy, capsys):
     assert snapshot(run_copy) == before
 
 
+def test_data_outside_the_likelihood_support_is_refused_before_the_run_is_created(tmp_path, capsys):
+    grey = np.linspace(0.0, 2.0, 60 * 16, dtype=np.float32).reshape(60, 4, 4, 1)
+    np.savez(tmp_path / "bright.npz", x_train=grey[:50], x_test=grey[50:])
+
+    check_error(capsys, ["train", "--dataset", tmp_path / "bright.npz", "--binarization", "none",
+                         "--out", tmp_path / "run"], "(train split): the Bernoulli likelihood expects values in [0, 1]")
+
+    assert not (tmp_path / "run").exists()
+
+
 def test_stale_temporary_files_are_removed_by_the_next_train(run_copy, capsys):
     dead, alive = dead_pid(), os.getpid()
     for directory in (run_copy, run_copy / runs.CHECKPOINTS):
