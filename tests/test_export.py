@@ -60,6 +60,7 @@ def exported_mixture(digits, tmp_path_factory):
     old = cwd / "export" / "mixvae"
     old.mkdir(parents=True)
     (old / "old_file").write_text("from an earlier export")
+    (old / "manifest.json").write_text(json.dumps({"format": "tfvae-export/1"}))
     previous = os.getcwd()
     os.chdir(cwd)
     try:
@@ -388,7 +389,7 @@ def test_a_failed_export_leaves_nothing_behind_and_keeps_the_old_one(exported, t
 
     old = tmp_path / "old"
     old.mkdir()
-    (old / "manifest.json").write_text("{}")
+    (old / "manifest.json").write_text(json.dumps({"format": "tfvae-export/1"}))
     with pytest.raises(OSError, match="disk full"):
         export.save(model, str(old), overwrite=True)
     assert os.listdir(tmp_path) == ["old"] and os.listdir(old) == ["manifest.json"]

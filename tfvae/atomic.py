@@ -15,7 +15,8 @@ def atomic_path(path):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     # Keras and numpy pick the format by the suffix, so the temporary file keeps it.
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    # The writer's pid in the name: once it is gone, its leftover can be told from a live write.
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=os.path.splitext(path)[1], dir=directory)
     os.close(fd)
     try:
         yield tmp
@@ -26,6 +27,17 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def process_alive(pid):
+    """Whether a process `pid` exists (on this machine): a leftover of a live one may still be in use."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _umask():

@@ -14,6 +14,8 @@ See export/README.md for calling them from Python, TF Serving's REST API and And
 """
 
 import contextlib
+import ctypes
+import errno
 import importlib.metadata
 import json
 import os
@@ -30,6 +32,7 @@ import tensorflow_probability as tfp
 
 from tfvae import checks, distributions
 from tfvae import signatures as signatures_lib
+from tfvae.atomic import process_alive
 from tfvae.model import VAE
 
 QUANTIZE_MODES = ("dynamic", "float16")
@@ -37,6 +40,8 @@ TFLITE_SIGNATURES = ("encode", "decode", "reconstruct", "sample", "sample_seeded
 # save() refuses an export whose float outputs differ from Keras by more than this (abs and rel).
 TOLERANCE = {"saved_model": 1e-5, "tflite": 1e-4}
 PARITY_BATCH = 64
+EXPORT_FORMAT = "tfvae-export/1"
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # from <fcntl.h> and <linux/fs.h>
 
 
 def save(
@@ -78,7 +83,7 @@ def save(
     if quantize is not None and not tflite:
         raise ValueError(f"quantize: {quantize!r} needs tflite=True.")
     directory = os.path.abspath(directory if directory is not None else os.path.join("export", model.name))
-    _check_directory(directory, overwrite)
+    check_directory(directory, overwrite)
     x, inputs_source = _parity_inputs(model, sample_inputs)
 
     staging = _sibling(directory, "partial")
@@ -113,7 +118,7 @@ def _write(model, staging, tflite, quantize, log_prob_samples, x):
         files[key] = {"path": os.path.basename(path), "bytes": os.path.getsize(path)}
 
     return {
-        "format": "tfvae-export/1",
+        "format": EXPORT_FORMAT,
         "model_name": model.name,
         "input_shape": list(model.event_shape),
         "latent_dim": model.latent_dim,
@@ -146,37 +151,96 @@ def _check_model(model, allow_untrained):
         )
 
 
-def _check_directory(directory, overwrite):
-    """Raises unless an export can be written as `directory`; creates its parent if needed."""
+def check_directory(directory, overwrite, argument="directory", flag="overwrite=True"):
+    """Raises unless an export can be written as `directory`; creates its parent if needed.
+
+    `overwrite` replaces only an earlier tfvae export, never a folder of anything else. Leftovers of
+    exports of `directory` killed earlier are cleaned up first (see `_clean_leftovers`).
+
+    Args:
+        directory: the absolute path of the export.
+        overwrite: whether an earlier export there may be replaced.
+        argument, flag: how the caller names the two in messages; the CLI says "--out", "--overwrite".
+    """
+    _clean_leftovers(directory)
     if os.path.lexists(directory):
+        if os.path.islink(directory):  # swapping would move the link, not the export it points to
+            raise FileExistsError(f"{argument}: {directory!r} is a symbolic link; give the export's real path.")
         if not os.path.isdir(directory):
-            raise FileExistsError(f"directory: {directory!r} exists and is not a directory.")
+            raise FileExistsError(f"{argument}: {directory!r} exists and is not a directory.")
         if not overwrite:
             raise FileExistsError(
-                f"directory: {directory!r} already exists; pass overwrite=True to replace it "
+                f"{argument}: {directory!r} already exists; pass {flag} to replace it "
                 f"(the old export is kept until the new one is complete)."
+            )
+        if not _is_export(directory):
+            raise FileExistsError(
+                f"{argument}: {directory!r} is not a tfvae export (no manifest.json with "
+                f'"format": "{EXPORT_FORMAT}"); {flag} replaces only an earlier export. Choose another {argument}.'
             )
     parent = os.path.dirname(directory)
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as error:
-        raise type(error)(f"directory: cannot create the parent directory {parent!r}: {error}.") from error
+        raise type(error)(f"{argument}: cannot create the parent directory {parent!r}: {error}.") from error
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"directory: cannot write an export into {parent!r}: permission denied.")
+        raise PermissionError(f"{argument}: cannot write an export into {parent!r}: permission denied.")
+
+
+def _is_export(directory):
+    """Whether `directory` holds an export written by `save` (its manifest.json says so)."""
+    try:
+        with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == EXPORT_FORMAT
 
 
 def _sibling(directory, role):
-    """A fresh hidden path beside `directory`: renames within one file system are atomic."""
-    name = f".{os.path.basename(directory)}.{role}-{uuid.uuid4().hex[:8]}"
+    """A fresh hidden path beside `directory`: renames within one file system are atomic.
+
+    The name holds this process's id, so a later export can tell a dead writer's leftovers.
+    """
+    name = f".{os.path.basename(directory)}.{role}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     return os.path.join(os.path.dirname(directory), name)
+
+
+def _clean_leftovers(directory):
+    """Removes the staging and old folders of exports of `directory` whose process is gone.
+
+    Where renameat2 is missing, an export killed between its two renames leaves no `directory`, the
+    old export in a `.old-` folder: that one is put back.
+    """
+    parent = os.path.dirname(directory)
+    if not os.path.isdir(parent):
+        return
+    pattern = re.compile(rf"\.{re.escape(os.path.basename(directory))}\.(partial|old)-(\d+)-[0-9a-f]{{8}}")
+    stale = []
+    for name in os.listdir(parent):
+        match = pattern.fullmatch(name)
+        if match and not process_alive(int(match.group(2))):
+            stale.append((match.group(1), os.path.join(parent, name)))
+    olds = sorted((path for role, path in stale if role == "old"), key=os.path.getmtime)
+    if olds and not os.path.lexists(directory):
+        os.rename(olds[-1], directory)
+    for _, path in stale:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _move_into_place(staging, directory, overwrite):
     if not overwrite or not os.path.exists(directory):
         os.rename(staging, directory)
         return
-    # A directory cannot be renamed over a non-empty one: move the old export aside first, and
-    # back if the second rename fails.
+    if not _is_export(directory):  # replaced by something else while the export was written
+        raise FileExistsError(f"directory: {directory!r} is no longer a tfvae export; nothing was replaced.")
+    # Swapped in one step, the path holds the old export or the new one at every moment.
+    if _exchange(staging, directory):
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    # Without the swap, a directory cannot be renamed over a non-empty one: move the old export
+    # aside first, and back if the second rename fails (or on the next export, if killed between).
     old = _sibling(directory, "old")
     os.rename(directory, old)
     try:
@@ -185,6 +249,19 @@ def _move_into_place(staging, directory, overwrite):
         os.rename(old, directory)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a, b):
+    """Swaps the paths `a` and `b` atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # not Linux, or a C library older than glibc 2.28
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # an old kernel, or a file system without it
+        return False
+    raise OSError(error, f"cannot swap {a!r} and {b!r}: {os.strerror(error)}")
 
 
 def _parity_inputs(model, sample_inputs):

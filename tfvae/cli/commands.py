@@ -70,6 +70,7 @@ def export(args):
     run = os.path.realpath(args.run)
     if os.path.commonpath([run, os.path.realpath(directory)]) == os.path.realpath(directory):
         raise ValueError(f"--out: {directory} holds the run {args.run}; an export there would replace it.")
+    exporting.check_directory(os.path.abspath(directory), args.overwrite, "--out", "--overwrite")
     model = runs.load_model(args.run)
     config = _config_if_any(args.run)
     sample_inputs = None

@@ -9,11 +9,15 @@ A run directory (`tfvae train --out RUN`) holds:
     reconstructions.png  rows of test images alternating with rows of their reconstructions
     logs/              TensorBoard: scalars per epoch (train/, validation/) and the two grids (images/)
     checkpoints/       epoch-NNNN.keras, the whole training state after the last completed epoch
+    .lock              held (flock) by the `tfvae train` writing the run, so a second one is refused
 
 Every file is written to a temporary file in its directory and renamed into place, so a process
-killed at any moment leaves each file either complete or as it was.
+killed at any moment leaves each file either complete or as it was. The temporary file's name holds
+its writer's process id: once that process is gone, the next `tfvae train` of the run removes it.
 """
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -21,16 +25,32 @@ import re
 
 import numpy as np
 
-from tfvae.atomic import atomic_path
+from tfvae.atomic import atomic_path, process_alive
 
 CONFIG = "config.json"
 MODEL = "model.keras"
 HISTORY = "history.csv"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Binarized test sets are one fixed draw, so every evaluation of a run scores the same binary images.
 TEST_BINARIZATION_SEED = 1234
 _CHECKPOINT = re.compile(r"epoch-(\d+)\.keras")
+_TEMPORARY = re.compile(r"\.tmp-(\d+)-.*")
+
+
+def remove_stale_temporaries(directory):
+    """Removes the temporary files of `atomic_path` in `directory` whose writing process is gone."""
+    for name in _stale_temporaries(directory):
+        with contextlib.suppress(FileNotFoundError):  # another process's cleaning got there first
+            os.remove(os.path.join(directory, name))
+
+
+def _stale_temporaries(directory):
+    for name in os.listdir(directory):
+        match = _TEMPORARY.fullmatch(name)
+        if match and not process_alive(int(match.group(1))) and os.path.isfile(os.path.join(directory, name)):
+            yield name
 
 
 def write_text(path, text):
@@ -60,6 +80,52 @@ def read_config(run):
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a JSON object; got {type(config).__name__}.")
     return config
+
+
+def check_out(out):
+    """Refuses an empty --out, which would make the current folder the run."""
+    if out is not None and not out.strip():
+        raise ValueError(f"--out: expected a run directory; got {out!r}.")
+
+
+@contextlib.contextmanager
+def locked(run):
+    """Holds the run's lock while the block runs; refuses a run that another process holds.
+
+    The lock is flock's, on RUN/.lock: the kernel releases it when its process ends, also on SIGKILL,
+    so a killed training never leaves a run locked. The file stays (removing it would race with a
+    process about to lock it) and says which process held the lock last.
+    """
+    with open(os.path.join(run, LOCK), "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip()
+            by = f" (process {holder})" if holder.isdigit() else ""
+            raise BlockingIOError(
+                f"--out: {run} is in use by another tfvae train{by}; wait for it to end, or choose another --out."
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def is_unused(run):
+    """Whether `run` may become a new run: it does not exist, or holds nothing of a run's.
+
+    A lock file, stale temporary files and an empty checkpoints/ are what a training killed before it
+    wrote config.json leaves.
+    """
+    if not os.path.exists(run):
+        return True
+    if not os.path.isdir(run):
+        return False
+    names = set(os.listdir(run)) - {LOCK} - set(_stale_temporaries(run))
+    if os.path.isdir(os.path.join(run, CHECKPOINTS)) and not os.listdir(os.path.join(run, CHECKPOINTS)):
+        names.discard(CHECKPOINTS)
+    return not names
 
 
 def check_run_directory(run):

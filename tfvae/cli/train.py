@@ -4,6 +4,9 @@ Resuming works from checkpoints/epoch-NNNN.keras, the whole model with its optim
 by the last callback of every epoch. Callbacks run in list order, so when that checkpoint exists
 the epoch's history row and pictures are already on disk; a resumed run drops the history rows of
 epochs after the checkpoint (an epoch cut short by the kill) and goes on from there.
+
+Nothing is written until the run's lock is held and everything (config, dataset, checkpoint) has
+been checked, so a refused `train` leaves the run as it was and two at once cannot mix their files.
 """
 
 import csv
@@ -15,7 +18,7 @@ import sys
 import keras
 import numpy as np
 
-from tfvae import VAE, callbacks, data, distributions, plots
+from tfvae import VAE, callbacks, checks, data, distributions, plots
 from tfvae.cli import TRAIN_DEFAULTS as DEFAULTS
 from tfvae.cli import runs
 
@@ -24,29 +27,54 @@ VALIDATION_BATCH = 500
 
 
 def train(args):
+    runs.check_out(args.out)
     if args.resume:
         if args.out is None:
             raise ValueError("--resume: name the run to resume with --out RUN.")
-        run = args.out
-        done, checkpoint = runs.latest_checkpoint(run)
-        config = _resume_config(runs.read_config(run), args, done)
-        if done == 0 and os.path.exists(os.path.join(run, runs.MODEL)):
-            raise ValueError(f"{run}: has {runs.MODEL} but no checkpoint in {runs.CHECKPOINTS}/ to resume from.")
-        if done >= config["epochs"] and os.path.exists(os.path.join(run, runs.MODEL)):
-            print(f"{run}: already trained for {done} epochs; nothing to do (--epochs N > {done} trains longer).")
-            return 0
-    else:
-        run = args.out if args.out is not None else _free_run_name(args.dataset or DEFAULTS["dataset"])
-        if os.path.exists(run) and not (os.path.isdir(run) and not os.listdir(run)):
-            raise FileExistsError(f"--out: {run} already exists; continue it with --resume, or choose another --out.")
-        config, done, checkpoint = _new_config(args), 0, None
+        runs.read_config(args.out)  # a folder that is no run gets no lock file
+        with runs.locked(args.out):
+            return _resume(args.out, args)
+    run = args.out if args.out is not None else _free_run_name(args.dataset or DEFAULTS["dataset"])
+    _check_new_run(run)
+    config = _new_config(args)
+    prepared = _prepare(config, 0, None)
+    os.makedirs(run, exist_ok=True)
+    with runs.locked(run):
+        _check_new_run(run)  # again under the lock: another `tfvae train` may have begun it meanwhile
+        return _train(run, config, 0, *prepared)
 
+
+def _resume(run, args):
+    done, checkpoint = runs.latest_checkpoint(run)
+    config = _resume_config(runs.read_config(run), args, done)
+    if done == 0 and os.path.exists(os.path.join(run, runs.MODEL)):
+        raise ValueError(f"{run}: has {runs.MODEL} but no checkpoint in {runs.CHECKPOINTS}/ to resume from.")
+    if done >= config["epochs"] and os.path.exists(os.path.join(run, runs.MODEL)):
+        print(f"{run}: already trained for {done} epochs; nothing to do (--epochs N > {done} trains longer).")
+        return 0
+    return _train(run, config, done, *_prepare(config, done, checkpoint))
+
+
+def _check_new_run(run):
+    if runs.is_unused(run):
+        return
+    if os.path.exists(os.path.join(run, runs.CONFIG)):
+        raise FileExistsError(f"--out: {run} already exists; continue it with --resume, or choose another --out.")
+    raise FileExistsError(f"--out: {run} already exists and is neither empty nor a run; choose another --out.")
+
+
+def _prepare(config, done, checkpoint):
+    """Everything training needs, checked before anything is written: a refused run is left as it was.
+
+    Returns:
+        (dataset, training batches, validation batches, model); completes config["input_shape"].
+    """
     if config["likelihood"] not in distributions.LIKELIHOODS:
         raise ValueError(f"--likelihood: expected one of {', '.join(distributions.LIKELIHOODS)}; "
                          f"got {config['likelihood']!r}.")
     dataset = runs.load_dataset(config["dataset"], config["data_dir"])
     image_shape = tuple(dataset.x_train.shape[1:])
-    if args.resume and tuple(config["input_shape"]) != image_shape:
+    if "input_shape" in config and tuple(config["input_shape"]) != image_shape:  # a resumed run's
         raise ValueError(f"--dataset: {config['dataset']} now has images of shape {image_shape}; the run was trained "
                          f"on {tuple(config['input_shape'])}.")
     config["input_shape"] = list(image_shape)
@@ -57,7 +85,7 @@ def train(args):
     x_test = runs.evaluation_images(config, dataset)
     validation_data = data.make_dataset(x_test, VALIDATION_BATCH, shuffle=False)
     if checkpoint is not None:
-        model = _load_checkpoint(checkpoint)
+        model = _load_checkpoint(checkpoint, config)
     else:
         model = VAE(
             input_shape=image_shape,
@@ -70,13 +98,27 @@ def train(args):
             seed=config["seed"],
         )
         model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
+    # fit checks a tf.data dataset's shape only; the values must lie where the likelihood has density.
+    for split, x in (("train", dataset.x_train), ("test", x_test)):
+        checks.check_values(x, f"--dataset {config['dataset']} ({split} split)", model.likelihood_head.check_support)
+    return dataset, train_data, validation_data, model
 
-    os.makedirs(os.path.join(run, runs.CHECKPOINTS), exist_ok=True)
+
+def _train(run, config, done, dataset, train_data, validation_data, model):
+    """Writes the run and fits; the caller holds the run's lock.
+
+    config.json comes first: a run killed before it holds nothing of a run's and `tfvae train --out`
+    takes it as new; one killed after it is taken by `--resume`.
+    """
+    runs.remove_stale_temporaries(run)
     runs.write_json(os.path.join(run, runs.CONFIG), config)
     history = os.path.join(run, runs.HISTORY)
     _keep_history_before(history, done)
+    os.makedirs(os.path.join(run, runs.CHECKPOINTS), exist_ok=True)
+    runs.remove_stale_temporaries(os.path.join(run, runs.CHECKPOINTS))
     log_dir = os.path.join(run, "logs")
     tensorboard = importlib.util.find_spec("tensorboard") is not None
+    image_shape = tuple(config["input_shape"])
     shown = dataset.x_test[np.linspace(0, len(dataset.x_test) - 1, RECONSTRUCTED_IMAGES).astype(int)]
     pictures = _drawable(shown)
     # Order matters: the checkpoint goes last (see the module docstring).
@@ -154,13 +196,20 @@ def _free_run_name(dataset):
     return run
 
 
-def _load_checkpoint(path):
-    """The model of a checkpoint with its optimizer state (moments, step count)."""
+def _load_checkpoint(path, config):
+    """The model of a checkpoint with its optimizer state (moments, step count), if config.json describes it."""
     try:
         model = keras.models.load_model(path)
     except Exception as e:  # a checkpoint damaged outside tfvae (they are written atomically)
         raise ValueError(f"{path}: cannot load the checkpoint ({runs.brief(e)}); delete it to resume "
                          f"from the one before, if any.") from None
+    # An edited config.json must not go on training a model it does not describe.
+    if model.event_shape != tuple(config["input_shape"]):
+        raise ValueError(f"{path}: its model takes x of shape {model.event_shape}; --dataset {config['dataset']} "
+                         f"has images of shape {tuple(config['input_shape'])}.")
+    if model.latent_dim != config["latent_dim"]:
+        raise ValueError(f"{path}: its model has latent_dim {model.latent_dim}; the run's {runs.CONFIG} says "
+                         f"{config['latent_dim']}.")
     return model
 
 
