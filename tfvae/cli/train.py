@@ -97,7 +97,7 @@ def _prepare(config, done, checkpoint):
             num_samples=config["num_samples"],
             seed=config["seed"],
         )
-        model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
+        model.compile(optimizer=training.Adam(config["learning_rate"]))
     # fit checks a tf.data dataset's shape only; the values must lie where the likelihood has density.
     for split, x in (("train", dataset.x_train), ("test", x_test)):
         checks.check_values(x, f"--dataset {config['dataset']} ({split} split)", model.likelihood_head.check_support)
