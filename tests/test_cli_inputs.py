@@ -192,6 +192,10 @@ def test_library_errors_name_the_flags(run, capsys, tmp_path):  # noqa: F811
 
     check_error(capsys, ["export", run, "--out", tmp_path / "taken"],
                 f"--out: '{tmp_path / 'taken'}' already exists; pass --overwrite to replace it")
+    check_error(capsys, ["export", run, "--out", tmp_path / "e", "--no-tflite", "--quantize", "dynamic"],
+                "--quantize: 'dynamic' needs the TFLite model (drop --no-tflite).")
+    check_error(capsys, ["evaluate", run, "--dataset", tmp_path / "missing.npy"],
+                f"--dataset: no such file '{tmp_path / 'missing.npy'}'.")
     check_error(capsys, ["score", run, "--input", tmp_path / "grey.npy", "-o", tmp_path / "s.csv"],
                 f"--input {tmp_path / 'grey.npy'}: the Bernoulli likelihood expects values in [0, 1]")
     check_error(capsys, ["reconstruct", run, "--input", tmp_path / "grey.npy", "-o", tmp_path / "r.npy"],

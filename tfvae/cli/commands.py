@@ -53,7 +53,8 @@ def evaluate(args):
     name = args.dataset or config.get("dataset")
     if name is None:
         raise ValueError(f"{args.run}: has no {runs.CONFIG} to name its dataset; pass --dataset.")
-    dataset = runs.load_dataset(name, config.get("data_dir"))
+    with _flags({"name_or_path": "--dataset"}):
+        dataset = runs.load_dataset(name, config.get("data_dir"))
     x = runs.as_model_input(runs.evaluation_images(config, dataset), model.event_shape, f"--dataset {name}")
     batch_size = _batch_for_progress(model, args.num_samples, args.batch_size)
     with _flags({"data": f"--dataset {name}"}):
@@ -231,6 +232,7 @@ def plot_latent(args):
 _API_ADVICE = {
     "pass overwrite=True": "pass --overwrite",
     "use likelihood='gaussian'": "train with --likelihood gaussian",
+    "needs tflite=True": "needs the TFLite model (drop --no-tflite)",
 }
 
 
