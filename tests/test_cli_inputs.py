@@ -14,12 +14,13 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli import LATENT_DIM, check_error, command, error_lines, run, run_together, snapshot, workdir  # noqa: F401
+from test_cli import check_error, command, error_lines, run, run_together, workdir  # noqa: F401 (fixtures)
 
 from tfvae import resources
 from tfvae.cli import main, runs
 
-ROW = np.array([0.0, 0.18, 0.94, 0.12, 1.0, 0.5, 0.25, 0.75])  # grey levels a 16-bit PNG holds exactly enough
+# The row of 16-bit grey levels, which an 8-bit reading clipped to [0, 1, 1, 1, ...].
+ROW = np.array([0.0, 0.18, 0.94, 0.12, 1.0, 0.5, 0.25, 0.75])
 
 
 def png_header_only(path, width, height):
@@ -49,8 +50,8 @@ def folders(workdir):  # noqa: F811
     (workdir / "rgba").mkdir()
     rgba = np.random.default_rng(0).integers(0, 256, size=(2, 8, 8, 4), dtype=np.uint8)
     for i, image in enumerate(rgba):
-        Image.fromarray(image, "RGBA").save(workdir / "rgba" / f"{i}.png")
-        Image.fromarray(image[..., :3], "RGB").save(workdir / "rgba" / f"rgb-{i}.png")
+        Image.fromarray(image).save(workdir / "rgba" / f"{i}.png")  # (8, 8, 4) uint8: RGBA
+        Image.fromarray(image[..., :3]).save(workdir / "rgba" / f"rgb-{i}.png")
     return workdir
 
 
@@ -103,20 +104,24 @@ def test_plot_latent_draws_a_single_image_and_rgba_images(folders, run, capsys):
     np.testing.assert_array_equal(x[:2], x[2:])
 
 
-def test_sizes_that_would_not_fit_are_refused_with_the_estimate(results, run, capsys, tmp_path):  # noqa: F811
+def test_training_that_would_not_fit_is_refused_with_the_estimate(folders, results, capsys, tmp_path):
     train = results["train huge latent"]
     assert train.returncode == 2
     [line] = error_lines(train.stderr)
     assert re.fullmatch(r"tfvae: error: --latent-dim 1000000000: would need ~9,632 GB of memory; this machine "
                         r"has ~[0-9.,]+ GB available \(see Limits in the README\)\.", line), line
-    check_error(capsys, ["sample", run, "-n", 10**9, "-o", tmp_path / "s.npy"],
-                "-n 1000000000: would need ~3,980 GB of memory")
-    check_error(capsys, ["sample", run, "-n", 10**7, "-o", tmp_path / "s.png"],  # a grid of 57x57 pixels each
-                "-n 10000000: would need ~592 GB of memory")
+    assert not (folders / "huge").exists()
 
     check_error(capsys, ["train", "--dataset", "digits", "--num-samples", 10**7, "--out", tmp_path / "r"],
                 "--num-samples 10000000 with --batch-size 32: would need ~3,502 GB of memory")
     assert not (tmp_path / "r").exists()
+
+
+def test_sampling_scoring_and_export_beyond_the_rule_are_refused_with_the_estimate(run, capsys, tmp_path):  # noqa: F811
+    check_error(capsys, ["sample", run, "-n", 10**9, "-o", tmp_path / "s.npy"],
+                "-n 1000000000: would need ~3,980 GB of memory")
+    check_error(capsys, ["sample", run, "-n", 10**7, "-o", tmp_path / "s.png"],  # a grid of 57x57 pixels each
+                "-n 10000000: would need ~592 GB of memory")
     check_error(capsys, ["evaluate", run, "--num-samples", 10**8],
                 "--num-samples 100000000 (per example): one step without progress would compute 6.4e+09 decoder "
                 "outputs; the limit is 2.1e+09")
@@ -126,7 +131,7 @@ def test_sizes_that_would_not_fit_are_refused_with_the_estimate(results, run, ca
     check_error(capsys, ["export", run, "--log-prob-samples", 10**9, "--out", tmp_path / "e"],
                 "--log-prob-samples 1000000000 (checked in 3 runtimes on 64 examples): one step without progress "
                 "would compute 1.2e+13 decoder outputs")
-    assert not (tmp_path / "e").exists()
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]
 
 
 def test_the_resource_rule():
