@@ -180,8 +180,11 @@ def _two_dimensions(z):
     centred = z - z.mean(axis=0)
     _, singular_values, components = np.linalg.svd(centred, full_matrices=False)
     explained = singular_values**2 / max(np.sum(singular_values**2), np.finfo(float).tiny)
+    xy = centred @ components[:2].T
+    if xy.shape[1] < 2:  # one code has one component: the second axis is flat
+        xy, explained = np.column_stack([xy, np.zeros(len(z))]), np.append(explained, 0.0)
     names = tuple(f"PC{i + 1} ({100 * explained[i]:.0f}% of variance)" for i in range(2))
-    return centred @ components[:2].T, names
+    return xy, names
 
 
 def _color(i, n):

@@ -36,6 +36,7 @@ TRAIN_DEFAULTS = {
     "learning_rate": 1e-3,
     "seed": 0,
 }
+SEED_MAX = 2**31 - 1
 DATA = "a .npy or .npz file of images, or a folder of PNG/JPEG images (resized to the model's input)"
 
 
@@ -97,10 +98,10 @@ def _parser():
         "(default: 1 for elbo, 5 for iwae)")
     add("--epochs", type=_positive_int, metavar="N", help=f"epochs in all (default: {d['epochs']})")
     add("--batch-size", type=_positive_int, metavar="B", help=f"examples per step (default: {d['batch_size']})")
-    add("--learning-rate", type=_positive_float, metavar="LR",
-        help=f"Adam's learning rate (default: {d['learning_rate']})")
-    add("--seed", type=int, metavar="S",
-        help=f"seed of weights, shuffling, binarization and noise (default: {d['seed']})")
+    add("--learning-rate", type=_learning_rate, metavar="LR",
+        help=f"Adam's learning rate, in (0, 1] (default: {d['learning_rate']})")
+    add("--seed", type=_seed, metavar="S",
+        help=f"seed of weights, shuffling, binarization and noise, 0 to 2**31-1 (default: {d['seed']})")
     add("--out", metavar="RUN", help="run directory to create, which must not exist or be empty unless --resume "
         "(default: runs/DATASET, or runs/DATASET-2, ... if taken)")
     add("--resume", action="store_true", help="continue the run in --out RUN from its last checkpoint")
@@ -141,7 +142,8 @@ def _parser():
     add("-n", "--num", type=_positive_int, default=64, metavar="N", help="how many (default: 64)")
     add("-o", "--output", default="samples.png", metavar="FILE",
         help="a .png grid or a .npy array (default: samples.png)")
-    add("--seed", type=int, metavar="S", help="seed of a reproducible draw (default: a fresh one, printed)")
+    add("--seed", type=_seed, metavar="S",
+        help="seed of a reproducible draw, 0 to 2**31-1 (default: a fresh one, printed)")
 
     reconstruct = _run_command(
         commands, "reconstruct", "commands:reconstruct", "reconstruct images",
@@ -203,13 +205,25 @@ def _positive_int(text):
     return value
 
 
-def _positive_float(text):
+def _learning_rate(text):
+    # Adam moves each weight by about the learning rate per step: above 1 it can only diverge.
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0; got {text!r}")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], e.g. 1e-3; got {text!r}")
+    return value
+
+
+def _seed(text):
+    # TensorFlow's and numpy's seeds are 32-bit; Keras's seed generators take a signed int32.
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**31-1 = {SEED_MAX}; got {text!r}")
     return value
 
 

@@ -1,5 +1,10 @@
-"""The `tfvae` commands that use a trained run: evaluate, export, sample, reconstruct, encode, score, plot-latent."""
+"""The `tfvae` commands that use a trained run: evaluate, export, sample, reconstruct, encode, score, plot-latent.
 
+Each checks its request against the resource rule (`tfvae.resources`) before any work starts, and
+reports errors of the library in the words of the command line: flags, not parameter names.
+"""
+
+import contextlib
 import csv
 import io
 import json
@@ -10,10 +15,34 @@ import secrets
 import keras
 import numpy as np
 
-from tfvae import plots
+from tfvae import plots, resources
 from tfvae.cli import quiet_native_logs, runs
 
 BATCH = 500  # examples per forward pass for encode/reconstruct
+
+
+def check_training(config, dataset):
+    """Refuses, before `tfvae train` builds or writes anything, a run that would not fit the resource rule.
+
+    Args:
+        config: the run's configuration (tfvae.cli.train), with latent_dim, architecture,
+            batch_size and num_samples.
+        dataset: the loaded `tfvae.data` dataset.
+    """
+    shape = dataset.x_train.shape[1:]
+    latent_dim, batch_size, num_samples = config["latent_dim"], config["batch_size"], config["num_samples"]
+    parameters = resources.model_bytes(shape, latent_dim, config["architecture"])
+    resources.check_memory(parameters, f"--latent-dim {latent_dim}")
+    step = resources.step_bytes(shape, latent_dim, config["architecture"], batch_size, num_samples)
+    resources.check_memory(parameters + step, f"--num-samples {num_samples} with --batch-size {batch_size}")
+
+
+def check_support(x, name, likelihood):
+    """`tfvae.checks.check_values` of training data, its advice naming the command's flags."""
+    from tfvae import checks
+
+    with _flags({}):
+        checks.check_values(x, name, likelihood)
 
 
 def evaluate(args):
@@ -24,10 +53,13 @@ def evaluate(args):
     name = args.dataset or config.get("dataset")
     if name is None:
         raise ValueError(f"{args.run}: has no {runs.CONFIG} to name its dataset; pass --dataset.")
-    dataset = runs.load_dataset(name, config.get("data_dir"))
+    with _flags({"name_or_path": "--dataset"}):
+        dataset = runs.load_dataset(name, config.get("data_dir"))
     x = runs.as_model_input(runs.evaluation_images(config, dataset), model.event_shape, f"--dataset {name}")
-    result = evaluation.log_likelihood(model, x, num_samples=args.num_samples, batch_size=args.batch_size,
-                                       verbose=0 if args.json else 1)
+    batch_size = _batch_for_progress(model, args.num_samples, args.batch_size)
+    with _flags({"data": f"--dataset {name}"}):
+        result = evaluation.log_likelihood(model, x, num_samples=args.num_samples, batch_size=batch_size,
+                                           verbose=0 if args.json else 1)
     result.update(
         active_units=evaluation.active_units(model, x),
         latent_dim=model.latent_dim,
@@ -76,7 +108,16 @@ def export(args):
     sample_inputs = None
     if "dataset" in config:
         sample_inputs = runs.evaluation_images(config, runs.load_dataset(config["dataset"], config.get("data_dir")))
-    with quiet_native_logs():  # the TFLite converter's "Ignored output_format." and the like
+    # The parity check runs log_prob with K samples on each runtime without a progress bar.
+    runtimes = 2 + (not args.no_tflite) + (quantize is not None)  # Keras, the SavedModel, each TFLite model
+    parity_examples = exporting.PARITY_BATCH if sample_inputs is None else min(exporting.PARITY_BATCH,
+                                                                               len(sample_inputs))
+    resources.check_step(runtimes * parity_examples * args.log_prob_samples * math.prod(model.event_shape),
+                         f"--log-prob-samples {args.log_prob_samples} (checked in {runtimes} runtimes on "
+                         f"{parity_examples} examples)")
+    names = {"directory": "--out", "log_prob_samples": "--log-prob-samples", "quantize": "--quantize",
+             "sample_inputs": f"the test images of the run's dataset {config.get('dataset')}"}
+    with _flags(names), quiet_native_logs():  # the TFLite converter's "Ignored output_format." and the like
         manifest = exporting.save(model, directory, tflite=not args.no_tflite, quantize=quantize,
                                   log_prob_samples=args.log_prob_samples, overwrite=args.overwrite,
                                   sample_inputs=sample_inputs)
@@ -92,6 +133,10 @@ def export(args):
 def sample(args):
     output = runs.output_path(args.output, (".png", ".npy"))
     model = runs.load_model(args.run)
+    picture = 0 if output.lower().endswith(".npy") else _grid_pixels(model.event_shape)
+    request = f"-n {args.num}"
+    resources.check_memory(resources.sampling_bytes(args.num, model.event_shape, model.latent_dim, picture), request)
+    resources.check_step(args.num * math.prod(model.event_shape), request)
     # A fresh seed unless one is given: the model's own generator starts alike after every load.
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     x = np.asarray(model.sample(args.num, seed=seed))
@@ -106,7 +151,8 @@ def reconstruct(args):
     x, _, _ = runs.read_input(args.input, model.event_shape)
     if output.lower().endswith(".png"):
         x = x[: args.num]
-    reconstructions = _batched(lambda b: np.asarray(model.reconstruct(b)), x)
+    with _flags({"x": f"--input {args.input}"}):
+        reconstructions = _batched(lambda b: np.asarray(model.reconstruct(b)), x)
     if output.lower().endswith(".png"):
         plots.image_grid(plots.interleave(x, reconstructions), output)
         print(f"Wrote {len(x)} inputs (odd rows) and their reconstructions (even rows) to {output}.")
@@ -125,7 +171,8 @@ def encode(args):
         q = model.encode(batch)
         return np.stack([q.mean(), q.stddev()], axis=1)
 
-    both = _batched(moments, x)
+    with _flags({"x": f"--input {args.input}"}):
+        both = _batched(moments, x)
     mean, stddev = both[:, 0], both[:, 1]
     if output.lower().endswith(".npz"):
         with runs.atomic_path(output) as tmp:
@@ -141,12 +188,14 @@ def score(args):
     output = runs.output_path(args.output, (".csv",))
     model = runs.load_model(args.run)
     x, _, names = runs.read_input(args.input, model.event_shape)
+    batch_size = _batch_for_progress(model, args.num_samples, args.batch_size)
     progress = keras.utils.Progbar(len(x), unit_name="example")
     log_probs = []
-    for start in range(0, len(x), args.batch_size):
-        batch = x[start : start + args.batch_size]
-        log_probs.append(np.asarray(model.log_prob(batch, num_samples=args.num_samples), dtype=np.float64))
-        progress.add(len(batch))
+    with _flags({"x": f"--input {args.input}"}):
+        for start in range(0, len(x), batch_size):
+            batch = x[start : start + batch_size]
+            log_probs.append(np.asarray(model.log_prob(batch, num_samples=args.num_samples), dtype=np.float64))
+            progress.add(len(batch))
     log_probs = np.concatenate(log_probs)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -172,11 +221,60 @@ def plot_latent(args):
         dataset = runs.load_dataset(config["dataset"], config.get("data_dir"))
         x = runs.as_model_input(dataset.x_test, model.event_shape, f"the run's dataset {config['dataset']}")
         labels, source = dataset.y_test, f"{config['dataset']} test split"
-    z = _batched(lambda b: np.asarray(model.encode(b).mean()), x)
+    with _flags({"x": f"--input {source}" if args.input is not None else source}):
+        z = _batched(lambda b: np.asarray(model.encode(b).mean()), x)
     how = "posterior means" if model.latent_dim <= 2 else f"posterior means, {model.latent_dim}-D projected by PCA"
     plots.latent_scatter(z, labels, output, title=f"{source}: {how}")
     print(f"Wrote a scatter plot of {len(z)} {how} to {output}.")
     return 0
+
+
+# Advice in the library's messages, in the command line's words.
+_API_ADVICE = {
+    "pass overwrite=True": "pass --overwrite",
+    "use likelihood='gaussian'": "train with --likelihood gaussian",
+    "needs tflite=True": "needs the TFLite model (drop --no-tflite)",
+}
+
+
+@contextlib.contextmanager
+def _flags(names):
+    """Re-raises the library's ValueError, TypeError and OSError naming the flags the user typed.
+
+    Args:
+        names: {parameter name: what to call it instead}; a message that starts with "parameter:"
+            starts with the flag instead, and advice such as "pass overwrite=True" names the flag.
+    """
+    try:
+        yield
+    except (ValueError, TypeError, OSError) as error:
+        message = str(error)
+        name, colon, rest = message.partition(":")
+        if colon and name in names:
+            message = names[name] + colon + rest
+        for advice, flag in _API_ADVICE.items():
+            message = message.replace(advice, flag)
+        if message == str(error):
+            raise
+        raise type(error)(message) from None
+
+
+def _batch_for_progress(model, num_samples, batch_size):
+    """--batch-size, made smaller if needed so a batch of K samples each is one step of the resource
+    rule; refuses a K whose one example is already more."""
+    event_size = math.prod(model.event_shape)
+    resources.check_step(num_samples * event_size, f"--num-samples {num_samples} (per example)")
+    return resources.examples_per_step(num_samples, event_size, batch_size)
+
+
+def _grid_pixels(event_shape):
+    """Values per image in a PNG grid of images of this shape (see plots.tile); 0 if they are not images."""
+    try:
+        height, width, channels = plots.as_images(np.zeros((1, *event_shape))).shape[1:]
+    except ValueError:  # the grid itself will say why
+        return 0
+    scale = plots.default_scale(height, width)
+    return (height * scale + 1) * (width * scale + 1) * channels
 
 
 def _config_if_any(run):

@@ -246,9 +246,10 @@ def _pick_arrays(arrays):
 
 def as_model_input(x, event_shape, source):
     """x as float32 (N, *event_shape): 8-bit pixels are divided by 255, (N, H, W) gets its channel,
-    and flat rows (N, D) are reshaped when D matches."""
+    and flat rows (N, D) are reshaped when D matches. Complex numbers, NaN, inf and values beyond
+    float32's range are refused, naming `source`."""
     x = np.asarray(x)
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.issubdtype(x.dtype, np.complexfloating):
         raise TypeError(f"{source}: expected numeric images; got dtype {x.dtype}.")
     if np.issubdtype(x.dtype, np.integer):
         if x.size and (x.min() < 0 or x.max() > 255):
@@ -266,10 +267,14 @@ def as_model_input(x, event_shape, source):
         )
     if len(x) == 0:
         raise ValueError(f"{source}: expected at least one image; got none.")
-    x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise ValueError(f"{source}: expected finite values; got {int((~np.isfinite(x)).sum())} NaN or inf.")
-    return x
+    # Checked before the cast, which would turn them into inf.
+    too_large = np.abs(x) > np.finfo(np.float32).max
+    if too_large.any():
+        raise ValueError(f"{source}: expected values within float32's range of ±{np.finfo(np.float32).max:.3g}; "
+                         f"got {int(too_large.sum())} too large, e.g. {x[too_large].flat[0]:g}.")
+    return x.astype(np.float32)
 
 
 def _read_image_folder(folder, event_shape):
@@ -296,12 +301,37 @@ def _read_image_folder(folder, event_shape):
     for name in names:
         path = os.path.join(folder, name)
         try:
-            with Image.open(path) as image:
-                image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-                images.append(np.asarray(image, dtype=np.float32) / 255.0)
+            images.append(_read_image(path, height, width, channels))
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"{path}: cannot read the image: it is too large ({str(e).rstrip('.')}).") from None
         except (OSError, UnidentifiedImageError, ValueError) as e:
             raise ValueError(f"{path}: cannot read the image ({e}).") from None
     return np.stack(images).reshape(len(images), *event_shape), names
+
+
+# Pillow's modes of wide integer pixels: a 16-bit grey PNG opens as one of them.
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_WIDE_FULL_SCALE = 65535
+
+
+def _read_image(path, height, width, channels):
+    """One image file as float32 (height, width, channels) in [0, 1].
+
+    8-bit images are divided by 255 and 16-bit ones by 65535; an alpha channel is dropped, a
+    palette looked up, and grey and colour converted to the model's channels.
+    """
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode not in _WIDE_MODES:
+            image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+            return np.asarray(image, dtype=np.float32).reshape(height, width, -1) / 255.0
+        # Converting to "L" would clip 16-bit values at 255: resize the values as floats instead.
+        values = np.asarray(image, dtype=np.float32)
+        if values.size and (values.min() < 0 or values.max() > _WIDE_FULL_SCALE):
+            raise ValueError(f"expected 16-bit pixels in 0..65535; got {values.min():g}..{values.max():g}")
+        grey = Image.fromarray(values / _WIDE_FULL_SCALE).resize((width, height), Image.BILINEAR)
+        return np.repeat(np.asarray(grey, dtype=np.float32)[..., np.newaxis], channels, axis=-1)
 
 
 def output_path(path, suffixes, flag="-o"):

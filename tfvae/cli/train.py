@@ -18,9 +18,9 @@ import sys
 import keras
 import numpy as np
 
-from tfvae import VAE, callbacks, checks, data, distributions, plots
+from tfvae import VAE, callbacks, data, distributions, plots, training
 from tfvae.cli import TRAIN_DEFAULTS as DEFAULTS
-from tfvae.cli import runs
+from tfvae.cli import commands, runs
 
 RECONSTRUCTED_IMAGES = 32
 VALIDATION_BATCH = 500
@@ -78,6 +78,7 @@ def _prepare(config, done, checkpoint):
         raise ValueError(f"--dataset: {config['dataset']} now has images of shape {image_shape}; the run was trained "
                          f"on {tuple(config['input_shape'])}.")
     config["input_shape"] = list(image_shape)
+    commands.check_training(config, dataset)
     keras.utils.set_random_seed(config["seed"])
     binarization = None if config["binarization"] == "none" else config["binarization"]
     # A resumed run must not replay the shuffles and binary draws of its first epochs: the seed moves on.
@@ -100,7 +101,7 @@ def _prepare(config, done, checkpoint):
         model.compile(optimizer=training.Adam(config["learning_rate"]))
     # fit checks a tf.data dataset's shape only; the values must lie where the likelihood has density.
     for split, x in (("train", dataset.x_train), ("test", x_test)):
-        checks.check_values(x, f"--dataset {config['dataset']} ({split} split)", model.likelihood_head.check_support)
+        commands.check_support(x, f"--dataset {config['dataset']} ({split} split)", model.likelihood_head)
     return dataset, train_data, validation_data, model
 
 
@@ -232,6 +233,8 @@ def _describe(run, config, dataset, done):
     shape = "x".join(map(str, config["input_shape"]))
     epochs = config["epochs"]
     plan = f"epoch {done + 1} of {epochs}" if done else f"{epochs} epoch{'s' * (epochs != 1)}"
+    if done >= epochs:  # killed after its last checkpoint, before model.keras was written
+        plan = f"all {epochs} epochs trained, writing {runs.MODEL}"
     print(
         f"{'Resuming' if done else 'Training'} {run}: {config['dataset']} ({len(dataset.x_train)} train, "
         f"{len(dataset.x_test)} test, {shape}), {config['architecture']} VAE, latent_dim {config['latent_dim']}, "
