@@ -203,6 +203,11 @@ class _Likelihood(keras.layers.Layer):
     def check_support(self, x, name="x"):
         """Raises ValueError if numpy data `x` holds values this likelihood gives zero density."""
 
+    def in_support(self, x):
+        """The graph form of `check_support`: a bool tensor of x's shape, True where this likelihood
+        gives x nonzero density (the exported signatures refuse x where it is False)."""
+        return tf.ones_like(x, dtype=tf.bool)
+
 
 class _BernoulliLogits(tfd.Bernoulli):
     """tfd.Bernoulli whose log_prob is x * logits - softplus(logits).
@@ -239,6 +244,9 @@ class Bernoulli(_Likelihood):
                 f"[{low:g}, {high:g}]. Scale the data (e.g. divide 8-bit images by 255) or use "
                 f"likelihood='gaussian'."
             )
+
+    def in_support(self, x):
+        return (x >= 0.0) & (x <= 1.0)
 
 
 @keras.saving.register_keras_serializable(package="tfvae")

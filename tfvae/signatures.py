@@ -42,35 +42,48 @@ class Signatures(tf.Module):
         n_spec = tf.TensorSpec((), tf.int32, name="num_samples")
         seed_spec = tf.TensorSpec((), tf.int32, name="seed")
 
+        likelihood = model.likelihood_head
+        support = f"finite values in the support of the {type(likelihood).__name__} likelihood"
+
+        def valid_x(x):
+            return tf.math.is_finite(x) & likelihood.in_support(x)
+
+        def checked_x(x):
+            return _checked(x, "x", event_shape, valid_x, support)
+
+        def checked_count(num_samples):
+            return _checked(num_samples, "num_samples", None, lambda n: n >= 0, "a count >= 0")
+
         def encode(x):
-            q = model.encode(_check_feature_shape(x, event_shape))
+            q = model.encode(checked_x(x))
             return {"z_mean": q.mean(), "z_stddev": _stddev(q)}
 
         def decode(z):
-            z = _check_feature_shape(z, (latent_dim,))
+            z = _checked(z, "z", (latent_dim,), tf.math.is_finite, "finite values")
             return {"x_mean": model.decode(z).mean()}
 
         def reconstruct(x):
-            return {"x_mean": model.reconstruct(_check_feature_shape(x, event_shape))}
+            return {"x_mean": model.reconstruct(checked_x(x))}
 
         def sample(num_samples):
             _unseed_graph()
+            num_samples = checked_count(num_samples)
             uniform = tf.random.uniform(tf.stack([num_samples, 1]))
             z = _prior_sample(model.prior, uniform, tf.random.normal(tf.stack([num_samples, latent_dim])))
             return {"x_mean": model.decode(z).mean()}
 
         def sample_seeded(num_samples, seed):
-            z = _prior_sample_from_seed(model.prior, num_samples, latent_dim, seed)
+            num_samples = checked_count(num_samples)
+            z = _prior_sample_from_seed(model.prior, num_samples, latent_dim, _checked(seed, "seed", None))
             return {"x_mean": model.decode(z).mean()}
 
         def elbo(x):
             _unseed_graph()
-            return {"elbo": _elbo(model, _check_feature_shape(x, event_shape))}
+            return {"elbo": _elbo(model, checked_x(x))}
 
         def log_prob(x):
             _unseed_graph()
-            x = _check_feature_shape(x, event_shape)
-            return {"log_prob": _importance_weighted(model, x, log_prob_samples)}
+            return {"log_prob": _importance_weighted(model, checked_x(x), log_prob_samples)}
 
         specs = {
             "encode": (encode, [x_spec]),
@@ -92,17 +105,66 @@ class Signatures(tf.Module):
         return {**concrete, "serving_default": concrete["encode"]}
 
 
-def _check_feature_shape(x, event_shape):
-    """x itself, or a runtime shape error if x is not [rows, *event_shape].
+def _checked(value, name, feature_shape, valid=None, expected=None):
+    """value, or a run-time error unless its shape is [rows, *feature_shape] and `valid` holds everywhere.
 
-    LiteRT resizes an input to whatever it is given, and its flattening ops would regroup a
-    [4, 48] batch into [3, 64] and answer for the wrong examples. Adding zeros of shape
-    [rows, *event_shape] fails instead. A reshape cannot check this: the TFLite converter turns
-    [tf.shape(x)[0], 64] into [-1, 64] and drops a reshape to x's own static shape. Rows counted
-    through a reduction survive conversion.
+    TensorFlow raises InvalidArgumentError naming the input. The TFLite converter drops Assert ops,
+    so each check also fails in builtin ops LiteRT cannot run past: see `_exact_shape` for the
+    shape; a value check gathers index 1 of a one-element tensor.
+
+    Args:
+        value: a signature input.
+        name: its name, for messages.
+        feature_shape: the shape of one row, or None for a scalar input.
+        valid: None (a shape check only), or value -> bool tensor of value's shape.
+        expected: what valid values are, for the message, e.g. "finite values".
     """
-    rows = tf.size(tf.reduce_sum(x, axis=list(range(1, 1 + len(event_shape)))))
-    return x + tf.zeros(tf.concat([[rows], event_shape], axis=0))
+    value = _exact_shape(value, name, feature_shape)
+    if valid is None:
+        return value
+    valid_values = valid(value)
+    ok = tf.reduce_all(valid_values)
+    message = [f"{name}: expected {expected}; values that are not:", _count_false(valid_values)]
+    with tf.control_dependencies([tf.debugging.Assert(ok, message)]):
+        index = tf.cast(tf.logical_not(ok), tf.int32)
+        return value + tf.gather(tf.zeros([1], value.dtype), index)
+
+
+def _exact_shape(value, name, feature_shape):
+    """value, through an op that fails unless its shape is [rows, *feature_shape] (a scalar for None).
+
+    LiteRT resizes an input to whatever it is given, and the TFLite converter trusts the declared
+    signature shape: it folds tf.shape and tf.rank, and drops reshapes to it, while TFLite's
+    broadcasting and flattening ops answer for a regrouped (2, 1, 8, 8) or a broadcast (3, 1)
+    batch. A concatenation with a template row (a stack with a template scalar) fails in LiteRT and
+    TensorFlow alike unless the rank and every dimension but the first match.
+    """
+    if feature_shape is None:
+        # A sum, not a slice, of the stack: grappler folds stack([0, value])[1] back into value. Its
+        # name is what TensorFlow's error shows, as grappler also folds any assertion on a shape that
+        # the signature declares fully.
+        stacked = tf.stack([tf.zeros([], value.dtype), value], name=f"{name}_must_be_a_scalar")
+        return tf.reduce_sum(stacked)
+    with tf.control_dependencies([_assert_shape(value, name, feature_shape)]):
+        return tf.concat([tf.zeros([1, *feature_shape], value.dtype), value], axis=0)[1:]
+
+
+def _assert_shape(value, name, feature_shape):
+    """A tf.debugging.Assert that value's shape is [rows, *feature_shape]."""
+    rank = 1 + len(feature_shape)
+    shape = tf.shape(value)
+    # The rank counted through tf.where: grappler folds tf.rank(value) and tf.size(tf.shape(value))
+    # from the declared signature shape, which a caller need not have respected.
+    actual_rank = tf.shape(tf.where(shape >= 0))[0]
+    first = tf.concat([shape, tf.zeros([rank], tf.int32)], axis=0)[:rank]
+    expected = tf.concat([first[:1], tf.constant(feature_shape, tf.int32)], axis=0)
+    matches = tf.equal(actual_rank, rank) & tf.reduce_all(tf.equal(first, expected))
+    wanted = f"shape (batch, {', '.join(map(str, feature_shape))})"
+    return tf.debugging.Assert(matches, [f"{name}: expected {wanted}; got shape", shape], summarize=-1)
+
+
+def _count_false(condition):
+    return tf.reduce_sum(tf.cast(tf.logical_not(condition), tf.int32))
 
 
 def _unseed_graph():
@@ -170,7 +232,8 @@ def _importance_weighted(model, x, num_samples):
     """log p(x) ~= logsumexp_k log w_k - log K, with the K samples taken in chunks by a while loop."""
     batch_size = tf.shape(x)[0]
     q, prior = model.encode(x), model.prior
-    chunk = _CHUNK_ELEMENTS // (batch_size * int(np.prod(model.event_shape)))
+    # At least one row: an empty batch gets an empty answer, not a division by zero.
+    chunk = _CHUNK_ELEMENTS // (tf.maximum(batch_size, 1) * int(np.prod(model.event_shape)))
     chunk = tf.clip_by_value(chunk, 1, num_samples)
 
     def body(done, total):
