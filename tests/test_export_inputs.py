@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import tfvae
 from tfvae import distributions, export
@@ -66,7 +69,7 @@ def _refused(run, runtime, match, signature, **inputs):
 def test_x_of_another_shape_is_refused_not_regrouped(exported, runtime, shape):
     _, _, runs, _ = exported
     x = np.full(shape, 0.5, np.float32)
-    for signature in X_SIGNATURES:
+    for signature in X_SIGNATURES + (("serving_default",) if runtime == "saved_model" else ()):
         _refused(runs[runtime], runtime, r"x: expected shape \(batch, 8, 8, 1\); got shape", signature, x=x)
 
 
@@ -171,7 +174,6 @@ def test_consumer_scripts_refuse_in_one_line(exported, tmp_path):
     np.save(tmp_path / "nan.npy", bad_values)
     expected = {
         ("run_tflite.py", "regrouped.npy"): r"--input: expected x of shape \(batch, 8, 8, 1\); got \(2, 1, 8, 8\)\.",
-        ("serve_saved_model.py", "regrouped.npy"): r"--input: expected x of shape \(batch, 8, 8, 1\)",
         ("run_tflite.py", "nan.npy"): r"--input: the encode signature refused it \(see export/README.md\)",
         ("serve_saved_model.py", "nan.npy"): (
             r"--input: the encode signature refused it: .*x: expected finite values in the support of the "
@@ -187,3 +189,100 @@ def test_consumer_scripts_refuse_in_one_line(exported, tmp_path):
         assert result.returncode == 1 and result.stdout == "", (script, name, result.stderr[-2000:])
         last_line = result.stderr.strip().splitlines()[-1]
         assert re.match(message, last_line), (script, name, last_line)
+
+
+# Property: every input is refused (an exception before or inside the graph) or answered with finite
+# values of the documented shape, and it is answered exactly when it is valid.
+REFUSALS = (tf.errors.InvalidArgumentError, RuntimeError, ValueError, TypeError)
+DTYPES = [np.float32] * 4 + [np.float64, np.int32, np.bool_, np.complex64, np.dtype("<U2")]
+ODD_FLOATS = [np.nan, np.inf, -np.inf, -1.0, 1.5, -0.0, 1e-45, 3e38, -3e38]
+
+
+@st.composite
+def _batch_inputs(draw):
+    """(signature, {input name: array}) for a signature taking x or z: mostly right-shaped
+    float32 batches of valid values, with odd shapes, dtypes and values mixed in."""
+    signature = draw(st.sampled_from(X_SIGNATURES + ("decode",)))
+    feature_shape = (LATENT_DIM,) if signature == "decode" else EVENT_SHAPE
+    right_shape = st.integers(0, 4).map(lambda rows: (rows, *feature_shape))
+    any_shape = hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=9)
+    shape = draw(st.one_of(right_shape, right_shape, any_shape))
+    dtype = draw(st.sampled_from(DTYPES))
+    if dtype != np.float32:
+        value = draw(hnp.arrays(dtype, shape))
+    else:
+        if signature == "decode":
+            valid = st.floats(width=32, allow_nan=False, allow_infinity=False)  # any finite z
+        else:
+            valid = st.floats(0, 1, width=32)  # the Bernoulli support
+        elements = st.one_of(valid, st.sampled_from(ODD_FLOATS)) if draw(st.booleans()) else valid
+        value = draw(hnp.arrays(dtype, shape, elements=elements))
+    return signature, {"z" if signature == "decode" else "x": value}
+
+
+@st.composite
+def _count_inputs(draw):
+    signature = draw(st.sampled_from(["sample", "sample_seeded"]))
+    count = st.one_of(st.integers(0, 12), st.integers(0, 12), st.integers(-(2**31), -1)).map(np.int32)
+    inputs = {"num_samples": draw(st.one_of(count, count, hnp.arrays(np.int32, st.integers(0, 3))))}
+    if signature == "sample_seeded":
+        seed = st.integers(-(2**31), 2**31 - 1).map(np.int32)
+        inputs["seed"] = draw(st.one_of(seed, seed, hnp.arrays(np.int32, st.integers(0, 3))))
+    return signature, inputs
+
+
+def _documented_shapes(signature, rows):
+    return {
+        "encode": {"z_mean": (rows, LATENT_DIM), "z_stddev": (rows, LATENT_DIM)},
+        "decode": {"x_mean": (rows, *EVENT_SHAPE)},
+        "reconstruct": {"x_mean": (rows, *EVENT_SHAPE)},
+        "sample": {"x_mean": (rows, *EVENT_SHAPE)},
+        "sample_seeded": {"x_mean": (rows, *EVENT_SHAPE)},
+        "elbo": {"elbo": (rows,)},
+        "log_prob": {"log_prob": (rows,)},
+    }[signature]
+
+
+def _rows_if_valid(signature, inputs):
+    """The rows a valid input asks for, or None if the signatures must refuse it."""
+    if signature in ("sample", "sample_seeded"):
+        n, seed = inputs["num_samples"], inputs.get("seed", np.int32(0))
+        return int(n) if np.ndim(n) == 0 and np.ndim(seed) == 0 and n >= 0 else None
+    (name, value), = inputs.items()
+    feature_shape = (LATENT_DIM,) if name == "z" else EVENT_SHAPE
+    if value.dtype != np.float32 or value.shape[1:] != feature_shape or value.ndim != 1 + len(feature_shape):
+        return None
+    in_support = np.all(np.isfinite(value)) and (name == "z" or np.all((value >= 0) & (value <= 1)))
+    return len(value) if in_support else None
+
+
+def _check_property(exported, signature, inputs):
+    _, _, runs, _ = exported
+    rows = _rows_if_valid(signature, inputs)
+    event(f"{signature}: {'answered' if rows is not None else 'refused'}")
+    for runtime, run in runs.items():
+        try:
+            outputs = run(signature, **inputs)
+        except REFUSALS:
+            assert rows is None, (runtime, signature, "refused a valid input")
+            continue
+        assert rows is not None, (runtime, signature, "answered an invalid input")
+        assert {k: v.shape for k, v in outputs.items()} == _documented_shapes(signature, rows), runtime
+        assert all(np.all(np.isfinite(v)) for v in outputs.values()), (runtime, signature)
+
+
+FAST = settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+LONG = settings(max_examples=1500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(case=st.one_of(_batch_inputs(), _count_inputs()))
+def test_any_input_is_refused_or_answered_finitely_in_the_documented_shape(exported, case):
+    _check_property(exported, *case)
+
+
+@pytest.mark.slow
+@LONG
+@given(case=st.one_of(_batch_inputs(), _count_inputs()))
+def test_any_input_is_refused_or_answered_finitely_in_the_documented_shape_long(exported, case):
+    _check_property(exported, *case)

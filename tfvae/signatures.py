@@ -7,6 +7,12 @@ variables, and LiteRT then returns NaN silently.
 Ops TFLite has no builtin for are avoided: TFP's mixture sampling (stateless random ops), and the
 full-covariance posterior's triangular solve and matrix diagonal.
 
+Every input is checked in the graph, whatever runs it (TensorFlow, TF Serving, LiteRT): its exact
+shape, finiteness, and for x the likelihood head's `in_support`; a bad one fails the call instead
+of being regrouped, broadcast or answered with NaN. TensorFlow gets assertion messages naming the
+input; the TFLite converter drops assertions, so the checks are also made of builtin ops that
+LiteRT fails to run (see `_checked`).
+
 Every random op is built without a seed, whatever `keras.utils.set_random_seed` set: a seed in the
 graph would make every freshly loaded model draw the same first samples. `sample_seeded` gives
 reproducible draws instead, from a counter-based hash made of TFLite builtin integer ops, so the
