@@ -90,7 +90,7 @@ def test_x_that_is_not_finite_or_outside_the_bernoulli_support_is_refused(export
     for signature in X_SIGNATURES:
         _refused(
             runs[runtime], runtime,
-            r"x: expected finite values in the support of the Bernoulli likelihood; values that are not:\] \[1\]",
+            r"x: expected finite values in the support of the Bernoulli likelihood",
             signature, x=x,
         )
 
@@ -101,14 +101,14 @@ def test_z_that_is_not_finite_is_refused(exported, runtime, value):
     _, _, runs, _ = exported
     z = np.zeros((4, LATENT_DIM), np.float32)
     z[2, 1] = value
-    _refused(runs[runtime], runtime, r"z: expected finite values; values that are not:\] \[1\]", "decode", z=z)
+    _refused(runs[runtime], runtime, r"z: expected finite values", "decode", z=z)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_negative_or_non_scalar_counts_and_seeds_are_refused(exported, runtime):
     _, _, runs, _ = exported
     run, seed = runs[runtime], np.int32(7)
-    negative = r"num_samples: expected a count >= 0; values that are not:\] \[1\]"
+    negative = "num_samples: expected a count >= 0"
     for n in (np.int32(-1), np.int32(-2**31)):  # the old TFLite graph answered -1 with the last call's count
         _refused(run, runtime, negative, "sample", num_samples=n)
         _refused(run, runtime, negative, "sample_seeded", num_samples=n, seed=seed)
@@ -177,7 +177,7 @@ def test_consumer_scripts_refuse_in_one_line(exported, tmp_path):
         ("run_tflite.py", "nan.npy"): r"--input: the encode signature refused it \(see export/README.md\)",
         ("serve_saved_model.py", "nan.npy"): (
             r"--input: the encode signature refused it: .*x: expected finite values in the support of the "
-            r"Bernoulli likelihood; values that are not:\] \[1\]"
+            r"Bernoulli likelihood"
         ),
     }
     for (script, name), message in expected.items():
