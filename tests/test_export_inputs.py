@@ -88,11 +88,8 @@ def test_x_that_is_not_finite_or_outside_the_bernoulli_support_is_refused(export
     x = x_test[:3].copy()
     x[1, 4, 2, 0] = value  # one bad pixel among 192
     for signature in X_SIGNATURES:
-        _refused(
-            runs[runtime], runtime,
-            r"x: expected finite values in the support of the Bernoulli likelihood",
-            signature, x=x,
-        )
+        _refused(runs[runtime], runtime, "x: expected finite values in the support of the Bernoulli likelihood",
+                 signature, x=x)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -150,8 +147,8 @@ def test_right_inputs_of_one_three_and_no_rows_get_the_keras_answers(exported, r
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_sample_counts_of_zero_and_more(exported, runtime):
-    _, _, run, _ = exported
-    run = run[runtime]
+    _, _, runs, _ = exported
+    run = runs[runtime]
     for n in (0, 1, 3):
         images = run("sample", num_samples=np.int32(n))["x_mean"]
         seeded = run("sample_seeded", num_samples=np.int32(n), seed=np.int32(5))["x_mean"]
