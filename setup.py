@@ -23,7 +23,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "hypothesis"],
         "bench": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["tfvae = tfvae.cli:main"]},

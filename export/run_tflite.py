@@ -31,6 +31,15 @@ def read_inputs(path, names):
     return arrays
 
 
+def check_shapes(inputs, shapes):
+    """Exits naming the input unless each array has its signature's shape (-1: any size)."""
+    for name, value in inputs.items():
+        expected, actual = list(shapes[name]), list(np.shape(value))
+        if len(actual) != len(expected) or any(e not in (-1, a) for e, a in zip(expected, actual)):
+            wanted = ", ".join("batch" if e == -1 else str(e) for e in expected)
+            sys.exit(f"--input: expected {name} of shape ({wanted}); got {tuple(actual)}.")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="export directory or a .tflite file")
@@ -48,7 +57,12 @@ def main(argv=None):
     runner = interpreter.get_signature_runner(args.signature)
     details = runner.get_input_details()
     inputs = read_inputs(args.input, list(details))
-    outputs = runner(**{name: np.asarray(value, details[name]["dtype"]) for name, value in inputs.items()})
+    check_shapes(inputs, {name: detail["shape_signature"] for name, detail in details.items()})
+    try:
+        outputs = runner(**{name: np.asarray(value, details[name]["dtype"]) for name, value in inputs.items()})
+    except RuntimeError as error:
+        # The graph refuses NaN, inf, x outside the likelihood's support and negative counts.
+        sys.exit(f"--input: the {args.signature} signature refused it (see export/README.md): {error}")
     print(json.dumps({name: np.asarray(value).tolist() for name, value in outputs.items()}))
 
 

@@ -31,6 +31,15 @@ def read_inputs(path, names):
     return arrays
 
 
+def check_shapes(inputs, shapes):
+    """Exits naming the input unless each array has its signature's shape (-1: any size)."""
+    for name, value in inputs.items():
+        expected, actual = list(shapes[name]), list(np.shape(value))
+        if len(actual) != len(expected) or any(e not in (-1, a) for e, a in zip(expected, actual)):
+            wanted = ", ".join("batch" if e == -1 else str(e) for e in expected)
+            sys.exit(f"--input: expected {name} of shape ({wanted}); got {tuple(actual)}.")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="export directory or its saved_model/")
@@ -49,7 +58,14 @@ def main(argv=None):
     function = signatures[args.signature]
     specs = function.structured_input_signature[1]
     inputs = read_inputs(args.input, list(specs))
-    outputs = function(**{name: tf.constant(value, specs[name].dtype) for name, value in inputs.items()})
+    shapes = {name: [-1 if d is None else d for d in spec.shape.as_list()] for name, spec in specs.items()}
+    check_shapes(inputs, shapes)
+    try:
+        outputs = function(**{name: tf.constant(value, specs[name].dtype) for name, value in inputs.items()})
+    except tf.errors.InvalidArgumentError as error:
+        # The graph's assertions name the input: NaN, inf, x outside the likelihood's support, negative counts.
+        lines = [line for line in error.message.splitlines() if "assertion failed" in line] or [error.message]
+        sys.exit(f"--input: the {args.signature} signature refused it: {lines[0].strip()}")
     print(json.dumps({name: value.numpy().tolist() for name, value in outputs.items()}))
 
 

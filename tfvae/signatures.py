@@ -8,6 +8,12 @@ The estimators are `tfvae.objectives`', the ones training and evaluation use; on
 (TF's normal op). Ops TFLite has no builtin for are avoided: TFP's mixture sampling (stateless random
 ops) here, and the full-covariance posterior's triangular solve and matrix diagonal in its head.
 
+Every input is checked in the graph, whatever runs it (TensorFlow, TF Serving, LiteRT): its exact
+shape, finiteness, and for x the likelihood head's `in_support`; a bad one fails the call instead
+of being regrouped, broadcast or answered with NaN. TensorFlow gets assertion messages naming the
+input; the TFLite converter drops assertions, so the checks are also made of builtin ops that
+LiteRT fails to run (see `_checked`).
+
 Every random op is built without a seed, whatever `keras.utils.set_random_seed` set: a seed in the
 graph would make every freshly loaded model draw the same first samples. `sample_seeded` gives
 reproducible draws instead, from a counter-based hash made of TFLite builtin integer ops, so the
@@ -40,34 +46,48 @@ class Signatures(tf.Module):
         n_spec = tf.TensorSpec((), tf.int32, name="num_samples")
         seed_spec = tf.TensorSpec((), tf.int32, name="seed")
 
+        likelihood = model.likelihood_head
+        support = f"finite values in the support of the {type(likelihood).__name__} likelihood"
+
+        def valid_x(x):
+            return _all_finite(x) & tf.reduce_all(distributions.in_support(likelihood, x))
+
+        def checked_x(x):
+            return _checked(x, "x", event_shape, valid_x, support)
+
+        def checked_count(num_samples):
+            return _checked(num_samples, "num_samples", None, lambda n: n >= 0, "a count >= 0")
+
         def encode(x):
-            q = model.encode(_check_feature_shape(x, event_shape))
+            q = model.encode(checked_x(x))
             return {"z_mean": q.mean(), "z_stddev": distributions.posterior_stddev(model.posterior_head, q)}
 
         def decode(z):
-            z = _check_feature_shape(z, (latent_dim,))
+            z = _checked(z, "z", (latent_dim,), _all_finite, "finite values")
             return {"x_mean": _point_estimate(model, z)}
 
         def reconstruct(x):
-            return {"x_mean": model.reconstruct(_check_feature_shape(x, event_shape))}
+            return {"x_mean": model.reconstruct(checked_x(x))}
 
         def sample(num_samples):
             _unseed_graph()
+            num_samples = checked_count(num_samples)
             uniform = tf.random.uniform(tf.stack([num_samples, 1]))
             z = _prior_sample(model.prior, uniform, tf.random.normal(tf.stack([num_samples, latent_dim])))
             return {"x_mean": _point_estimate(model, z)}
 
         def sample_seeded(num_samples, seed):
-            z = _prior_sample_from_seed(model.prior, num_samples, latent_dim, seed)
+            num_samples = checked_count(num_samples)
+            z = _prior_sample_from_seed(model.prior, num_samples, latent_dim, _checked(seed, "seed", None))
             return {"x_mean": _point_estimate(model, z)}
 
         def elbo(x):
             _unseed_graph()
-            return {"elbo": _elbo(model, _check_feature_shape(x, event_shape))}
+            return {"elbo": _elbo(model, checked_x(x))}
 
         def log_prob(x):
             _unseed_graph()
-            x = _check_feature_shape(x, event_shape)
+            x = checked_x(x)
             return {"log_prob": objectives.importance_sampled(model, x, log_prob_samples, _noise(latent_dim))["log_prob"]}
 
         specs = {
@@ -90,17 +110,66 @@ class Signatures(tf.Module):
         return {**concrete, "serving_default": concrete["encode"]}
 
 
-def _check_feature_shape(x, event_shape):
-    """x itself, or a runtime shape error if x is not [rows, *event_shape].
+def _checked(value, name, feature_shape, valid=None, expected=None):
+    """value, or a run-time error unless its shape is [rows, *feature_shape] and `valid` holds.
 
-    LiteRT resizes an input to whatever it is given, and its flattening ops would regroup a
-    [4, 48] batch into [3, 64] and answer for the wrong examples. Adding zeros of shape
-    [rows, *event_shape] fails instead. A reshape cannot check this: the TFLite converter turns
-    [tf.shape(x)[0], 64] into [-1, 64] and drops a reshape to x's own static shape. Rows counted
-    through a reduction survive conversion.
+    TensorFlow raises InvalidArgumentError naming the input. The TFLite converter drops Assert ops,
+    so each check also fails in builtin ops LiteRT cannot run past: see `_exact_shape` for the
+    shape; a value check gathers index 1 of a one-element tensor.
+
+    Args:
+        value: a signature input.
+        name: its name, for messages.
+        feature_shape: the shape of one row, or None for a scalar input.
+        valid: None (a shape check only), or value -> scalar bool, True if every value can be answered.
+        expected: what valid values are, for the message, e.g. "finite values".
     """
-    rows = tf.size(tf.reduce_sum(x, axis=list(range(1, 1 + len(event_shape)))))
-    return x + tf.zeros(tf.concat([[rows], event_shape], axis=0))
+    value = _exact_shape(value, name, feature_shape)
+    if valid is None:
+        return value
+    ok = valid(value)
+    with tf.control_dependencies([tf.debugging.Assert(ok, [f"{name}: expected {expected}"])]):
+        index = tf.cast(tf.logical_not(ok), tf.int32)
+        return value + tf.gather(tf.zeros([1], value.dtype), index)
+
+
+def _all_finite(x):
+    """True if x holds no NaN or inf: x - x is 0 where x is finite and NaN elsewhere, and a sum keeps
+    a NaN. In LiteRT that is two float passes, cheaper than is_finite and a bool reduction."""
+    return tf.math.is_finite(tf.reduce_sum(x - x))
+
+
+def _exact_shape(value, name, feature_shape):
+    """value, through an op that fails unless its shape is [rows, *feature_shape] (a scalar for None).
+
+    LiteRT resizes an input to whatever it is given, and the TFLite converter trusts the declared
+    signature shape: it folds tf.shape and tf.rank, and drops reshapes to it, while TFLite's
+    broadcasting and flattening ops answer for a regrouped (2, 1, 8, 8) or a broadcast (3, 1)
+    batch. A concatenation with a template row (a stack with a template scalar) fails in LiteRT and
+    TensorFlow alike unless the rank and every dimension but the first match.
+    """
+    if feature_shape is None:
+        # A sum, not a slice, of the stack: grappler folds stack([0, value])[1] back into value. Its
+        # name is what TensorFlow's error shows, as grappler also folds any assertion on a shape that
+        # the signature declares fully.
+        stacked = tf.stack([tf.zeros([], value.dtype), value], name=f"{name}_must_be_a_scalar")
+        return tf.reduce_sum(stacked)
+    with tf.control_dependencies([_assert_shape(value, name, feature_shape)]):
+        return tf.concat([tf.zeros([1, *feature_shape], value.dtype), value], axis=0)[1:]
+
+
+def _assert_shape(value, name, feature_shape):
+    """A tf.debugging.Assert that value's shape is [rows, *feature_shape]."""
+    rank = 1 + len(feature_shape)
+    shape = tf.shape(value)
+    # The rank counted through tf.where: grappler folds tf.rank(value) and tf.size(tf.shape(value))
+    # from the declared signature shape, which a caller need not have respected.
+    actual_rank = tf.shape(tf.where(shape >= 0))[0]
+    first = tf.concat([shape, tf.zeros([rank], tf.int32)], axis=0)[:rank]
+    expected = tf.concat([first[:1], tf.constant(feature_shape, tf.int32)], axis=0)
+    matches = tf.equal(actual_rank, rank) & tf.reduce_all(tf.equal(first, expected))
+    wanted = f"shape (batch, {', '.join(map(str, feature_shape))})"
+    return tf.debugging.Assert(matches, [f"{name}: expected {wanted}; got shape", shape], summarize=-1)
 
 
 def _unseed_graph():
