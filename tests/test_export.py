@@ -278,7 +278,7 @@ def test_wrong_feature_size_is_a_shape_error(exported, shape):
     x = np.zeros(shape, np.float32)
     loaded, interpreter = _saved_model(directory), _tflite(directory)
     for name in ("encode", "reconstruct", "elbo", "log_prob"):
-        with pytest.raises(tf.errors.InvalidArgumentError, match="Incompatible shapes"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"x: expected shape \(batch, 64\); got shape"):
             loaded[name](x=tf.constant(x))
         # LiteRT would regroup (4, 48) into three rows of 64 without the check.
         with pytest.raises(RuntimeError):
@@ -461,3 +461,19 @@ def test_parity_check_fails_on_nan():
     with pytest.raises(RuntimeError, match="disagrees"):
         export._check_close(expected + 1e-3, expected, "tflite", "encode/z_mean")
     export._check_close(expected + 1e-3, expected, "tflite_float16", "encode/z_mean")
+
+
+def test_the_signature_list_is_the_one_the_export_converts_checks_and_documents(exported):
+    """signatures.SIGNATURES is defined once; the TFLite list, the parity checks and the docs follow it."""
+    _, _, manifest = exported
+    assert export.TFLITE_SIGNATURES == tuple(signatures.SIGNATURES)
+    assert manifest["tflite_signatures"] == list(signatures.SIGNATURES)
+    checked = {*manifest["parity"]["max_abs_diff"], *manifest["parity"]["batch_mean"]}
+    assert checked == {name for name, s in signatures.SIGNATURES.items() if s.parity != "draw"}
+    readme = open(os.path.join(ROOT, "export", "README.md"), encoding="utf-8").read()
+    for name, signature in signatures.SIGNATURES.items():
+        assert sorted(manifest["signatures"][name]["inputs"]) == sorted(signature.inputs)
+        assert sorted(manifest["signatures"][name]["outputs"]) == sorted(signature.outputs)
+        for word in (name, *signature.inputs, *signature.outputs):
+            assert f"`{word}" in readme or f"{word}(" in readme, (name, word)
+            assert word in export.__doc__, (name, word)

@@ -21,12 +21,36 @@ same seed gives the same images in TensorFlow and in LiteRT.
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
 from tfvae import distributions, objectives
+
+class Signature(NamedTuple):
+    """One exported signature: its named inputs and outputs, and how `tfvae.export` checks it."""
+
+    inputs: tuple
+    outputs: tuple
+    # "exact": every output within tolerance of the Keras model's; "estimate": a Monte Carlo estimate
+    # per example, finite, its batch mean recorded beside Keras's; "draw": random draws, finite.
+    parity: str
+
+
+# The export's signatures, defined once: `tfvae.export` writes, converts, checks and describes these;
+# export/README.md documents each (a test holds it to this list).
+SIGNATURES = {
+    "encode": Signature(("x",), ("z_mean", "z_stddev"), "exact"),
+    "decode": Signature(("z",), ("x_mean",), "exact"),
+    "reconstruct": Signature(("x",), ("x_mean",), "exact"),
+    "sample": Signature(("num_samples",), ("x_mean",), "draw"),
+    "sample_seeded": Signature(("num_samples", "seed"), ("x_mean",), "exact"),
+    "elbo": Signature(("x",), ("elbo",), "estimate"),
+    "log_prob": Signature(("x",), ("log_prob",), "estimate"),
+}
+
 
 class Signatures(tf.Module):
     """The model's variables and its signature functions, ready for `tf.saved_model.save`.
@@ -90,18 +114,24 @@ class Signatures(tf.Module):
             x = checked_x(x)
             return {"log_prob": objectives.importance_sampled(model, x, log_prob_samples, _noise(latent_dim))["log_prob"]}
 
-        specs = {
-            "encode": (encode, [x_spec]),
-            "decode": (decode, [z_spec]),
-            "reconstruct": (reconstruct, [x_spec]),
-            "sample": (sample, [n_spec]),
-            "sample_seeded": (sample_seeded, [n_spec, seed_spec]),
-            "elbo": (elbo, [x_spec]),
-            "log_prob": (log_prob, [x_spec]),
+        functions = {
+            "encode": encode,
+            "decode": decode,
+            "reconstruct": reconstruct,
+            "sample": sample,
+            "sample_seeded": sample_seeded,
+            "elbo": elbo,
+            "log_prob": log_prob,
         }
+        specs = {"x": x_spec, "z": z_spec, "num_samples": n_spec, "seed": seed_spec}
+        assert functions.keys() == SIGNATURES.keys(), "each signature in SIGNATURES has one function here"
+        # The Python functions themselves run eagerly on the Keras model: the reference of the parity checks.
+        self.python_functions = functions
         self.functions = {
-            name: tf.function(function, input_signature=input_signature, autograph=False)
-            for name, (function, input_signature) in specs.items()
+            name: tf.function(
+                functions[name], input_signature=[specs[i] for i in signature.inputs], autograph=False
+            )
+            for name, signature in SIGNATURES.items()
         }
 
     def signatures(self):
