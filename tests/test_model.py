@@ -362,3 +362,41 @@ def test_the_progress_bar_never_counts_past_the_epoch(capsys):
     out = capsys.readouterr().out
     assert "125/125" in out
     assert "200/125" not in out
+
+
+def test_fit_on_arrays_takes_the_gather_pipeline_with_keras_meanings(digits, monkeypatch):
+    """Arrays go through tfvae.data.make_dataset; batch_size, shuffle and validation_split keep Keras's meaning."""
+    made = []
+    original = tfvae.data.make_dataset
+
+    def recording(x, batch_size, *args, **kwargs):
+        made.append((len(x), batch_size, kwargs.get("shuffle", True)))
+        return original(x, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(tfvae.data, "make_dataset", recording)
+    model = VAE(input_shape=(64,), latent_dim=2, encoder=tfvae.networks.MLP([16]), decoder=tfvae.networks.MLP([16]))
+    x = digits[0][:300]
+    history = model.fit(x, np.arange(300), epochs=2, batch_size=40, validation_split=0.2, verbose=0)
+    # The last 20% (60 examples) validate, in order; 240 train in batches of 40, reshuffled.
+    assert made == [(60, 40, False), (240, 40, True)]
+    assert int(model.optimizer.iterations) == 2 * 6
+    assert len(history.history["val_loss"]) == 2
+    made.clear()
+    model.fit(x, epochs=1, shuffle=False, validation_data=(digits[1],), validation_batch_size=97, verbose=0)
+    assert made == [(297, 97, False), (300, 32, False)]  # Keras's default batch size
+    weights = np.ones(300, np.float32)
+    made.clear()
+    model.fit(x, sample_weight=weights, epochs=1, batch_size=100, verbose=0)  # Keras's own path
+    assert made == []
+    with pytest.raises(ValueError, match="validation_split: 0.999 of 300 examples leaves one of the two splits empty"):
+        model.fit(x, validation_split=0.999, verbose=0)
+
+
+def test_fit_on_arrays_reshuffles_every_epoch_reproducibly(digits):
+    def losses(seed):
+        keras.utils.set_random_seed(seed)
+        model = VAE(input_shape=(64,), latent_dim=2, encoder=tfvae.networks.MLP([16]), decoder=tfvae.networks.MLP([16]))
+        return model.fit(digits[0][:400], epochs=3, batch_size=50, verbose=0).history["loss"]
+
+    np.testing.assert_array_equal(losses(3), losses(3))
+    assert losses(3) != losses(4)

@@ -315,7 +315,12 @@ class VAE(keras.Model):
             self.train_function = self.test_function = self.predict_function = None
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, **kwargs):
-        """Like `keras.Model.fit`; labels `y`, if any, are ignored. Compiles with Adam if needed."""
+        """Like `keras.Model.fit`; labels `y`, if any, are ignored. Compiles with Adam if needed.
+
+        In-memory arrays take `tfvae.data.make_dataset`'s pipeline (see
+        `tfvae.training.arrays_as_datasets`), with Keras's `batch_size`, `shuffle` and
+        `validation_split` kept.
+        """
         batch_size = None if batch_size is None else checks.positive_int(batch_size, "batch_size")
         epochs = checks.positive_int(epochs, "epochs")
         self._check_data(x, "x")
@@ -323,6 +328,10 @@ class VAE(keras.Model):
             self._check_data(kwargs["validation_data"], "validation_data")
         if not self.compiled:
             self.compile()
+        if not isinstance(x, tf.data.Dataset):
+            x, kwargs = training.arrays_as_datasets(x, batch_size, kwargs)
+            if isinstance(x, tf.data.Dataset):  # the labels, ignored anyway, and the batch size are in it
+                y = batch_size = None
         self._fit_steps_per_execution((kwargs.get("steps_per_epoch"), kwargs.get("validation_steps")), x, batch_size)
         callbacks = _with_defaults(callbacks, verbose)
         if isinstance(x, tf.data.Dataset):
