@@ -172,3 +172,32 @@ def test_keras_loads_a_saved_model_after_a_bare_import(results, name):
     result = results[name]
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[0].split() == ["tfvae.model", "VAE", "2"]
+
+
+BENCHMARK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "throughput.py")
+
+
+@pytest.mark.slow  # a trained run and a TensorFlow import per command; `--quick` in test_benchmarks runs it too
+def test_throughput_benchmark_times_the_command_start_up():
+    result = subprocess.run([sys.executable, BENCHMARK, "--cli-startup-only", "--cli-startup-runs", "2"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = json.loads(result.stdout)
+    commands = result["cli_startup"]["commands"]
+    assert [row["command"] for row in commands.values()] == [
+        "tfvae --help", "tfvae train --epochs 0", "tfvae sample RUN -n 1 -o sample.png --seed 0"]
+    for row in commands.values():
+        assert len(row["runs"]) == 2 and 0 < row["seconds_min"] <= row["seconds_median"] <= row["seconds_max"]
+    assert commands["help"]["stdout_lines"] > 10 and commands["help"]["stderr_lines"] == 0
+    assert commands["argument_error"]["stdout_lines"] == 0 and commands["argument_error"]["stderr_lines"] == 1
+    assert commands["sample"]["stdout_lines"] == 1 and commands["sample"]["stderr_lines"] == 0
+    assert set(result["targets"]) == {"cli_help_seconds", "cli_argument_error_seconds"}
+    assert "training" not in result
+
+
+@pytest.mark.parametrize("args, named", [(["--cli-startup-runs", "0"], "--cli-startup-runs"),
+                                         (["--cli-startup-only", "--no-cli-startup"], "--cli-startup-only")])
+def test_throughput_benchmark_refuses_bad_start_up_arguments(args, named):
+    result = subprocess.run([sys.executable, BENCHMARK, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert named in result.stderr
