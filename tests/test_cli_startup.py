@@ -123,7 +123,9 @@ def results(run):
     model = workdir / "runs" / "digits" / "model.keras"
     results = run_all(
         {
-            "sample": tfvae_command("sample", "runs/digits", "-n", 1, "-o", "sample.png", "--seed", 1),
+            # -W default shows the warnings Python hides by default, e.g. TFP's DeprecationWarnings at import.
+            "sample": [sys.executable, "-W", "default", "-m", "tfvae", "sample", "runs/digits", "-n", "1", "-o",
+                       "sample.png", "--seed", "1"],
             "export": tfvae_command("export", "runs/digits", "--out", "export/digits"),
             "verbose sample": tfvae_command("--verbose", "sample", "runs/digits", "-n", 1, "-o", "verbose.png"),
             "import tfvae": [*python(NAMES), model],

@@ -274,7 +274,8 @@ def quiet_native_logs():
     TensorFlow 2.21 logs "oneDNN custom operations are on", "Could not find cuda drivers" and
     "failed call to cuInit" through absl before absl's logging is initialized, where
     TF_CPP_MIN_LOG_LEVEL has no effect; only redirecting file descriptor 2 keeps them out. Every
-    other line written meanwhile is passed on. With TF_CPP_MIN_LOG_LEVEL 0 or 1, nothing is dropped.
+    other line written meanwhile is passed on. With --verbose (which sets TF_CPP_MIN_LOG_LEVEL to 0) or
+    a TF_CPP_MIN_LOG_LEVEL of 1, nothing is dropped.
     """
     if not _quiet():
         yield
