@@ -626,10 +626,12 @@ def run(args, log=lambda message: None):
     """The whole benchmark as a JSON-ready dict."""
     start = time.perf_counter()
     if args.cli_startup_only:
+        machine = machine_info()
         cli_startup = benchmark_cli_startup(args.cli_startup_runs, log)
+        machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         return {"benchmark": "tfvae command start-up",
                 "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
-                "settings": {k: v for k, v in vars(args).items() if k != "out"}, "machine": machine_info(),
+                "settings": {k: v for k, v in vars(args).items() if k != "out"}, "machine": machine,
                 "cli_startup": cli_startup, "targets": cli_startup_targets(cli_startup),
                 "seconds": time.perf_counter() - start}
     x = load_x(args)
