@@ -16,7 +16,8 @@ Also measured: the matmul peak of this machine (the model's own forward and back
 this batch size, and a large square GEMM) against the GFLOP/s that training achieves; and the
 latency and throughput of `encode` at batch 1 and batch 256 through Keras (eager and compiled),
 the exported SavedModel and the TFLite model on LiteRT. `--levers` measures each of tfvae's
-performance defaults by switching it off alone.
+performance defaults by switching it off alone. And the start-up of the `tfvae` command: `--help`,
+an argument error and `tfvae sample RUN -n 1`, each in fresh processes (`--no-cli-startup` skips it).
 
     python benchmarks/throughput.py --out throughput.json        # the full run, several minutes
     python benchmarks/throughput.py --quick                      # seconds: checks that it runs
@@ -31,6 +32,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +66,11 @@ def _parser():
                         help="timed seconds per inference measurement and repeat (default 1.0)")
     parser.add_argument("--no-inference", action="store_true", help="skip the encode latency benchmark")
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
+    parser.add_argument("--no-cli-startup", action="store_true", help="skip timing the tfvae command's start-up")
+    parser.add_argument("--cli-startup-only", action="store_true",
+                        help="time only the tfvae command's start-up (a minute or two), nothing else")
+    parser.add_argument("--cli-startup-runs", type=int, default=5,
+                        help="processes timed per command in the start-up measurement (default 5)")
     parser.add_argument("--levers", action="store_true",
                         help="also train tfvae with each performance default switched off, one at a time")
     parser.add_argument("--quick", action="store_true",
@@ -77,7 +84,8 @@ def _parser():
     return parser
 
 
-QUICK = {"epochs": 1, "warmup_epochs": 1, "repeats": 1, "examples": 300, "inference_seconds": 0.05}
+QUICK = {"epochs": 1, "warmup_epochs": 1, "repeats": 1, "examples": 300, "inference_seconds": 0.05,
+         "cli_startup_runs": 1}
 
 
 def parse_args(argv=None):
@@ -94,6 +102,10 @@ def parse_args(argv=None):
         value = getattr(args, name)
         if value < 1:
             parser.error(f"argument --{name.replace('_', '-')}: expected an integer >= 1; got {value}")
+    if args.cli_startup_runs < 1:
+        parser.error(f"argument --cli-startup-runs: expected an integer >= 1; got {args.cli_startup_runs}")
+    if args.cli_startup_only and args.no_cli_startup:
+        parser.error("argument --cli-startup-only: not allowed with --no-cli-startup")
     if args.intra_op_threads < 0:
         parser.error(f"argument --intra-op-threads: expected an integer >= 0; got {args.intra_op_threads}")
     if args.warmup_epochs < 0:
@@ -500,6 +512,71 @@ def benchmark_inference(model, x, seconds, log):
 
 
 # ---------------------------------------------------------------------------------------------
+# Command-line start-up
+
+CLI_TARGET_SECONDS = 1.0  # `tfvae --help` and an argument error, wall time
+
+
+def _tfvae(*args):
+    """`python -m tfvae ARGS` with this checkout's tfvae, and TF_CPP_MIN_LOG_LEVEL as a user has it: unset."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(_HERE), env.get("PYTHONPATH")]))
+    return [sys.executable, "-m", "tfvae", *args], env
+
+
+def _time_command(args, status, cwd):
+    """Wall seconds of one process running `tfvae ARGS` and its lines on stdout and stderr; checks its exit status."""
+    argv, env = _tfvae(*args)
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - start
+    if done.returncode != status:
+        raise RuntimeError(f"{' '.join(args)} exited {done.returncode}, not {status}: {done.stderr[-2000:]}")
+    return seconds, len(done.stdout.splitlines()), len(done.stderr.splitlines())
+
+
+def benchmark_cli_startup(runs, log):
+    """Median wall time of `tfvae --help`, an argument error and `tfvae sample RUN -n 1`, `runs` processes each.
+
+    The run to sample from is trained first (digits, one epoch), untimed. The commands take turns, so
+    a noisy neighbour slows all of them alike. The output lines of each command's last process are
+    counted too: a quiet `sample` prints one line and nothing on stderr.
+    """
+    commands = {
+        "help": (["--help"], 0),
+        "argument_error": (["train", "--epochs", "0"], 2),
+        "sample": (["sample", "RUN", "-n", "1", "-o", "sample.png", "--seed", "0"], 0),
+    }
+    with tempfile.TemporaryDirectory(prefix="tfvae-cli-") as tmp:
+        _time_command(["train", "--dataset", "digits", "--epochs", "1", "--latent-dim", "2", "--batch-size", "100",
+                       "--out", "RUN"], 0, tmp)
+        times, lines = {name: [] for name in commands}, {}
+        for round_ in range(runs):
+            for name, (args, status) in commands.items():
+                seconds, stdout_lines, stderr_lines = _time_command(args, status, tmp)
+                lines[name] = stdout_lines, stderr_lines
+                times[name].append(seconds)
+                log(f"cli start-up round {round_ + 1}/{runs} {name}: {seconds:.2f} s")
+    result = {
+        name: {"command": " ".join(["tfvae", *args]), "seconds_median": statistics.median(times[name]),
+               "seconds_min": min(times[name]), "seconds_max": max(times[name]), "runs": times[name],
+               "stdout_lines": lines[name][0], "stderr_lines": lines[name][1]}
+        for name, (args, _) in commands.items()
+    }
+    return {"how": "python -m tfvae in a fresh process, wall time, TF_CPP_MIN_LOG_LEVEL unset", "commands": result}
+
+
+def cli_startup_targets(cli_startup):
+    """`--help` and an argument error within CLI_TARGET_SECONDS: a time, so met at or below the target."""
+    targets = {}
+    for name in ("help", "argument_error"):
+        seconds = cli_startup["commands"][name]["seconds_median"]
+        targets[f"cli_{name}_seconds"] = {"target": CLI_TARGET_SECONDS, "measured": seconds,
+                                          "met": seconds <= CLI_TARGET_SECONDS}
+    return targets
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def machine_info():
@@ -548,6 +625,15 @@ def _write_atomically(path, text):
 def run(args, log=lambda message: None):
     """The whole benchmark as a JSON-ready dict."""
     start = time.perf_counter()
+    if args.cli_startup_only:
+        machine = machine_info()
+        cli_startup = benchmark_cli_startup(args.cli_startup_runs, log)
+        machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        return {"benchmark": "tfvae command start-up",
+                "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
+                "settings": {k: v for k, v in vars(args).items() if k != "out"}, "machine": machine,
+                "cli_startup": cli_startup, "targets": cli_startup_targets(cli_startup),
+                "seconds": time.perf_counter() - start}
     x = load_x(args)
     machine = machine_info()
     result = {
@@ -587,6 +673,9 @@ def run(args, log=lambda message: None):
                                                     "measured": speedups["tflite_vs_keras_eager_batch_1"]}
     for target in targets.values():
         target["met"] = target["measured"] >= target["target"]
+    if not args.no_cli_startup:
+        result["cli_startup"] = benchmark_cli_startup(args.cli_startup_runs, log)
+        targets.update(cli_startup_targets(result["cli_startup"]))
     result["targets"] = targets
     machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result["seconds"] = time.perf_counter() - start

@@ -7,7 +7,8 @@ Every subcommand has `--help`. A mistake in what the user typed or gave (a run d
 model, an input of the wrong shape, an unreadable image, an unknown dataset, `--epochs 0`) prints one
 line, `tfvae: error: ...`, and exits with status 2, before anything in a run directory is written.
 
-TensorFlow is imported only when a subcommand runs, so `--help` and usage errors stay fast.
+TensorFlow is imported only when a subcommand runs, so `--help` and usage errors answer at once, and
+its start-up logs are kept out of the command's output unless `--verbose` asks for them.
 """
 
 import argparse
@@ -17,8 +18,7 @@ import importlib.metadata
 import os
 import sys
 import tempfile
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import warnings
 
 # `tfvae train` defaults, chosen so that the bare command makes recognisable MNIST samples in
 # about a minute on two CPU cores. None means: derived from other options (see tfvae.cli.train).
@@ -37,12 +37,15 @@ TRAIN_DEFAULTS = {
     "seed": 0,
 }
 SEED_MAX = 2**31 - 1
+VERBOSE = "also show TensorFlow's own logs (start-up, devices, converter), as TF_CPP_MIN_LOG_LEVEL=0 does"
 DATA = "a .npy or .npz file of images, or a folder of PNG/JPEG images (resized to the model's input)"
 
 
 def main(argv=None):
     """Runs the `tfvae` command line; returns the exit status (0, or 2 for a user error)."""
     args = _parser().parse_args(argv)
+    # Before TensorFlow is imported, which reads it once: 0 logs everything, 2 only errors.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if args.verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         _start_tensorflow()
         module, _, function = args.command.partition(":")
@@ -70,6 +73,7 @@ def _parser():
         epilog="Run `tfvae COMMAND --help` for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     d = TRAIN_DEFAULTS
 
@@ -185,6 +189,9 @@ def _parser():
     add("-o", "--output", default="latent.png", metavar="FILE", help="the .png to write (default: latent.png)")
     add("--input", metavar="DATA", help=DATA + "; labels from an array y or y_test in an .npz (default: the test "
         "split of the run's dataset)")
+    for command in commands.choices.values():
+        # After the command too (`tfvae train --verbose`); SUPPRESS keeps a --verbose given before it.
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE)
     return parser
 
 
@@ -248,9 +255,16 @@ _NOISE_PREFIXES = (
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
     "I0000 ",
     "W0000 ",
+    # The second line of "I0000 ... cpu_feature_guard.cc:227] This TensorFlow binary is optimized ...":
+    "To enable the following instructions: ",
     "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
 )
 _NOISE_ERRORS = ("failed call to cuInit",)  # a machine without a GPU, logged as an error
+
+
+def _quiet():
+    """Whether TensorFlow's logs are kept out: unless --verbose (or TF_CPP_MIN_LOG_LEVEL 0 or 1) asks for them."""
+    return os.environ.get("TF_CPP_MIN_LOG_LEVEL") not in ("0", "1")
 
 
 @contextlib.contextmanager
@@ -260,9 +274,10 @@ def quiet_native_logs():
     TensorFlow 2.21 logs "oneDNN custom operations are on", "Could not find cuda drivers" and
     "failed call to cuInit" through absl before absl's logging is initialized, where
     TF_CPP_MIN_LOG_LEVEL has no effect; only redirecting file descriptor 2 keeps them out. Every
-    other line written meanwhile is passed on. With TF_CPP_MIN_LOG_LEVEL 0 or 1, nothing is dropped.
+    other line written meanwhile is passed on. With --verbose (which sets TF_CPP_MIN_LOG_LEVEL to 0) or
+    a TF_CPP_MIN_LOG_LEVEL of 1, nothing is dropped.
     """
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") in ("0", "1"):
+    if not _quiet():
         yield
         return
     sys.stderr.flush()
@@ -282,8 +297,14 @@ def quiet_native_logs():
 
 
 def _start_tensorflow():
-    """Imports TensorFlow and initializes its devices, quietly."""
-    with quiet_native_logs():
+    """Imports TensorFlow (and with it tfvae's model, see tfvae/__init__.py) and its devices, quietly.
+
+    Python warnings raised while TensorFlow, Keras and TFP import are about their own internals, which
+    the user of the command cannot change: they are shown with --verbose only.
+    """
+    with quiet_native_logs(), warnings.catch_warnings():
+        if _quiet():
+            warnings.simplefilter("ignore")
         import tensorflow as tf
 
         tf.config.list_physical_devices()
