@@ -72,7 +72,7 @@ def test_trains_and_log_prob_matches_quadrature(trained):
     name, model, x_test, history = trained
     assert history["elbo"][-1] > history["elbo"][0] + 1.0, name
     x = x_test[:10]
-    exact = exact_log_prob(model, x, limit=10.0, points=501, center=model.encode(x).mean().numpy().mean(axis=0))
+    exact = exact_log_prob(model, x, **_grid_around_posteriors(model, x))
     keras.utils.set_random_seed(1)
     estimate = model.log_prob(x, num_samples=5000).numpy()
     stderr = importance_sampling_stderr(model, x, 5000)
@@ -82,6 +82,16 @@ def test_trains_and_log_prob_matches_quadrature(trained):
     if name in DISCRETE:  # a probability: log p(x) <= 0, exactly and within the estimator's error
         np.testing.assert_array_less(exact, 1e-3)
         np.testing.assert_array_less(estimate, 4 * stderr)
+
+
+def _grid_around_posteriors(model, x, spacing=0.04):
+    """A quadrature grid, spaced `spacing`, that holds 6 standard deviations of every q(z|x): where
+    p(x|z) p(z) has its mass. A learned prior lets the posteriors wander far from 0."""
+    q = model.encode(x)
+    mean, stddev = q.mean().numpy(), q.stddev().numpy()
+    center = (mean.min(axis=0) + mean.max(axis=0)) / 2
+    limit = float(np.max(np.abs(mean - center) + 6 * stddev))
+    return {"center": center, "limit": limit, "points": 2 * math.ceil(limit / spacing) + 1}
 
 
 def test_round_trips_through_keras_files(trained, tmp_path):
@@ -101,7 +111,7 @@ def test_exports_to_saved_model_and_tflite_with_parity(trained, tmp_path):
     name, model, x_test, _ = trained
     directory = str(tmp_path / name)
     manifest = tfvae.export.save(model, directory, sample_inputs=x_test, log_prob_samples=200)
-    assert manifest["parity"]["max_abs_diff"]["elbo"]["tflite"] < 1e-3
+    assert manifest["parity"]["max_abs_diff"]["decode"]["tflite"] < 1e-4
     x = x_test[:8]
     saved = tf.saved_model.load(os.path.join(directory, "saved_model")).signatures
     interpreter = Interpreter(model_path=os.path.join(directory, "model.tflite"))
