@@ -263,3 +263,13 @@ def test_cli_refuses_count_likelihoods_on_images_naming_the_dataset(tmp_path, ca
     assert capsys.readouterr().err.startswith(
         "tfvae: error: --dataset digits (train split): the Poisson likelihood expects whole numbers >= 0 (counts); got ")
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_cli_resumes_runs_written_before_prior_was_a_flag(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--latent-dim", "2", "--epochs", "1", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    del config["prior"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2"]) == 0
+    assert json.loads((run / "config.json").read_text())["prior"] == "normal"
