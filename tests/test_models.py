@@ -160,6 +160,7 @@ def test_discretized_logistic_bins_sum_to_one(loc, log_scale):
     assert np.all(log_probs <= 0)
     np.testing.assert_allclose(np.exp(log_probs).sum(), 1.0, atol=1e-6)
     np.testing.assert_allclose(p.mean().numpy()[0], np.sum(np.exp(log_probs) * levels[:, 0]), atol=1e-6)
+    np.testing.assert_allclose(distributions.point_estimate(head, p)[0], [np.clip(loc, 0, 1)])
 
 
 def test_discretized_logistic_is_stable_far_in_the_tails():
