@@ -141,7 +141,8 @@ def test_continuous_bernoulli_normalizer_is_exact_near_one_half():
     # log C(lambda) = log p(x = 0) - log(1 - lambda), against C = 2 artanh(1 - 2 lambda) / (1 - 2 lambda) in float64.
     logits = np.array([-1.0, -0.02, -1e-3, -1e-5, 1e-7, 1e-5, 1e-3, 0.02, 1.0, 20.0])
     head = distributions.ContinuousBernoulli(event_shape=(1,))
-    log_p0 = head.distribution(tf.constant(logits[:, None], tf.float32)).log_prob(np.zeros((len(logits), 1), np.float32))
+    p = head.distribution(tf.constant(logits[:, None], tf.float32))
+    log_p0 = p.log_prob(np.zeros((len(logits), 1), np.float32))
     log_normalizer = log_p0.numpy() + np.log1p(np.exp(logits))  # - log(1 - sigmoid(l)) = softplus(l)
     lam = scipy.special.expit(logits)
     exact = np.log(2 * np.arctanh(1 - 2 * lam) / (1 - 2 * lam))
@@ -193,7 +194,8 @@ def test_count_likelihoods_match_tfp_and_refuse_non_counts():
     total_count = np.log1p(np.exp(params[..., 0])) + 1e-3
     reference = tfd.NegativeBinomial(total_count.astype(np.float64), logits=params[..., 1].astype(np.float64))
     # float32 holds lgamma(250 + r) ~ 1150 to ~1e-4: that is the tolerance, relative to the sum.
-    np.testing.assert_allclose(negative_binomial.log_prob(counts), reference.log_prob(counts).numpy().sum(-1), rtol=1e-5)
+    expected = reference.log_prob(counts).numpy().sum(-1)
+    np.testing.assert_allclose(negative_binomial.log_prob(counts), expected, rtol=1e-5)
     poisson = distributions.Poisson(event_shape=(4,)).distribution(tf.constant(params[..., 1]))
     reference = tfd.Poisson(log_rate=params[..., 1].astype(np.float64))
     np.testing.assert_allclose(poisson.log_prob(counts), reference.log_prob(counts).numpy().sum(-1), rtol=2e-6)
@@ -201,15 +203,16 @@ def test_count_likelihoods_match_tfp_and_refuse_non_counts():
         model = _model(likelihood)
         x = np.full((2, 64), 3.0, np.float32)
         assert np.all(np.isfinite(model.elbo(x).numpy()))
-        with pytest.raises(ValueError, match=r"x: the \w+ likelihood expects whole numbers >= 0 \(counts\); got 2 values "
-                                             r"outside it, in \[-1, 0.5\]"):
+        with pytest.raises(ValueError, match=r"x: the \w+ likelihood expects whole numbers >= 0 \(counts\); "
+                                             r"got 2 values outside it, in \[-1, 0.5\]"):
             model.elbo(x + np.eye(2, 64, dtype=np.float32) * np.array([[-2.5], [-4.0]]))
 
 
 def test_discretized_logistic_refuses_values_between_levels():
     model = _model("discretized_logistic")
     with pytest.raises(ValueError, match=r"x: the DiscretizedLogistic likelihood expects values k/255 for whole k "
-                                         r"from 0 to 255 \(8-bit images scaled by 1/255\); got 64 values outside it, in \[0.5, 0.5\]"):
+                                         r"from 0 to 255 \(8-bit images scaled by 1/255\); "
+                                         r"got 64 values outside it, in \[0.5, 0.5\]"):
         model.elbo(np.full((1, 64), 0.5, np.float32))  # 127.5 / 255
     assert math.isfinite(float(model.elbo(np.full((1, 64), 128 / 255, np.float32))[0]))
 
@@ -224,14 +227,17 @@ def test_vamp_prior_by_name_has_500_pseudo_inputs_in_the_unit_interval_and_round
     loaded = keras.models.load_model(tmp_path / "vamp.keras")
     assert loaded.get_config()["prior"] == "vamp"
     np.testing.assert_array_equal(loaded.prior_head.pseudo_inputs, pseudo_inputs)
+    with pytest.raises(ValueError, match=r"num_components: expected an integer >= 1; got 0"):
+        distributions.VampPrior(latent_dim=2, event_shape=(64,), num_components=0)
 
 
 def test_gated_dense_is_a_gated_linear_unit():
     layer = tfvae.networks.GatedDense(3)
     x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
-    kernel, bias = (w.numpy() for w in layer.dense.weights) if layer(x) is not None else ()
+    output = layer(x).numpy()  # builds the layer
+    kernel, bias = (w.numpy() for w in layer.dense.weights)
     h, gate = np.split(x @ kernel + bias, 2, axis=-1)
-    np.testing.assert_allclose(layer(x), h / (1 + np.exp(-gate)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(output, h / (1 + np.exp(-gate)), rtol=1e-5, atol=1e-6)
     assert isinstance(tfvae.networks.get("gated_mlp", "encoder", (64,)), tfvae.networks.GatedMLP)
     assert tfvae.networks.get("gated_mlp", "decoder", (64,)).units == [300, 300]
 
@@ -265,8 +271,8 @@ def test_cli_trains_a_vamp_prior_gated_mlp_continuous_bernoulli_and_resumes_only
 
 def test_cli_refuses_count_likelihoods_on_images_naming_the_dataset(tmp_path, capsys):
     assert main(["train", "--dataset", "digits", "--likelihood", "poisson", "--out", str(tmp_path / "run")]) == 2
-    assert capsys.readouterr().err.startswith(
-        "tfvae: error: --dataset digits (train split): the Poisson likelihood expects whole numbers >= 0 (counts); got ")
+    assert capsys.readouterr().err.startswith("tfvae: error: --dataset digits (train split): the Poisson "
+                                              "likelihood expects whole numbers >= 0 (counts); got ")
     assert not (tmp_path / "run" / "config.json").exists()
 
 

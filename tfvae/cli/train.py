@@ -240,7 +240,8 @@ def _describe(run, config, dataset, done):
     print(
         f"{'Resuming' if done else 'Training'} {run}: {config['dataset']} ({len(dataset.x_train)} train, "
         f"{len(dataset.x_test)} test, {shape}), {config['architecture']} VAE, latent_dim {config['latent_dim']}, "
-        f"{config['likelihood']} likelihood, {config['prior']} prior, {config['objective']} objective; {plan}, batch {config['batch_size']}.",
+        f"{config['likelihood']} likelihood, {config['prior']} prior, {config['objective']} objective; {plan}, "
+        f"batch {config['batch_size']}.",
         flush=True,
     )
 
