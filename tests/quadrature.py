@@ -5,6 +5,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from tfvae import objectives
+
 
 def exact_log_prob(model, x, limit=6.0, points=301, center=(0.0, 0.0)):
     """log p(x) = log ∫ p(x|z) p(z) dz by a Riemann sum on a points x points grid over
@@ -20,3 +22,13 @@ def exact_log_prob(model, x, limit=6.0, points=301, center=(0.0, 0.0)):
     cell = math.log((axis[1] - axis[0]) ** 2)
     x = np.asarray(x, np.float32)
     return np.array([tf.reduce_logsumexp(likelihood.log_prob(xi) + log_prior).numpy() + cell for xi in x])
+
+
+def importance_sampling_stderr(model, x, num_samples):
+    """The standard error of log mean_k w_k for K = num_samples importance weights, per example
+    (delta method: std(w) / (mean(w) sqrt(K))): how far `model.log_prob` may be from the exact value."""
+    x = tf.constant(x)
+    sample = objectives.posterior_sample(model, x, model.posterior(x), model.noise(num_samples, len(x)))
+    log_weights = objectives.log_weights(sample).numpy().astype(np.float64)
+    weights = np.exp(log_weights - log_weights.max(axis=0))
+    return weights.std(axis=0) / (weights.mean(axis=0) * math.sqrt(num_samples))

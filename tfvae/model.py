@@ -74,7 +74,7 @@ class VAE(keras.Model):
             distributions.POSTERIORS, _deserialize(posterior), "posterior", latent_dim=self.latent_dim
         )
         self.prior_head = distributions.get(
-            distributions.PRIORS, _deserialize(prior), "prior", latent_dim=self.latent_dim
+            distributions.PRIORS, _deserialize(prior), "prior", latent_dim=self.latent_dim, event_shape=self.event_shape
         )
         self.likelihood_head = distributions.get(
             distributions.LIKELIHOODS, _deserialize(likelihood), "likelihood", event_shape=self.event_shape

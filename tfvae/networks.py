@@ -46,6 +46,65 @@ class MLP(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
+class GatedDense(keras.layers.Layer):
+    """h = (W1 x + b1) * sigmoid(W2 x + b2): a dense layer whose units a learned gate scales (the
+    GatedDense of Tomczak & Welling's VampPrior code, without an activation on h as used there).
+
+    One dense layer computes both halves: a single matmul of twice the width.
+
+    Args:
+        units: width of h.
+    """
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.dense = keras.layers.Dense(2 * self.units, name="dense")
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, x):
+        h, gate = keras.ops.split(self.dense(x), 2, axis=-1)
+        return h * keras.ops.sigmoid(gate)
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
+class GatedMLP(keras.layers.Layer):
+    """A stack of GatedDense layers; inputs of any shape are flattened first.
+
+    Args:
+        units: widths of the layers, e.g. [300, 300] (VampPrior's and Exemplar VAE's MLP models).
+
+    Example:
+        >>> model = tfvae.VAE(input_shape=(784,), encoder="gated_mlp", decoder="gated_mlp")
+    """
+
+    def __init__(self, units=(300, 300), **kwargs):
+        super().__init__(**kwargs)
+        self.units = [int(u) for u in units]
+        self.hidden = [GatedDense(u, name=f"gated_dense_{i}") for i, u in enumerate(self.units)]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+    def build(self, input_shape):
+        shape = (input_shape[0], int(np.prod(input_shape[1:])))
+        for layer in self.hidden:
+            layer.build(shape)
+            shape = (shape[0], layer.units)
+
+    def call(self, x):
+        h = keras.ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
+        for layer in self.hidden:
+            h = layer(h)
+        return h
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
 class ConvEncoder(keras.layers.Layer):
     """Strided 3x3 convolutions that halve the image per layer, then one dense layer.
 
@@ -132,7 +191,8 @@ def get(spec, role, event_shape):
     """The body for `role` ("encoder" or "decoder") of a model over x of shape `event_shape`.
 
     Args:
-        spec: None or "mlp" (MLP [200, 200] tanh), "conv" (convolutional, for images), or a Keras layer.
+        spec: None or "mlp" (MLP [200, 200] tanh), "gated_mlp" (GatedMLP [300, 300]), "conv"
+            (convolutional, for images), or a Keras layer.
         role: "encoder" or "decoder", also the argument name in error messages.
         event_shape: shape of one x; "conv" needs (height, width, channels).
     """
@@ -140,10 +200,12 @@ def get(spec, role, event_shape):
         return spec
     if spec is None or spec == "mlp":
         return MLP()
+    if spec == "gated_mlp":
+        return GatedMLP()
     if spec == "conv":
         if len(event_shape) != 3:
             raise ValueError(
                 f"{role}: 'conv' expects images, input_shape (height, width, channels); got input_shape {event_shape}."
             )
         return ConvEncoder() if role == "encoder" else ConvDecoder(image_size=event_shape[:2])
-    raise ValueError(f"{role}: expected None, 'mlp', 'conv' or a keras.layers.Layer; got {spec!r}.")
+    raise ValueError(f"{role}: expected None, 'mlp', 'gated_mlp', 'conv' or a keras.layers.Layer; got {spec!r}.")

@@ -28,6 +28,7 @@ TRAIN_DEFAULTS = {
     "latent_dim": 16,
     "architecture": "mlp",
     "likelihood": "bernoulli",
+    "prior": "normal",
     "binarization": None,  # dynamic for bernoulli, none otherwise
     "objective": "elbo",
     "num_samples": None,  # 1 for elbo, 5 for iwae
@@ -36,6 +37,9 @@ TRAIN_DEFAULTS = {
     "learning_rate": 1e-3,
     "seed": 0,
 }
+# The names in tfvae.distributions' registries, here so that `--help` needs no TensorFlow.
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli", "discretized_logistic", "poisson", "negative_binomial")
+PRIORS = ("normal", "mixture", "vamp")
 SEED_MAX = 2**31 - 1
 VERBOSE = "also show TensorFlow's own logs (start-up, devices, converter), as TF_CPP_MIN_LOG_LEVEL=0 does"
 DATA = "a .npy or .npz file of images, or a folder of PNG/JPEG images (resized to the model's input)"
@@ -92,11 +96,18 @@ def _parser():
     add("--data-dir", metavar="DIR", help="folder of the idx files of fashion_mnist or mnist "
         "(default: $TFVAE_DATA_DIR)")
     add("--latent-dim", type=_positive_int, metavar="D", help=f"dimension of z (default: {d['latent_dim']})")
-    add("--architecture", choices=("mlp", "conv"), help=f"encoder and decoder (default: {d['architecture']})")
-    add("--likelihood", metavar="NAME", help=f"p(x|z): bernoulli or gaussian (default: {d['likelihood']})")
+    add("--architecture", choices=("mlp", "gated_mlp", "conv"),
+        help=f"encoder and decoder (default: {d['architecture']})")
+    add("--likelihood", choices=LIKELIHOODS, metavar="NAME",
+        help=f"p(x|z): {', '.join(LIKELIHOODS[:-1])} or {LIKELIHOODS[-1]} (default: {d['likelihood']}); "
+        "discretized_logistic needs 8-bit levels k/255 (e.g. mnist-5k), poisson and negative_binomial counts "
+        "(an .npz of whole numbers, not the images in [0, 1] of the named datasets)")
+    add("--prior", choices=PRIORS, metavar="NAME",
+        help=f"p(z): normal (N(0, I)), mixture (10 learned Gaussians) or vamp (VampPrior, 500 pseudo-inputs) "
+        f"(default: {d['prior']})")
     add("--binarization", choices=("dynamic", "static", "none"),
         help="dynamic: a fresh binary draw of each image every epoch (the default for bernoulli); static: one "
-        "fixed draw; none: grey levels (the default for gaussian)")
+        "fixed draw; none: grey levels (the default for every other likelihood)")
     add("--objective", choices=("elbo", "iwae"), help=f"training bound (default: {d['objective']})")
     add("--num-samples", type=_positive_int, metavar="K", help="K, samples of z per example in the objective "
         "(default: 1 for elbo, 5 for iwae)")

@@ -69,9 +69,9 @@ def _prepare(config, done, checkpoint):
     Returns:
         (dataset, training batches, validation batches, model); completes config["input_shape"].
     """
-    if config["likelihood"] not in distributions.LIKELIHOODS:
-        raise ValueError(f"--likelihood: expected one of {', '.join(distributions.LIKELIHOODS)}; "
-                         f"got {config['likelihood']!r}.")
+    for key, registry in (("likelihood", distributions.LIKELIHOODS), ("prior", distributions.PRIORS)):
+        if config[key] not in registry:  # a hand-edited config.json
+            raise ValueError(f"--{key}: expected one of {', '.join(registry)}; got {config[key]!r}.")
     dataset = runs.load_dataset(config["dataset"], config["data_dir"])
     image_shape = tuple(dataset.x_train.shape[1:])
     if "input_shape" in config and tuple(config["input_shape"]) != image_shape:  # a resumed run's
@@ -94,6 +94,7 @@ def _prepare(config, done, checkpoint):
             encoder=config["architecture"],
             decoder=config["architecture"],
             likelihood=config["likelihood"],
+            prior=config["prior"],
             objective=config["objective"],
             num_samples=config["num_samples"],
             seed=config["seed"],
@@ -162,6 +163,7 @@ def _new_config(args):
 
 def _resume_config(config, args, done):
     """The run's config, after refusing flags that contradict it; --epochs may only grow."""
+    config.setdefault("prior", DEFAULTS["prior"])  # runs written before --prior existed
     missing = [key for key in DEFAULTS if key not in config]
     if missing:
         raise ValueError(f"{args.out}/{runs.CONFIG}: missing {', '.join(missing)}; not a config of tfvae train.")
@@ -238,7 +240,8 @@ def _describe(run, config, dataset, done):
     print(
         f"{'Resuming' if done else 'Training'} {run}: {config['dataset']} ({len(dataset.x_train)} train, "
         f"{len(dataset.x_test)} test, {shape}), {config['architecture']} VAE, latent_dim {config['latent_dim']}, "
-        f"{config['likelihood']} likelihood, {config['objective']} objective; {plan}, batch {config['batch_size']}.",
+        f"{config['likelihood']} likelihood, {config['prior']} prior, {config['objective']} objective; {plan}, "
+        f"batch {config['batch_size']}.",
         flush=True,
     )
 
