@@ -75,7 +75,7 @@ def test_other_constructor_arguments_are_checked():
         VAE(input_shape=(4,), objective="vi")
     with pytest.raises(ValueError, match="num_samples: expected an integer >= 1; got 0"):
         VAE(input_shape=(4,), num_samples=0)
-    with pytest.raises(ValueError, match="encoder: expected None, 'mlp', 'conv' or a keras.layers.Layer; got 'resnet'"):
+    with pytest.raises(ValueError, match="encoder: expected None, 'mlp', 'gated_mlp', 'conv' or a keras.layers.Layer; got 'resnet'"):
         VAE(input_shape=(4,), encoder="resnet")
     with pytest.raises(ValueError, match=r"encoder: 'conv' expects images, input_shape \(height, width, channels\)"):
         VAE(input_shape=(784,), encoder="conv")

@@ -90,9 +90,9 @@ def test_bernoulli_log_prob_equals_tfp_bernoulli():
 
 
 def test_unknown_head_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"likelihood: expected one of \['bernoulli', 'gaussian'\]; got 'poisson'"):
-        VAE(input_shape=(4,), latent_dim=2, likelihood="poisson")
-    with pytest.raises(ValueError, match=r"prior: expected one of \['mixture', 'normal'\]"):
+    with pytest.raises(ValueError, match=r"likelihood: expected one of \['bernoulli', 'continuous_bernoulli', 'discretized_logistic', 'gaussian', 'negative_binomial', 'poisson'\]; got 'laplace'"):
+        VAE(input_shape=(4,), latent_dim=2, likelihood="laplace")
+    with pytest.raises(ValueError, match=r"prior: expected one of \['mixture', 'normal', 'vamp'\]"):
         VAE(input_shape=(4,), latent_dim=2, prior="laplace")
     with pytest.raises(ValueError, match=r"posterior: expected one of \['diagonal', 'full'\]"):
         VAE(input_shape=(4,), latent_dim=2, posterior="flow")

@@ -17,10 +17,13 @@ class VAE(keras.Model):
     Args:
         input_shape: shape of one x, e.g. (784,) or (28, 28, 1).
         latent_dim: dimension of z.
-        encoder: body from x to features: None or "mlp" (MLP [200, 200] tanh), "conv", or any Keras layer.
-        decoder: body from z to features: None or "mlp", "conv", or any Keras layer.
-        likelihood: p(x|z): "bernoulli", "gaussian", or a head (see `tfvae.distributions`).
-        prior: p(z): "normal" (N(0, I)), "mixture" (learned mixture of Gaussians), or a head.
+        encoder: body from x to features: None or "mlp" (MLP [200, 200] tanh), "gated_mlp" (GatedMLP
+            [300, 300]), "conv", or any Keras layer.
+        decoder: body from z to features: None, "mlp", "gated_mlp", "conv", or any Keras layer.
+        likelihood: p(x|z): a name in `tfvae.distributions.LIKELIHOODS` ("bernoulli", "gaussian",
+            "continuous_bernoulli", "discretized_logistic", "poisson", "negative_binomial"), or a head.
+        prior: p(z): "normal" (N(0, I)), "mixture" (learned mixture of Gaussians), "vamp" (VampPrior,
+            500 pseudo-inputs), or a head.
         posterior: q(z|x): "diagonal", "full" (full covariance), or a head.
         beta: weight of the KL term in the training loss, finite and >= 0 (1 is the true ELBO).
         num_samples: K, the samples of z per example in the training objective.
