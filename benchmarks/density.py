@@ -8,9 +8,10 @@ rate, a fixed epoch budget on all the training images, no validation.
 Fashion-MNIST, the first 50,000 training images for training and the last 10,000 for validation (the
 authors load with use_fixed_validation=True: no shuffle before the split); encoder and decoder 2 gated
 layers of 300 units, latent 40; Adam(5e-4), batch 100; the KL weight rising linearly over the first
---warmup-epochs (100); up to --epochs (2000) with early stopping on the validation ELBO (patience 50;
-as in the authors' code, epochs inside the warm-up do not count towards it) and the best epoch's
-weights restored. `--prior vamp` is their VampPrior (500 pseudo-inputs).
+--warmup-epochs (100: 1/100 in the first epoch, 1 from the 100th); up to --epochs (2000) with early
+stopping on the validation ELBO (patience 50; as in the authors' code, epochs before the KL weight
+reaches 1 do not count towards it) and the best epoch's weights restored. `--prior vamp` is their
+VampPrior (500 pseudo-inputs).
 
 Both: Bernoulli p(x|z) whose output bias starts at the logit of the mean training pixel (`--no-bias-init`
 leaves it at 0); training images binarized afresh every time they are used, validation and test images
@@ -116,14 +117,23 @@ def learning_rate(args, steps_per_epoch):
     return args.learning_rate
 
 
+class KLWarmup(callbacks.KLWarmup):
+    """The authors' warm-up: beta = min(1, e / warmup_epochs) for the 1-based epoch e, so the first epoch
+    trains with beta = 1 / warmup_epochs, not 0 (with no KL term at all, the posteriors' KL ran to
+    thousands of nats in a one-epoch smoke run of this setup)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.beta = self.target * min(1.0, (epoch + 1) / self.epochs)
+
+
 class Patience:
-    """Early stopping on a bound to maximize: stops once `patience` epochs after the warm-up have not
-    improved on the best value so far (epochs inside the warm-up do not count, as in the Exemplar VAE
-    code, since the bound being trained is still changing).
+    """Early stopping on a bound to maximize: stops once `patience` epochs at full KL weight have not
+    improved on the best value so far (epochs of the warm-up before it do not count, as in the
+    Exemplar VAE code, since the bound being trained is still changing).
 
     Args:
         patience: epochs without improvement that stop the run.
-        warmup_epochs: epochs 0 .. warmup_epochs - 1 never count towards the patience.
+        warmup_epochs: epochs 0 .. warmup_epochs - 2 (0-based; beta < 1) never count towards the patience.
         best, best_epoch, wait: the state of a run being resumed.
     """
 
@@ -136,7 +146,7 @@ class Patience:
         if value > self.best:
             self.best, self.best_epoch, self.wait = value, epoch, 0
             return True
-        if epoch >= self.warmup_epochs:
+        if epoch + 1 >= self.warmup_epochs:
             self.wait += 1
         return False
 
@@ -196,7 +206,8 @@ class RunState(keras.callbacks.Callback):
                 state["stopped_early"] = True
                 self.model.stop_training = True
         if self.plateau is not None:
-            state["plateau"] = {name: _plain(getattr(self.plateau, name)) for name in ("wait", "best", "cooldown_counter")}
+            counters = ("wait", "best", "cooldown_counter")
+            state["plateau"] = {name: _plain(getattr(self.plateau, name)) for name in counters}
         write_state(self.run_dir, state)
         remove_unreferenced(self.run_dir, state)
 
@@ -330,7 +341,7 @@ def train(args, run_dir, state, x_train, x_validation):
         train_data = data.make_dataset(x_train, args.batch_size, binarization="dynamic", seed=args.seed + done)
         fit_callbacks = []
         if args.warmup_epochs:
-            fit_callbacks.append(callbacks.KLWarmup(args.warmup_epochs))
+            fit_callbacks.append(KLWarmup(args.warmup_epochs))
         plateau = None
         if args.lr_schedule == "plateau":
             plateau = keras.callbacks.ReduceLROnPlateau(
@@ -376,7 +387,7 @@ def run(args, argv=None):
         model, x_test, num_samples=args.eval_samples, batch_size=args.eval_batch_size, verbose=args.verbose
     )
     eval_time = time.perf_counter() - eval_start
-    active, variances = evaluate.active_units(model, x_test, return_variances=True)
+    active = evaluate.active_units(model, x_test)
     gap_start = time.perf_counter()
     gap = evaluate.amortization_gap(
         model,
@@ -489,7 +500,8 @@ def make_parser():
     parser.add_argument("--num-samples", type=int, default=1, help="K in the training objective (default 1)")
     parser.add_argument("--latent-dim", type=int, default=None, help="default: burda 50, exemplar-vae 40")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--learning-rate", type=float, default=None, help="Adam's; default: burda 1e-3, exemplar-vae 5e-4")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="Adam's; default: burda 1e-3, exemplar-vae 5e-4")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                         help="constant; cosine (decay to 0 over --epochs); plateau (halve it when the validation "
                              "ELBO has not improved for --plateau-patience epochs). Default constant")
@@ -528,7 +540,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     setup = SETUPS[args.setup]
     patience_given = args.patience is not None
-    for name in ("dataset", "epochs", "latent_dim", "learning_rate", "validation_examples", "warmup_epochs", "patience"):
+    for name in ("dataset", "epochs", "latent_dim", "learning_rate", "validation_examples", "warmup_epochs",
+                 "patience"):
         if getattr(args, name) is None:
             setattr(args, name, setup[name])
     for name in ("epochs", "num_samples", "latent_dim", "batch_size", "steps_per_execution", "eval_samples",
@@ -551,7 +564,8 @@ def parse_args(argv=None):
                              f"holds none out)")
         args.patience = None
     elif args.patience is None:
-        parser.error(f"--patience: needed with validation data (--setup {args.setup} has no default); give --patience N")
+        parser.error(f"--patience: needed with validation data (--setup {args.setup} has no default); "
+                     f"give --patience N")
     return args
 
 
