@@ -261,8 +261,10 @@ def remove_unreferenced(run_dir, state):
 
 
 def check_settings(run_dir, stored, settings):
-    """A resumed run must be the same run: every setting that shapes training must match."""
-    for name in RUN_SETTINGS:
+    """A resumed run must be the same run: every setting that shapes training must match (the epoch
+    budget too under a cosine schedule, whose decay length it sets)."""
+    names = RUN_SETTINGS + (("epochs",) if settings["lr_schedule"] == "cosine" else ())
+    for name in names:
         if stored.get(name) != settings[name]:
             flag = "--no-bias-init" if name == "bias_init" else f"--{name.replace('_', '-')}"
             raise UsageError(
@@ -366,7 +368,7 @@ def run(args, argv=None):
     start = time.perf_counter()
     run_dir = args.run_dir or default_run_dir(args)
     os.makedirs(run_dir, exist_ok=True)
-    settings = {name: getattr(args, name) for name in RUN_SETTINGS}
+    settings = {name: getattr(args, name) for name in (*RUN_SETTINGS, "epochs")}
     state = read_state(run_dir)
     if state is None:
         state = new_state(settings)

@@ -198,17 +198,35 @@ def test_a_killed_run_resumes_with_one_history_row_per_epoch(tmp_path):
     assert again["best_val_elbo"] == resumed["best_val_elbo"]
 
 
-def test_resuming_with_other_settings_names_the_flag(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "flags, stored, flag",
+    [
+        ([], {"prior": "vamp"}, "--prior"),
+        ([], {"bias_init": False}, "--no-bias-init"),
+        # The cosine schedule's decay length is the epoch budget it was built with.
+        (["--lr-schedule", "cosine"], {"epochs": 5}, "--epochs"),
+    ],
+)
+def test_resuming_with_other_settings_names_the_flag(tmp_path, capsys, flags, stored, flag):
     script = load_script()
-    flags = [*TINY_EXEMPLAR, "--epochs", "2", "--run-dir", str(tmp_path)]
+    flags = [*TINY_EXEMPLAR, "--epochs", "2", "--run-dir", str(tmp_path), *flags]
     args = script.parse_args(flags)
-    settings = {name: getattr(args, name) for name in script.RUN_SETTINGS}
-    script.write_state(str(tmp_path), script.new_state({**settings, "prior": "vamp"}))
+    settings = {name: getattr(args, name) for name in (*script.RUN_SETTINGS, "epochs")}
+    script.write_state(str(tmp_path), script.new_state({**settings, **stored}))
     with pytest.raises(SystemExit) as info:
         script.main(flags)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("density.py: error: --prior: the run in ") and "'vamp'" in err and err.count("\n") == 1
+    assert err.startswith(f"density.py: error: {flag}: the run in ") and err.count("\n") == 1
+
+
+def test_a_longer_budget_continues_a_constant_rate_run(tmp_path):
+    script = load_script()
+    flags = [*TINY_EXEMPLAR, "--run-dir", str(tmp_path), "--warmup-epochs", "1", "--patience", "5"]
+    assert script.main([*flags, "--epochs", "1"])["epochs_run"] == 1
+    longer = script.main([*flags, "--epochs", "2"])
+    assert (longer["epochs_run"], longer["training_sessions"]) == (2, 2)
+    assert len(read_state(tmp_path)["history"]["elbo"]) == 2
 
 
 def test_too_many_validation_examples_names_the_flag(tmp_path, capsys):
