@@ -374,6 +374,7 @@ def run(args, argv=None):
         state = new_state(settings)
     else:
         check_settings(run_dir, state["settings"], settings)
+    earlier_sessions_seconds = state["train_seconds"]  # this session's own are in its wall time
     x_train, x_validation, x_test = split(args)
     keras.utils.set_random_seed(args.seed)
 
@@ -455,7 +456,7 @@ def run(args, argv=None):
         "train_examples_per_second": len(x_train) * epochs_run / state["train_seconds"] if epochs_run else None,
         "training_sessions": state["sessions"],
         "eval_seconds": eval_time,
-        "wall_seconds": state["train_seconds"] + time.perf_counter() - start,
+        "wall_seconds": earlier_sessions_seconds + time.perf_counter() - start,
         "run_dir": run_dir,
         "learning_curve": curve,
         "command": shlex.join(["python", "benchmarks/density.py", *(sys.argv[1:] if argv is None else argv)]),

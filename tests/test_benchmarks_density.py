@@ -223,9 +223,14 @@ def test_resuming_with_other_settings_names_the_flag(tmp_path, capsys, flags, st
 def test_a_longer_budget_continues_a_constant_rate_run(tmp_path):
     script = load_script()
     flags = [*TINY_EXEMPLAR, "--run-dir", str(tmp_path), "--warmup-epochs", "1", "--patience", "5"]
-    assert script.main([*flags, "--epochs", "1"])["epochs_run"] == 1
+    first = script.main([*flags, "--epochs", "1"])
+    assert first["epochs_run"] == 1
+    start = time.perf_counter()
     longer = script.main([*flags, "--epochs", "2"])
+    session = time.perf_counter() - start
     assert (longer["epochs_run"], longer["training_sessions"]) == (2, 2)
+    # Wall time: the earlier session's training plus this whole session, each counted once.
+    assert longer["train_seconds"] < longer["wall_seconds"] <= first["train_seconds"] + session
     assert len(read_state(tmp_path)["history"]["elbo"]) == 2
 
 
