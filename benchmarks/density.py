@@ -329,12 +329,27 @@ def new_model(args, x_train):
 
 
 def train(args, run_dir, state, x_train, x_validation):
-    """Trains from the state's last completed epoch to the end (or the early stop); returns the model
-    with the best epoch's weights (the last epoch's without validation data)."""
+    """Trains from the state's last completed epoch to the end (or the early stop).
+
+    Args:
+        args: the parsed command line.
+        run_dir: the run's directory; `state` is read from it (or new) and written to it every epoch.
+        state: the run's state (see `new_state`), updated in place.
+        x_train: flat grey training images, binarized afresh at every use.
+        x_validation: flat binary validation images, or None (no early stopping).
+
+    Returns:
+        The model with the best epoch's weights (the last epoch's without validation data).
+    """
     if state["checkpoint"] is None:
         model = new_model(args, x_train)
     else:
-        model = keras.models.load_model(os.path.join(run_dir, state["checkpoint"]))
+        path = os.path.join(run_dir, state["checkpoint"])
+        try:
+            model = keras.models.load_model(path)
+        except Exception as error:  # damaged outside this script: it writes checkpoints atomically
+            raise ValueError(f"{path}: cannot load the checkpoint ({type(error).__name__}: {error}); move the run "
+                             f"directory aside and start again.") from None
     done = state["epochs_done"]
     if done < args.epochs and not state["stopped_early"]:
         state["sessions"] += 1

@@ -247,3 +247,15 @@ def test_unknown_dataset_lists_the_valid_ones():
     script = load_script()
     with pytest.raises(ValueError, match="name_or_path: expected one of digits, mnist-5k, fashion_mnist, mnist"):
         script.run(script.parse_args(["--dataset", "nope", "--epochs", "1"]))
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
+    script = load_script()
+    flags = [*TINY_EXEMPLAR, "--epochs", "2", "--run-dir", str(tmp_path)]
+    args = script.parse_args(flags)
+    state = script.new_state({name: getattr(args, name) for name in (*script.RUN_SETTINGS, "epochs")})
+    state.update(epochs_done=1, checkpoint="checkpoint-00001.keras")
+    (tmp_path / "checkpoint-00001.keras").write_bytes(b"not a zip file")
+    script.write_state(str(tmp_path), state)
+    with pytest.raises(ValueError, match="checkpoint-00001.keras: cannot load the checkpoint"):
+        script.main(flags)
