@@ -1,26 +1,45 @@
-"""Density benchmark: the Burda et al. (2015) one-stochastic-layer VAE, trained for a fixed epoch budget.
+"""Density benchmark: a VAE on dynamically binarized images, in one of two published setups.
 
-Architecture (from the authors' code, yburda/iwae): encoder D-200-200-(2x50), decoder 50-200-200-D,
-tanh hidden units, diagonal Gaussian q(z|x), N(0, I) prior, Bernoulli p(x|z) whose output bias starts
-at the logit of the mean training pixel. Training images are dynamically binarized (a fresh Bernoulli
-draw every time an image is used); the test images are binarized once, with a fixed seed.
-Adam(learning_rate, epsilon=1e-4) at a constant learning rate (Burda et al. decay it over 3,280 epochs).
+`--setup burda` (the default): the Burda et al. (2015) one-stochastic-layer VAE (yburda/iwae): encoder
+D-200-200-(2x50), decoder 50-200-200-D, tanh units, Adam(1e-3, epsilon=1e-4) at a constant learning
+rate, a fixed epoch budget on all the training images, no validation.
 
-Reported on the test set: NLL = -log p(x) by importance sampling with K = --eval-samples (5000, as in
-the paper) with its standard error, bits/dim, the ELBO with its reconstruction and KL terms, active
-units (Var_x E_q[z_u] > 0.01), and the amortization gap that `model.infer` closes.
+`--setup exemplar-vae`: the MLP models of the Exemplar VAE paper (Norouzi et al. 2020, sajadn/Exemplar-VAE):
+Fashion-MNIST, the first 50,000 training images for training and the last 10,000 for validation (the
+authors load with use_fixed_validation=True: no shuffle before the split); encoder and decoder 2 gated
+layers of 300 units, latent 40; Adam(5e-4), batch 100; the KL weight rising linearly over the first
+--warmup-epochs (100: 1/100 in the first epoch, 1 from the 100th); up to --epochs (2000) with early
+stopping on the validation ELBO (patience 50; as in the authors' code, epochs before the KL weight
+reaches 1 do not count towards it) and the best epoch's weights restored. `--prior vamp` is their
+VampPrior (500 pseudo-inputs).
 
-    python benchmarks/density.py --epochs 10                                # VAE, K = 1
-    python benchmarks/density.py --epochs 10 --objective iwae --num-samples 5
+Both: Bernoulli p(x|z) whose output bias starts at the logit of the mean training pixel (`--no-bias-init`
+leaves it at 0); training images binarized afresh every time they are used, validation and test images
+once with fixed seeds (seed + 1 and seed). Reported on the test set: NLL = -log p(x) by importance
+sampling with K = --eval-samples (5000, as both papers) with its standard error, bits/dim, the ELBO with
+its reconstruction and KL terms, active units (Var_x E_q[z_u] > 0.01), and the test ELBO that
+`model.infer` gains (the amortization gap it closes).
 
-Prints one JSON object (also written to --output if given).
+The run lives in --run-dir (default benchmarks/runs/<setup>-<prior>-<objective>...): after every epoch
+a checkpoint (the model with its optimizer state), the history, the early-stopping and learning-rate
+plateau state and the best weights, written so that a kill at any moment leaves the last completed
+epoch intact. Re-running the same command continues from there; a finished run is evaluated again.
+
+    python benchmarks/density.py --epochs 10                                      # Burda VAE, K = 1
+    python benchmarks/density.py --setup exemplar-vae --prior vamp --output benchmarks/results/vamp.json
+
+Prints one JSON object (also written to --output if given, and to the run directory) and draws the
+learning curve (train and validation ELBO per epoch) to <run-dir>/learning_curve.png.
 """
 
 import argparse
+import glob
 import json
 import math
 import os
 import platform
+import re
+import shlex
 import sys
 import time
 
@@ -31,22 +50,53 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfvae  # noqa: E402
-from tfvae import data, evaluate, networks  # noqa: E402
+from tfvae import atomic, callbacks, data, evaluate, networks  # noqa: E402
 
-HIDDEN = (200, 200)
+# Setup-dependent defaults; a flag given on the command line overrides its entry.
+SETUPS = {
+    "burda": {
+        "dataset": "fashion_mnist", "body": "mlp", "hidden": (200, 200), "latent_dim": 50, "learning_rate": 1e-3,
+        "adam_epsilon": 1e-4, "epochs": 10, "validation_examples": 0, "warmup_epochs": 0, "patience": None,
+    },
+    "exemplar-vae": {
+        # epsilon: the authors' AdamNormGrad keeps PyTorch's 1e-8.
+        "dataset": "fashion_mnist", "body": "gated_mlp", "hidden": (300, 300), "latent_dim": 40,
+        "learning_rate": 5e-4, "adam_epsilon": 1e-8, "epochs": 2000, "validation_examples": 10000,
+        "warmup_epochs": 100, "patience": 50,
+    },
+}
+LR_SCHEDULES = ("constant", "cosine", "plateau")
 # Keeps the initial output bias finite where a pixel is (nearly) always 0 or always 1.
 _PIXEL_MEAN_FLOOR = 1e-3
+STATE = "state.json"
+CURVE = "learning_curve.png"
+RESULT = "result.json"
+# Settings a run keeps for its whole life: resuming with another value would train a different model.
+RUN_SETTINGS = ("setup", "dataset", "prior", "objective", "num_samples", "latent_dim", "batch_size", "learning_rate",
+                "lr_schedule", "plateau_patience", "warmup_epochs", "bias_init", "train_examples",
+                "validation_examples", "seed")
 
 
-def build_model(input_dim, latent_dim, objective, num_samples, seed):
-    """The Burda et al. one-stochastic-layer VAE on flat inputs of size `input_dim`."""
+class UsageError(Exception):
+    """A command-line mistake found after parsing; main() reports it as argparse does (exit 2)."""
+
+
+def build_model(setup, input_dim, latent_dim, prior, objective, num_samples, seed):
+    """The setup's one-stochastic-layer VAE on flat inputs of size `input_dim`."""
+    spec = SETUPS[setup]
+
+    def body():
+        if spec["body"] == "gated_mlp":
+            return networks.GatedMLP(spec["hidden"])
+        return networks.MLP(spec["hidden"], activation="tanh")
+
     return tfvae.VAE(
         input_shape=(input_dim,),
         latent_dim=latent_dim,
-        encoder=networks.MLP(HIDDEN, activation="tanh"),
-        decoder=networks.MLP(HIDDEN, activation="tanh"),
+        encoder=body(),
+        decoder=body(),
         likelihood="bernoulli",
-        prior="normal",
+        prior=prior,  # "vamp": 500 pseudo-inputs, the VampPrior paper's and the Exemplar VAE's
         posterior="diagonal",
         objective=objective,
         num_samples=num_samples,
@@ -60,29 +110,302 @@ def set_output_bias(model, x_train):
     model.likelihood_head.dense.bias.assign(np.log(mean / (1.0 - mean)).astype(np.float32))
 
 
-def run(args):
-    keras.utils.set_random_seed(args.seed)
-    start = time.perf_counter()
+def learning_rate(args, steps_per_epoch):
+    """The optimizer's learning rate: a number, or a cosine decay to 0 over --epochs."""
+    if args.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(args.learning_rate, decay_steps=args.epochs * steps_per_epoch)
+    return args.learning_rate
+
+
+class KLWarmup(callbacks.KLWarmup):
+    """The authors' warm-up: beta = min(1, e / warmup_epochs) for the 1-based epoch e, so the first epoch
+    trains with beta = 1 / warmup_epochs, not 0 (with no KL term at all, the posteriors' KL ran to
+    thousands of nats in a one-epoch smoke run of this setup)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.beta = self.target * min(1.0, (epoch + 1) / self.epochs)
+
+
+class Patience:
+    """Early stopping on a bound to maximize: stops once `patience` epochs at full KL weight have not
+    improved on the best value so far (epochs of the warm-up before it do not count, as in the
+    Exemplar VAE code, since the bound being trained is still changing).
+
+    Args:
+        patience: epochs without improvement that stop the run.
+        warmup_epochs: epochs 0 .. warmup_epochs - 2 (0-based; beta < 1) never count towards the patience.
+        best, best_epoch, wait: the state of a run being resumed.
+    """
+
+    def __init__(self, patience, warmup_epochs, best=-math.inf, best_epoch=None, wait=0):
+        self.patience, self.warmup_epochs = patience, warmup_epochs
+        self.best, self.best_epoch, self.wait = best, best_epoch, wait
+
+    def update(self, epoch, value):
+        """Takes epoch `epoch`'s (0-based) value; returns whether it is the best so far. NaN never is."""
+        if value > self.best:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            return True
+        if epoch + 1 >= self.warmup_epochs:
+            self.wait += 1
+        return False
+
+    @property
+    def stop(self):
+        return self.wait >= self.patience
+
+    def state(self):
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+
+
+class RunState(keras.callbacks.Callback):
+    """Writes the run to `run_dir` after every epoch, so that a killed run resumes from its last completed
+    epoch with nothing lost; stops early on the validation ELBO and keeps the best epoch's weights.
+
+    Each epoch writes a new checkpoint (and, when the epoch is the best, new best weights), then
+    `state.json`, which names them: it is the commit point. A kill before it leaves the previous
+    state.json naming the previous files, which are deleted only after it is replaced.
+
+    Args:
+        run_dir: the run's directory.
+        state: the dict kept in state.json (see `new_state`); updated in place.
+        patience: a `Patience`, or None when there is no validation data.
+        plateau: the `keras.callbacks.ReduceLROnPlateau` of the fit, if any; its counters are saved too.
+    """
+
+    def __init__(self, run_dir, state, patience=None, plateau=None):
+        super().__init__()
+        self.run_dir, self.state, self.patience, self.plateau = run_dir, state, patience, plateau
+
+    def on_train_begin(self, logs=None):
+        # ReduceLROnPlateau resets its counters when training begins (it runs before this callback).
+        if self.plateau is not None and self.state["plateau"] is not None:
+            for name, value in self.state["plateau"].items():
+                setattr(self.plateau, name, value)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        state = self.state
+        row = {name: float(value) for name, value in (logs or {}).items()}
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        for name, value in row.items():
+            state["history"].setdefault(name, []).append(value)
+        state["train_seconds"] += time.perf_counter() - self._start
+        state["epochs_done"] = epoch + 1
+        state["checkpoint"] = f"checkpoint-{epoch + 1:05d}.keras"
+        self.model.save(os.path.join(self.run_dir, state["checkpoint"]))
+        if self.patience is not None:
+            if self.patience.update(epoch, row["val_elbo"]):
+                state["best_weights"] = f"best-{epoch + 1:05d}.npz"
+                with atomic.atomic_path(os.path.join(self.run_dir, state["best_weights"])) as tmp:
+                    np.savez(tmp, *self.model.get_weights())
+            state["early_stopping"] = self.patience.state()
+            if self.patience.stop:
+                state["stopped_early"] = True
+                self.model.stop_training = True
+        if self.plateau is not None:
+            counters = ("wait", "best", "cooldown_counter")
+            state["plateau"] = {name: _plain(getattr(self.plateau, name)) for name in counters}
+        write_state(self.run_dir, state)
+        remove_unreferenced(self.run_dir, state)
+
+
+def _plain(value):
+    return float(value) if isinstance(value, (float, np.floating)) else int(value)
+
+
+def new_state(settings):
+    return {
+        "settings": settings,
+        "epochs_done": 0,
+        "history": {},
+        "checkpoint": None,
+        "best_weights": None,
+        "early_stopping": None,
+        "stopped_early": False,
+        "plateau": None,
+        "train_seconds": 0.0,
+        "sessions": 0,
+    }
+
+
+def read_state(run_dir):
+    """The run's state.json, or None for a new run; leftovers of a killed write are removed."""
+    for leftover in glob.glob(os.path.join(run_dir, ".tmp-*")):
+        pid = re.match(r"\.tmp-(\d+)-", os.path.basename(leftover))
+        if pid is None or not atomic.process_alive(int(pid.group(1))):
+            os.remove(leftover)
+    path = os.path.join(run_dir, STATE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        state = json.load(f)
+    remove_unreferenced(run_dir, state)
+    return state
+
+
+def write_state(run_dir, state):
+    with atomic.atomic_path(os.path.join(run_dir, STATE)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=1)
+
+
+def remove_unreferenced(run_dir, state):
+    """Deletes the checkpoints and best weights that state.json no longer names."""
+    keep = {state["checkpoint"], state["best_weights"]}
+    for path in glob.glob(os.path.join(run_dir, "checkpoint-*.keras")) + glob.glob(os.path.join(run_dir, "best-*.npz")):
+        if os.path.basename(path) not in keep:
+            os.remove(path)
+
+
+def check_settings(run_dir, stored, settings):
+    """A resumed run must be the same run: every setting that shapes training must match (the epoch
+    budget too under a cosine schedule, whose decay length it sets)."""
+    names = RUN_SETTINGS + (("epochs",) if settings["lr_schedule"] == "cosine" else ())
+    for name in names:
+        if stored.get(name) != settings[name]:
+            flag = "--no-bias-init" if name == "bias_init" else f"--{name.replace('_', '-')}"
+            raise UsageError(
+                f"{flag}: the run in {run_dir} was started with {stored.get(name)!r}, this command gives "
+                f"{settings[name]!r}; re-run its own command to continue it, or choose another --run-dir."
+            )
+
+
+def learning_curve(history, best_epoch, path):
+    """Draws the train and validation ELBO per epoch (1-based) to the PNG `path`, atomically."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), dpi=100)
+    ax = figure.add_subplot()
+    epochs = np.arange(1, len(history["elbo"]) + 1)
+    ax.plot(epochs, history["elbo"], label="train ELBO (dynamic binarization)")
+    if "val_elbo" in history:
+        ax.plot(epochs, history["val_elbo"], label="validation ELBO")
+    if best_epoch is not None:
+        ax.axvline(best_epoch + 1, color="grey", linestyle=":", label=f"best epoch ({best_epoch + 1})")
+    finite = np.concatenate([np.asarray(v, float) for k, v in history.items() if k in ("elbo", "val_elbo")])
+    finite = finite[np.isfinite(finite)]
+    if finite.size:
+        # The first epochs' bounds are far below the rest: show the range where the curves separate.
+        ax.set_ylim(np.percentile(finite, 5) - 1.0, finite.max() + 1.0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO (nats per image)")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return path
+
+
+def split(args):
+    """(train, validation or None, test) flat images: validation is the last --validation-examples of the
+    training images, binarized once (seed + 1); train the images before them (the first --train-examples);
+    test the first --test-examples test images, binarized once (seed)."""
     dataset = data.load(args.dataset, data_dir=args.data_dir)
-    x_train = data.flatten(dataset.x_train)[: args.train_examples]
+    x_all = data.flatten(dataset.x_train)
+    if args.validation_examples >= len(x_all):
+        raise UsageError(f"--validation-examples: expected fewer than the {len(x_all)} training images of "
+                         f"--dataset {args.dataset}; got {args.validation_examples}")
+    x_train = x_all[: len(x_all) - args.validation_examples][: args.train_examples]
+    x_validation = None
+    if args.validation_examples:
+        x_validation = data.binarize_static(x_all[len(x_all) - args.validation_examples :], seed=args.seed + 1)
     x_test = data.binarize_static(data.flatten(dataset.x_test)[: args.test_examples], seed=args.seed)
+    return x_train, x_validation, x_test
 
-    model = build_model(x_train.shape[1], args.latent_dim, args.objective, args.num_samples, args.seed)
-    set_output_bias(model, x_train)
-    model.compile(
-        tfvae.training.Adam(args.learning_rate, epsilon=1e-4), steps_per_execution=args.steps_per_execution
-    )
-    train = data.make_dataset(x_train, args.batch_size, binarization="dynamic", seed=args.seed)
-    train_start = time.perf_counter()
-    history = model.fit(train, epochs=args.epochs, verbose=args.verbose, shuffle=False)  # make_dataset shuffles
-    train_time = time.perf_counter() - train_start
 
+def new_model(args, x_train):
+    model = build_model(args.setup, x_train.shape[1], args.latent_dim, args.prior, args.objective, args.num_samples,
+                        args.seed)
+    if args.bias_init:
+        set_output_bias(model, x_train)
+    steps_per_epoch = -(-len(x_train) // args.batch_size)
+    optimizer = tfvae.training.Adam(learning_rate(args, steps_per_epoch), epsilon=SETUPS[args.setup]["adam_epsilon"])
+    model.compile(optimizer, steps_per_execution=args.steps_per_execution)
+    return model
+
+
+def train(args, run_dir, state, x_train, x_validation):
+    """Trains from the state's last completed epoch to the end (or the early stop).
+
+    Args:
+        args: the parsed command line.
+        run_dir: the run's directory; `state` is read from it (or new) and written to it every epoch.
+        state: the run's state (see `new_state`), updated in place.
+        x_train: flat grey training images, binarized afresh at every use.
+        x_validation: flat binary validation images, or None (no early stopping).
+
+    Returns:
+        The model with the best epoch's weights (the last epoch's without validation data).
+    """
+    if state["checkpoint"] is None:
+        model = new_model(args, x_train)
+    else:
+        path = os.path.join(run_dir, state["checkpoint"])
+        try:
+            model = keras.models.load_model(path)
+        except Exception as error:  # damaged outside this script: it writes checkpoints atomically
+            raise ValueError(f"{path}: cannot load the checkpoint ({type(error).__name__}: {error}); move the run "
+                             f"directory aside and start again.") from None
+    done = state["epochs_done"]
+    if done < args.epochs and not state["stopped_early"]:
+        state["sessions"] += 1
+        # A resumed run must not replay the shuffles and binary draws of its first epochs: the seed moves on.
+        keras.utils.set_random_seed(args.seed + done)
+        train_data = data.make_dataset(x_train, args.batch_size, binarization="dynamic", seed=args.seed + done)
+        fit_callbacks = []
+        if args.warmup_epochs:
+            fit_callbacks.append(KLWarmup(args.warmup_epochs))
+        plateau = None
+        if args.lr_schedule == "plateau":
+            plateau = keras.callbacks.ReduceLROnPlateau(
+                monitor="val_elbo", mode="max", factor=0.5, patience=args.plateau_patience, min_delta=0.0, verbose=0
+            )
+            fit_callbacks.append(plateau)
+        patience = None
+        validation_data = None
+        if x_validation is not None:
+            patience = Patience(args.patience, args.warmup_epochs, **(state["early_stopping"] or {}))
+            validation_data = data.make_dataset(x_validation, args.eval_batch_size, shuffle=False)
+        fit_callbacks.append(RunState(run_dir, state, patience, plateau))
+        model.fit(train_data, epochs=args.epochs, initial_epoch=done, validation_data=validation_data,
+                  callbacks=fit_callbacks, verbose=args.verbose)
+    if state["best_weights"] is not None:
+        with np.load(os.path.join(run_dir, state["best_weights"])) as stored:
+            model.set_weights([stored[f"arr_{i}"] for i in range(len(stored.files))])
+    return model
+
+
+def run(args, argv=None):
+    start = time.perf_counter()
+    run_dir = args.run_dir or default_run_dir(args)
+    os.makedirs(run_dir, exist_ok=True)
+    settings = {name: getattr(args, name) for name in (*RUN_SETTINGS, "epochs")}
+    state = read_state(run_dir)
+    if state is None:
+        state = new_state(settings)
+    else:
+        check_settings(run_dir, state["settings"], settings)
+    earlier_sessions_seconds = state["train_seconds"]  # this session's own are in its wall time
+    x_train, x_validation, x_test = split(args)
+    keras.utils.set_random_seed(args.seed)
+
+    model = train(args, run_dir, state, x_train, x_validation)
+    history = state["history"]
+    best_epoch = state["early_stopping"]["best_epoch"] if state["early_stopping"] else None
+    curve = learning_curve(history, best_epoch, os.path.join(run_dir, CURVE))
+
+    # Evaluation draws from the seed alone, whichever session trained the model.
+    keras.utils.set_random_seed(args.seed)
     eval_start = time.perf_counter()
     result = evaluate.log_likelihood(
         model, x_test, num_samples=args.eval_samples, batch_size=args.eval_batch_size, verbose=args.verbose
     )
     eval_time = time.perf_counter() - eval_start
-    active, variances = evaluate.active_units(model, x_test, return_variances=True)
+    active = evaluate.active_units(model, x_test)
     gap_start = time.perf_counter()
     gap = evaluate.amortization_gap(
         model,
@@ -94,17 +417,31 @@ def run(args):
         seed=args.seed,
     )
     gap_time = time.perf_counter() - gap_start
+    spec = SETUPS[args.setup]
+    body = "gated" if spec["body"] == "gated_mlp" else "tanh"
+    epochs_run = state["epochs_done"]
 
-    return {
+    report = {
         "benchmark": "density",
+        "setup": args.setup,
         "dataset": args.dataset,
-        "architecture": f"{x_train.shape[1]}-{'-'.join(map(str, HIDDEN))}-{args.latent_dim} tanh, Bernoulli",
+        "architecture": f"{x_train.shape[1]}-{'-'.join(map(str, spec['hidden']))}-{args.latent_dim} {body}, Bernoulli",
+        "prior": args.prior,
         "objective": args.objective,
         "train_num_samples": args.num_samples,
         "epochs": args.epochs,
+        "epochs_run": epochs_run,
+        "best_epoch": None if best_epoch is None else best_epoch + 1,
+        "stopped_early": state["stopped_early"],
+        "patience": args.patience if x_validation is not None else None,
+        "warmup_epochs": args.warmup_epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
+        "lr_schedule": args.lr_schedule,
+        "output_bias_init": args.bias_init,
         "train_examples": len(x_train),
+        "validation_examples": 0 if x_validation is None else len(x_validation),
+        "best_val_elbo": max(history["val_elbo"]) if "val_elbo" in history else None,
         "test_examples": result["num_examples"],
         "eval_num_samples": result["num_samples"],
         "test_nll": -result["log_likelihood"],
@@ -114,7 +451,7 @@ def run(args):
         "test_reconstruction": result["reconstruction"],
         "test_kl": result["kl"],
         "test_gap": result["gap"],
-        "final_train_loss": float(history.history["loss"][-1]),
+        "final_train_loss": history["loss"][-1] if history.get("loss") else None,
         "active_units": active,
         "active_unit_threshold": 0.01,
         "latent_dim": args.latent_dim,
@@ -130,10 +467,14 @@ def run(args):
             "gap_closed_stderr": gap["amortization_gap_stderr"],
             "seconds": gap_time,
         },
-        "train_seconds": train_time,
-        "train_examples_per_second": len(x_train) * args.epochs / train_time,
+        "train_seconds": state["train_seconds"],
+        "train_examples_per_second": len(x_train) * epochs_run / state["train_seconds"] if epochs_run else None,
+        "training_sessions": state["sessions"],
         "eval_seconds": eval_time,
-        "wall_seconds": time.perf_counter() - start,
+        "wall_seconds": earlier_sessions_seconds + time.perf_counter() - start,
+        "run_dir": run_dir,
+        "learning_curve": curve,
+        "command": shlex.join(["python", "benchmarks/density.py", *(sys.argv[1:] if argv is None else argv)]),
         "seed": args.seed,
         "host": {"cpus": os.cpu_count(), "machine": platform.machine()},
         "versions": {
@@ -143,20 +484,58 @@ def run(args):
             "tfvae": tfvae.__version__,
         },
     }
+    with atomic.atomic_path(os.path.join(run_dir, RESULT)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def default_run_dir(args):
+    """benchmarks/runs/<the settings that tell runs apart>: the same command finds the same run."""
+    name = f"{args.setup}-{args.dataset}-{args.prior}-{args.objective}-k{args.num_samples}-{args.lr_schedule}"
+    name += f"-warmup{args.warmup_epochs}{'' if args.bias_init else '-nobias'}-seed{args.seed}"
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs", name)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line naming the flag, exit 2 (argparse's usage block would bury it)."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="fashion_mnist", help=f"one of {', '.join(data.DATASETS)} (default fashion_mnist)")
+    parser = _Parser(prog="density.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setup", choices=sorted(SETUPS), default="burda",
+                        help="the published setup whose defaults to take (default burda)")
+    parser.add_argument("--dataset", default=None,
+                        help=f"one of {', '.join(data.DATASETS)} (default: the setup's, fashion_mnist)")
     parser.add_argument("--data-dir", default=None, help="directory with the idx files (default: tfvae.data's search)")
-    parser.add_argument("--epochs", type=int, default=10, help="the epoch budget (default 10)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="the epoch budget (default: burda 10, exemplar-vae 2000, with early stopping)")
+    parser.add_argument("--prior", choices=("normal", "vamp"), default="normal",
+                        help="p(z): N(0, I) or the VampPrior with 500 pseudo-inputs (default normal)")
     parser.add_argument("--objective", choices=sorted(tfvae.objectives.OBJECTIVES), default="elbo")
     parser.add_argument("--num-samples", type=int, default=1, help="K in the training objective (default 1)")
-    parser.add_argument("--latent-dim", type=int, default=50)
+    parser.add_argument("--latent-dim", type=int, default=None, help="default: burda 50, exemplar-vae 40")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="Adam's; default: burda 1e-3, exemplar-vae 5e-4")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                        help="constant; cosine (decay to 0 over --epochs); plateau (halve it when the validation "
+                             "ELBO has not improved for --plateau-patience epochs). Default constant")
+    parser.add_argument("--plateau-patience", type=int, default=10, help="for --lr-schedule plateau (default 10)")
+    parser.add_argument("--warmup-epochs", type=int, default=None,
+                        help="epochs of linear KL warm-up, 0 for none (default: burda 0, exemplar-vae 100)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="stop after this many epochs past the warm-up without a better validation ELBO "
+                             "(default: the setup's, 50; needs validation data)")
+    parser.add_argument("--no-bias-init", dest="bias_init", action="store_false",
+                        help="leave the decoder's output bias at 0 instead of the logit of the mean training pixel")
     parser.add_argument("--steps-per-execution", type=int, default=50, help="Keras steps per graph call (default 50)")
     parser.add_argument("--train-examples", type=int, default=None, help="first N training images (default all)")
+    parser.add_argument("--validation-examples", type=int, default=None,
+                        help="the last N training images, held out for early stopping (default: burda 0, "
+                             "exemplar-vae 10000)")
     parser.add_argument("--test-examples", type=int, default=None, help="first N test images (default all)")
     parser.add_argument("--eval-samples", type=int, default=5000, help="K for the test log-likelihood (default 5000)")
     parser.add_argument("--eval-batch-size", type=int, default=100)
@@ -166,36 +545,59 @@ def make_parser():
     parser.add_argument("--gap-examples", type=int, default=1000, help="test images for the amortization gap")
     parser.add_argument("--gap-elbo-samples", type=int, default=100, help="K in each ELBO of the gap (default 100)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", default=None,
+                        help="the run's checkpoints and state; re-running the same command resumes it "
+                             "(default benchmarks/runs/<setup>-<dataset>-<prior>-...)")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2, help="Keras verbosity (default 2)")
-    parser.add_argument("--output", default=None, help="also write the JSON here")
+    parser.add_argument("--output", default=None, help="also write the JSON here, e.g. benchmarks/results/NAME.json")
     return parser
 
 
 def parse_args(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
+    setup = SETUPS[args.setup]
+    patience_given = args.patience is not None
+    for name in ("dataset", "epochs", "latent_dim", "learning_rate", "validation_examples", "warmup_epochs",
+                 "patience"):
+        if getattr(args, name) is None:
+            setattr(args, name, setup[name])
     for name in ("epochs", "num_samples", "latent_dim", "batch_size", "steps_per_execution", "eval_samples",
-                 "eval_batch_size", "infer_samples", "gap_examples", "gap_elbo_samples"):
+                 "eval_batch_size", "infer_samples", "gap_examples", "gap_elbo_samples", "plateau_patience"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1; got {getattr(args, name)}")
-    for name in ("train_examples", "test_examples"):
+    for name in ("train_examples", "test_examples", "patience"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1; got {getattr(args, name)}")
-    if args.infer_steps < 0:
-        parser.error(f"--infer-steps: expected an integer >= 0; got {args.infer_steps}")
+    for name in ("infer_steps", "warmup_epochs", "validation_examples"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')}: expected an integer >= 0; got {getattr(args, name)}")
     for name in ("learning_rate", "infer_learning_rate"):
         if not (getattr(args, name) > 0 and math.isfinite(getattr(args, name))):
             parser.error(f"--{name.replace('_', '-')}: expected a finite number > 0; got {getattr(args, name)}")
+    if args.validation_examples == 0:
+        for flag, given in (("--lr-schedule plateau", args.lr_schedule == "plateau"), ("--patience", patience_given)):
+            if given:
+                parser.error(f"{flag}: needs validation data; give --validation-examples N (--setup {args.setup} "
+                             f"holds none out)")
+        args.patience = None
+    elif args.patience is None:
+        parser.error(f"--patience: needed with validation data (--setup {args.setup} has no default); "
+                     f"give --patience N")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    result = run(args)
+    try:
+        result = run(args, argv)
+    except UsageError as error:
+        make_parser().error(str(error))
     text = json.dumps(result, indent=2)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        with atomic.atomic_path(args.output) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
     print(text)
     return result
 
