@@ -161,6 +161,7 @@ def test_tiny_run_stops_early_where_its_validation_history_says(tmp_path):
     np.testing.assert_allclose(history["beta"], [min(1.0, (e + 1) / 2) for e in range(result["epochs_run"])])
 
 
+@pytest.mark.slow  # ~30 s: a real SIGKILL and two runs; test_a_longer_budget_continues_a_constant_rate_run resumes by default
 def test_a_killed_run_resumes_with_one_history_row_per_epoch(tmp_path):
     epochs = 12
     # Patience beyond the budget: both runs train every epoch, whatever their draws.
