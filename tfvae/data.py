@@ -18,6 +18,7 @@ Example:
 """
 
 import gzip
+import math
 import numbers
 import os
 from typing import NamedTuple, Optional
@@ -61,7 +62,13 @@ def load(name_or_path, data_dir=None, split=None):
     """
     if split not in (None, "train", "test"):
         raise ValueError(f"split: expected None, 'train' or 'test'; got {split!r}.")
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(
+            f"name_or_path: expected a dataset name or a path (str or os.PathLike); got {type(name_or_path).__name__}."
+        )
     path = os.fspath(name_or_path)
+    if not isinstance(path, str):
+        raise TypeError(f"name_or_path: expected a path as text; got {type(path).__name__}.")
     if path.endswith((".npz", ".npy")):
         dataset = _load_array_file(path)
     elif path == "digits":
@@ -114,10 +121,11 @@ def read_idx(path):
 
 def flatten(x):
     """Returns images (N, ...) as rows (N, D), the layout dense networks and sklearn expect."""
-    x = np.asarray(x)
+    x = checks.as_array(x, "x")
     if x.ndim < 1:
         raise ValueError("x: expected an array of shape (N, ...); got a scalar.")
-    return x.reshape(len(x), -1)
+    # Not reshape(len(x), -1): the -1 is ambiguous for N = 0.
+    return x.reshape(len(x), math.prod(x.shape[1:]))
 
 
 def binarize_static(x, seed):
@@ -296,7 +304,9 @@ def _labels(y):
 
 
 def _finite(x, name):
-    x = np.asarray(x)
+    x = checks.as_array(x, name)
+    if np.iscomplexobj(x):
+        raise TypeError(f"{name}: expected real numbers; got dtype {x.dtype} (cast would drop the imaginary part).")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise TypeError(f"{name}: expected numeric data; got dtype {x.dtype}.")
     x = x.astype(np.float32, copy=False)
