@@ -493,12 +493,9 @@ def test_make_dataset_binarize_and_flatten(profile):
         unit = function == "binarize_static" or binarization.value is not None
         x = Arg(x, _rows(x, unit) is not None, _rows(x, unit))
         if function == "binarize_static":
-            # numpy's generator takes a seed >= 0 or None.
-            seed = Arg(seed.value, seed.valid and (seed.value is None or seed.value >= 0))
             expect(lambda: data.binarize_static(x.value, seed.value), {"x": x, "seed": seed},
                    lambda b, rows: [(b, np.shape(x.value))])
             return
-        seed = Arg(seed.value, seed.valid and (seed.value is None or seed.value >= 0 or binarization.value != "static"))
         args = {"x": x, "batch_size": batch_size, "seed": seed, "binarization": binarization}
 
         def call():
@@ -549,6 +546,42 @@ def test_load(profile, tmp_path_factory):
             return [(images, images.shape) for images, _ in pairs]
 
         expect(lambda: data.load(name.value, split=split.value), args, outputs)
+
+
+# ---- what the properties found in this suite's files, as fixed examples ----------------------------
+
+RAGGED = [[0.5] * 4, [0.5] * 3]
+DATA_REFUSALS = {
+    "flatten of a ragged list": (lambda m: data.flatten(RAGGED), r"x: expected an array, or nested lists of equal lengths; got a ragged"),
+    "make_dataset of a ragged list": (lambda m: data.make_dataset(RAGGED, 2), r"x: expected an array, or nested lists"),
+    "encode of a ragged list": (lambda m: m.encode([[[[0.5]]] * 4] * 4 + [[[[0.5]]]]), r"x: expected an array, or nested"),
+    "make_dataset of complex data": (lambda m: data.make_dataset(np.zeros((2, 4)) + 1j, 2), r"x: expected real numbers; got dtype complex128"),
+    "load(None)": (lambda m: data.load(None), r"name_or_path: expected a dataset name or a path \(str or os.PathLike\); got NoneType"),
+    "load(b'digits')": (lambda m: data.load(b"digits"), r"name_or_path: expected a dataset name or a path"),
+    "make_dataset seed 2**63": (lambda m: data.make_dataset(np.zeros((2, 4)), 2, seed=2**63), r"seed: expected None or an integer in \[-2\*\*63"),
+    "binarize_static seed 2**64": (lambda m: data.binarize_static(np.zeros((2, 4)), 2**64), r"seed: expected None or an integer"),
+    "log_likelihood K = 2**40": (lambda m: evaluate.log_likelihood(m, np.zeros((2, *EVENT_SHAPE)), 2**40, verbose=0),
+                                 r"num_samples=1099511627776 \(per example\): one step without progress would compute 1.8e\+13"),
+    "amortization_gap steps = 10**9": (lambda m: evaluate.amortization_gap(m, np.zeros((2, *EVENT_SHAPE)), steps=10**9),
+                                       r"steps=1000000000 with num_samples=1 \(per example\): one step"),
+    "amortization_gap elbo_samples = 10**9": (lambda m: evaluate.amortization_gap(m, np.zeros((2, *EVENT_SHAPE)), elbo_samples=10**9),
+                                              r"elbo_samples=1000000000 \(per example\)"),
+}
+
+
+@pytest.mark.parametrize("call, message", DATA_REFUSALS.values(), ids=DATA_REFUSALS.keys())
+def test_found_inputs_are_refused_naming_the_argument(model, call, message):
+    with pytest.raises((ValueError, TypeError), match=f"^{message}"):
+        call(model)
+
+
+def test_found_inputs_that_are_valid_are_answered():
+    assert data.flatten(np.zeros((0, 3, 2))).shape == (0, 6)  # was "cannot reshape array of size 0"
+    x = np.full((3, 5), 0.5)
+    # A negative int64 seed binarizes reproducibly (numpy's generator refused it).
+    np.testing.assert_array_equal(data.binarize_static(x, -1), data.binarize_static(x, -1))
+    assert not np.array_equal(data.binarize_static(np.full((50, 50), 0.5), -1), data.binarize_static(np.full((50, 50), 0.5), 1))
+    assert sum(len(b) for b in data.make_dataset(x, 2, "static", seed=-(2**63))) == 3
 
 
 # ---- the command -------------------------------------------------------------------------------

@@ -139,7 +139,10 @@ def binarize_static(x, seed):
         float32 array of 0s and 1s with the shape of x.
     """
     x = _unit_interval(x, "x")
-    return (np.random.default_rng(seed).uniform(size=x.shape) < x).astype(np.float32)
+    seed = _seed(seed)
+    # numpy's generator takes seeds >= 0: a negative int64 seed is taken as its two's complement.
+    rng = np.random.default_rng(None if seed is None else seed % 2**64)
+    return (rng.uniform(size=x.shape) < x).astype(np.float32)
 
 
 def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labels=None, drop_remainder=False):
@@ -162,8 +165,7 @@ def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labe
     if binarization not in BINARIZATIONS:
         raise ValueError(f"binarization: expected one of {BINARIZATIONS}; got {binarization!r}.")
     batch_size = checks.positive_int(batch_size, "batch_size")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise ValueError(f"seed: expected an int or None; got {seed!r}.")
+    seed = _seed(seed)
     x = _unit_interval(x, "x") if binarization else _finite(x, "x")
     if labels is not None and len(labels) != len(x):
         raise ValueError(f"labels: expected {len(x)} labels, one per example of x; got {len(labels)}.")
@@ -192,6 +194,13 @@ def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labe
     else:
         ds = tf.data.Dataset.zip((table, order)).map(lambda t, i: _gather(t, i))
     return ds.with_options(_untuned_options())
+
+
+def _seed(seed):
+    """The seed of a pipeline or a binarization: None or an int64."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ValueError(f"seed: expected an int or None; got {seed!r}.")
+    return checks.seed(seed)
 
 
 def _index_batches(order, batch_size, drop_remainder):
