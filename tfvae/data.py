@@ -328,6 +328,6 @@ def _finite(x, name):
 
 def _unit_interval(x, name):
     x = _finite(x, name)
-    if x.min() < 0.0 or x.max() > 1.0:
+    if x.size and (x.min() < 0.0 or x.max() > 1.0):
         raise ValueError(f"{name}: expected probabilities in [0, 1] to binarize; got {x.min()}..{x.max()}.")
     return x
