@@ -141,7 +141,8 @@ def amortization_gap(
     seed = checks.seed(seed)
     if seed is None:
         seed = model.seed_generator.next().numpy().tolist()
-    seeds = np.random.default_rng(seed)
+    # numpy's generator takes seeds >= 0: a negative int64 seed is taken as its two's complement.
+    seeds = np.random.default_rng(np.asarray(seed, dtype=object) % 2**64)
     amortized, refined = [], []
     for x in batches:
         refine_seed, elbo_seed = (int(s) for s in seeds.integers(0, 2**31 - 1, size=2))
