@@ -64,6 +64,14 @@ def seed(value, name="seed"):
     return int(value)
 
 
+def as_array(x, name):
+    """Returns `np.asarray(x)`, or raises naming `name` when x is a ragged sequence (rows of unequal length)."""
+    try:
+        return np.asarray(x)
+    except ValueError as error:  # numpy: "setting an array element with a sequence ... inhomogeneous shape"
+        raise ValueError(f"{name}: expected an array, or nested lists of equal lengths; got a ragged sequence ({error})") from None
+
+
 def as_batch(x, event_shape, name="x", likelihood=None):
     """Returns x as a float32 tensor of shape (batch, *event_shape), after checking it.
 
@@ -78,7 +86,7 @@ def as_batch(x, event_shape, name="x", likelihood=None):
         # numpy has no bfloat16 of its own: float tensors of any precision are cast here.
         x = tf.cast(x, tf.float32) if x.dtype.is_floating else x
         x = x.numpy()
-    values = np.asarray(x)
+    values = as_array(x, name)
     if np.iscomplexobj(values):
         raise TypeError(f"{name}: expected real numbers; got dtype {values.dtype} (cast would drop the imaginary part).")
     if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):

@@ -18,6 +18,7 @@ Example:
 """
 
 import gzip
+import math
 import numbers
 import os
 from typing import NamedTuple, Optional
@@ -61,7 +62,13 @@ def load(name_or_path, data_dir=None, split=None):
     """
     if split not in (None, "train", "test"):
         raise ValueError(f"split: expected None, 'train' or 'test'; got {split!r}.")
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(
+            f"name_or_path: expected a dataset name or a path (str or os.PathLike); got {type(name_or_path).__name__}."
+        )
     path = os.fspath(name_or_path)
+    if not isinstance(path, str):
+        raise TypeError(f"name_or_path: expected a path as text; got {type(path).__name__}.")
     if path.endswith((".npz", ".npy")):
         dataset = _load_array_file(path)
     elif path == "digits":
@@ -114,10 +121,11 @@ def read_idx(path):
 
 def flatten(x):
     """Returns images (N, ...) as rows (N, D), the layout dense networks and sklearn expect."""
-    x = np.asarray(x)
+    x = checks.as_array(x, "x")
     if x.ndim < 1:
         raise ValueError("x: expected an array of shape (N, ...); got a scalar.")
-    return x.reshape(len(x), -1)
+    # Not reshape(len(x), -1): the -1 is ambiguous for N = 0.
+    return x.reshape(len(x), math.prod(x.shape[1:]))
 
 
 def binarize_static(x, seed):
@@ -131,7 +139,10 @@ def binarize_static(x, seed):
         float32 array of 0s and 1s with the shape of x.
     """
     x = _unit_interval(x, "x")
-    return (np.random.default_rng(seed).uniform(size=x.shape) < x).astype(np.float32)
+    seed = _seed(seed)
+    # numpy's generator takes seeds >= 0: a negative int64 seed is taken as its two's complement.
+    rng = np.random.default_rng(None if seed is None else seed % 2**64)
+    return (rng.uniform(size=x.shape) < x).astype(np.float32)
 
 
 def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labels=None, drop_remainder=False):
@@ -154,8 +165,7 @@ def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labe
     if binarization not in BINARIZATIONS:
         raise ValueError(f"binarization: expected one of {BINARIZATIONS}; got {binarization!r}.")
     batch_size = checks.positive_int(batch_size, "batch_size")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise ValueError(f"seed: expected an int or None; got {seed!r}.")
+    seed = _seed(seed)
     x = _unit_interval(x, "x") if binarization else _finite(x, "x")
     if labels is not None and len(labels) != len(x):
         raise ValueError(f"labels: expected {len(x)} labels, one per example of x; got {len(labels)}.")
@@ -184,6 +194,13 @@ def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labe
     else:
         ds = tf.data.Dataset.zip((table, order)).map(lambda t, i: _gather(t, i))
     return ds.with_options(_untuned_options())
+
+
+def _seed(seed):
+    """The seed of a pipeline or a binarization: None or an int64."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ValueError(f"seed: expected an int or None; got {seed!r}.")
+    return checks.seed(seed)
 
 
 def _index_batches(order, batch_size, drop_remainder):
@@ -296,7 +313,9 @@ def _labels(y):
 
 
 def _finite(x, name):
-    x = np.asarray(x)
+    x = checks.as_array(x, name)
+    if np.iscomplexobj(x):
+        raise TypeError(f"{name}: expected real numbers; got dtype {x.dtype} (cast would drop the imaginary part).")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise TypeError(f"{name}: expected numeric data; got dtype {x.dtype}.")
     x = x.astype(np.float32, copy=False)
@@ -309,6 +328,6 @@ def _finite(x, name):
 
 def _unit_interval(x, name):
     x = _finite(x, name)
-    if x.min() < 0.0 or x.max() > 1.0:
+    if x.size and (x.min() < 0.0 or x.max() > 1.0):
         raise ValueError(f"{name}: expected probabilities in [0, 1] to binarize; got {x.min()}..{x.max()}.")
     return x

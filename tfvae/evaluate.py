@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfvae import checks, inference
+from tfvae import checks, inference, resources
 
 
 def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1):
@@ -43,8 +43,9 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1):
         "kl", "gap" (log_likelihood - elbo), and the ints "num_examples" and "num_samples".
     """
     num_samples = checks.positive_int(num_samples, "num_samples")
-    batches, num_examples = _batches(model, data, batch_size)
     dimensions = math.prod(model.event_shape)
+    batch_size = _bounded_batch(num_samples, dimensions, batch_size, f"num_samples={num_samples}")
+    batches, num_examples = _batches(model, data, batch_size)
     progress = keras.utils.Progbar(
         num_examples, verbose=verbose, stateful_metrics=["log_likelihood"], unit_name="example"
     )
@@ -130,11 +131,18 @@ def amortization_gap(
         difference, refined - amortized), "amortization_gap_stderr", "num_examples", "steps".
     """
     elbo_samples = checks.positive_int(elbo_samples, "elbo_samples")
+    dimensions = math.prod(model.event_shape)
+    batch_size = _bounded_batch(elbo_samples, dimensions, batch_size, f"elbo_samples={elbo_samples}")
+    # refine's steps run in one graph per batch: their samples count like the ELBO's.
+    steps_samples = checks.non_negative_int(steps, "steps") * checks.positive_int(num_samples, "num_samples")
+    batch_size = _bounded_batch(max(steps_samples, 1), dimensions, batch_size,
+                                f"steps={steps} with num_samples={num_samples}")
     batches, _ = _batches(model, data, batch_size)
     seed = checks.seed(seed)
     if seed is None:
         seed = model.seed_generator.next().numpy().tolist()
-    seeds = np.random.default_rng(seed)
+    # numpy's generator takes seeds >= 0: a negative int64 seed is taken as its two's complement.
+    seeds = np.random.default_rng(np.asarray(seed, dtype=object) % 2**64)
     amortized, refined = [], []
     for x in batches:
         refine_seed, elbo_seed = (int(s) for s in seeds.integers(0, 2**31 - 1, size=2))
@@ -152,6 +160,14 @@ def amortization_gap(
         "num_examples": len(refined),
         "steps": steps,
     }
+
+
+def _bounded_batch(num_samples, dimensions, batch_size, request):
+    """The batch size, at most `batch_size`, whose step of `num_samples` samples per example stays within
+    tfvae.resources' work rule, or a ResourceError if one example's samples alone would exceed it."""
+    batch_size = checks.positive_int(batch_size, "batch_size")
+    resources.check_step(num_samples * dimensions, f"{request} (per example)")
+    return resources.examples_per_step(num_samples, dimensions, batch_size)
 
 
 def _no_examples():
