@@ -718,13 +718,9 @@ def test_command_refuses_in_one_line_naming_a_flag_and_leaves_the_run_alone(cli_
     prop()
 
 
-# ---- defects outside this suite's files, recorded (issue 17) -------------------------------------
-# Each test fails today and is marked xfail(strict=True): it turns red once fixed, then the marker
-# (and the exclusion named in the properties above) goes.
+# ---- defects the suite found outside its files, each fixed (issue 17) -----------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="objectives.importance_sampled: the while_loop's [B] variables need "
-                                       "shape_invariants (enters with shape (1,), has (None,) after one iteration)")
 def test_log_prob_of_one_example_as_a_models_first_call():
     vae = tfvae.VAE(input_shape=EVENT_SHAPE, latent_dim=LATENT_DIM, seed=1)
     log_p = vae.log_prob(np.zeros((1, *EVENT_SHAPE), np.float32), num_samples=5)
@@ -740,8 +736,6 @@ HUGE_COUNT_CALLS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="model.sample/elbo/log_prob and inference.refine take counts >= 2**31 "
-                                       "to int32 unchecked")
 @pytest.mark.parametrize("call", HUGE_COUNT_CALLS.values(), ids=HUGE_COUNT_CALLS.keys())
 def test_counts_beyond_int32_are_refused_naming_the_argument(model, call):
     with pytest.raises(ValueError, match=r"^(num_samples|steps)\b"):
@@ -764,9 +758,6 @@ tfvae.VAE(input_shape=(4,), latent_dim=2).fit(np.zeros((8, 4), np.float32), verb
 """
 
 
-@pytest.mark.xfail(strict=True, reason="VAE.__init__ builds without model_bytes/check_memory; a failed build leaves its "
-                                       "variables in Keras's global 'uninitialized_variables', which the next "
-                                       "StatelessScope exit initializes inside fit's graph (AttributeError)")
 def test_a_model_too_large_to_build_is_refused_and_leaves_keras_usable():
     result = subprocess.run([sys.executable, "-c", TOO_LARGE_TO_BUILD], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

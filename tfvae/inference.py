@@ -14,9 +14,11 @@ Example:
     >>> tfvae.inference.elbo(model, x, q, num_samples=100)  # >= model.elbo(x, 100) on average
 """
 
+import math
+
 import tensorflow as tf
 
-from tfvae import checks, noise, objectives
+from tfvae import checks, noise, objectives, resources
 
 # Adam's moment decay rates and its denominator's floor (Kingma & Ba 2015 defaults).
 _BETA_1, _BETA_2, _EPSILON = 0.9, 0.999, 1e-8
@@ -41,6 +43,10 @@ def refine(model, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None):
     learning_rate = checks.finite_float(learning_rate, "learning_rate")
     num_samples = checks.positive_int(num_samples, "num_samples")
     seed = checks.seed(seed)
+    # All steps run in one graph without progress: their work is one step of the resource rule.
+    event_size = math.prod(model.event_shape)
+    resources.check_step(num_samples * event_size, "num_samples")
+    resources.check_step(max(steps, 1) * num_samples * event_size, "steps")
     x = model.as_input(x)
     params = model.posterior_head(model.encoder(x))
     if steps > 0:

@@ -1,12 +1,14 @@
 """The variational autoencoder: a Keras model whose q(z|x), p(z) and p(x|z) are TFP distributions."""
 
 import contextlib
+import math
+import numbers
 import os
 
 import keras
 import tensorflow as tf
 
-from tfvae import atomic, checks, distributions, inference, networks, noise, objectives, training
+from tfvae import atomic, checks, distributions, inference, networks, noise, objectives, resources, training
 from tfvae.callbacks import RestoreOnNaN
 
 
@@ -86,7 +88,15 @@ class VAE(keras.Model):
         self._beta = keras.Variable(_beta(beta), trainable=False, name="beta")
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="noise")
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "elbo", "reconstruction", "kl")}
-        self.build((None, *self.event_shape))
+        bodies = [spec or "mlp" for spec in (encoder, decoder)]
+        if all(spec in ("mlp", "gated_mlp", "conv") for spec in bodies):  # tfvae's, whose size resources knows
+            body = "conv" if bodies == ["conv", "conv"] else "mlp"
+            resources.check_memory(resources.model_bytes(self.event_shape, self.latent_dim, body), "latent_dim")
+        try:
+            self.build((None, *self.event_shape))
+        except BaseException:
+            _forget_uninitialized_variables(self)
+            raise
 
     def get_config(self):
         serialize = keras.saving.serialize_keras_object
@@ -193,6 +203,9 @@ class VAE(keras.Model):
             seed: an int for a reproducible draw; None takes the model's next seed.
         """
         num_samples = checks.positive_int(num_samples, "num_samples")
+        event_size = math.prod(self.event_shape)
+        resources.check_step(num_samples * event_size, "num_samples")
+        resources.check_memory(resources.sampling_bytes(num_samples, self.event_shape, self.latent_dim), "num_samples")
         seed = noise.stateless_seed(checks.seed(seed), self.seed_generator)
         z = self.prior.sample(num_samples, seed=tf.cast(seed, tf.int32))
         return distributions.point_estimate(self.likelihood_head, self.likelihood(z))
@@ -200,6 +213,7 @@ class VAE(keras.Model):
     def elbo(self, x, num_samples=1):
         """The ELBO of each x, in nats: [B]. More samples lower its variance, not its bias."""
         num_samples = checks.positive_int(num_samples, "num_samples")
+        resources.check_step(num_samples * math.prod(self.event_shape), "num_samples")  # all K at once
         return self._compiled_bound(self.as_input(x), num_samples)["elbo"]
 
     def log_prob(self, x, num_samples=1000):
@@ -209,6 +223,8 @@ class VAE(keras.Model):
         samples are taken in chunks, so memory stays bounded for K = 5000.
         """
         num_samples = checks.positive_int(num_samples, "num_samples")
+        # Chunked, so memory is bounded; without a progress bar, one example's K samples are one step.
+        resources.check_step(num_samples * math.prod(self.event_shape), "num_samples")
         return self.importance_sampled(self.as_input(x), tf.constant(num_samples))["log_prob"]
 
     @tf.function(reduce_retracing=True)
@@ -408,12 +424,28 @@ def _data_errors():
         raise ValueError(message + ".") from None
 
 
+def _forget_uninitialized_variables(model):
+    """Drops the model's variables from the list of those Keras (3.15) has yet to initialize.
+
+    Keras keeps variables made inside a StatelessScope on a global list until they are initialized;
+    a build that fails part-way (out of memory) leaves them there, and the next scope's exit, in a
+    later `fit` of any model, initializes them inside that fit's graph, which then fails
+    (tests/test_properties.py::test_a_model_too_large_to_build_is_refused_and_leaves_keras_usable).
+    """
+    from keras.src.backend.common import global_state
+
+    pending = global_state.get_global_attribute("uninitialized_variables")
+    if pending:
+        ours = {id(v) for v in model.variables}
+        pending[:] = [v for v in pending if id(v) not in ours]
+
+
 def _beta(value):
     return checks.finite_float(value, "beta", inclusive=True)
 
 
 def _as_tuple(shape):
-    if isinstance(shape, int):
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
         return (shape,)
     if not isinstance(shape, (tuple, list)) or not shape:
         raise ValueError(f"input_shape: expected a non-empty tuple of positive ints such as (784,); got {shape!r}.")

@@ -128,6 +128,10 @@ def importance_sampled(model, x, num_samples, noise):
 
     zeros = tf.zeros([batch_size])
     start = (tf.constant(0), zeros - float("inf"), zeros, zeros)
-    _, log_sum, log_likelihood_sum, kl_sum = tf.while_loop(lambda done, *_: done < num_samples, body, start)
+    # The [B] sums keep an unknown batch size: a batch of one would otherwise enter as (1,) and leave as (None,).
+    invariants = (tf.TensorShape([]),) + (tf.TensorShape([None]),) * 3
+    _, log_sum, log_likelihood_sum, kl_sum = tf.while_loop(
+        lambda done, *_: done < num_samples, body, start, shape_invariants=invariants
+    )
     count = tf.cast(num_samples, tf.float32)
     return {"log_prob": log_sum - tf.math.log(count), "reconstruction": log_likelihood_sum / count, "kl": kl_sum / count}
