@@ -41,7 +41,8 @@ def test_log_prob_matches_quadrature_and_the_elbo_lies_below(trained_2d, digits)
 
 
 def test_iwae_bound_tightens_with_more_samples(trained_2d, digits):
-    x = digits[1][:50]
+    # E[IWAE_K] rises with K; over all 297 test images one draw of each mean is precise enough to show it.
+    x = digits[1]
     bounds = [trained_2d.log_prob(x, num_samples=k).numpy().mean() for k in (1, 10, 1000)]
     assert bounds[0] < bounds[1] < bounds[2]
     np.testing.assert_allclose(bounds[0], trained_2d.elbo(x, num_samples=100).numpy().mean(), atol=0.5)

@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from tfvae import atomic, checks, distributions, inference, networks, noise, objectives, resources, training
+from tfvae import data as tfvae_data
 from tfvae.callbacks import RestoreOnNaN
 
 
@@ -267,8 +268,7 @@ class VAE(keras.Model):
     def _loss_and_metrics(self, x):
         """-(the training bound's batch mean) plus the losses layers add, and the metrics' new values."""
         x = tf.cast(x, tf.float32)
-        with tf.control_dependencies([checks.support_assertion(x, self.likelihood_head)]):
-            terms = self.bound(x, self.num_samples, self.objective, self.beta)
+        terms = self.bound(x, self.num_samples, self.objective, self.beta)
         # Gradients are summed over replicas: each one's mean is scaled so that the sum is the
         # gradient of the global batch's mean loss. Layers' own losses (add_loss, regularizers)
         # count as Keras counts them.
@@ -298,8 +298,7 @@ class VAE(keras.Model):
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         x = tf.cast(x, tf.float32)
-        with tf.control_dependencies([checks.support_assertion(x, self.likelihood_head)]):
-            return distributions.point_estimate(self.likelihood_head, self.likelihood(self.posterior(x).mean()))
+        return distributions.point_estimate(self.likelihood_head, self.likelihood(self.posterior(x).mean()))
 
     def compile(self, optimizer="adam", steps_per_execution=None, **kwargs):
         """Like `keras.Model.compile`; the loss is the model's own (the negative bound).
@@ -357,6 +356,9 @@ class VAE(keras.Model):
             # A dataset shuffles itself (tfvae.data.make_dataset does): Keras's default shuffle=True
             # would only warn that it is ignored.
             kwargs.setdefault("shuffle", False)
+        x = self._checked_in_pipeline(x, "x")
+        if isinstance(kwargs.get("validation_data"), tf.data.Dataset):
+            kwargs["validation_data"] = self._checked_in_pipeline(kwargs["validation_data"], "validation_data")
         self._fitting = True  # `evaluate` is then Keras's validation pass, on data checked above
         try:
             with _data_errors():
@@ -373,6 +375,7 @@ class VAE(keras.Model):
         if not self.compiled:
             self.compile()
         self._fit_steps_per_execution((kwargs.get("steps"),), x, batch_size)
+        x = self._checked_in_pipeline(x, "x")
         with _data_errors():
             return super().evaluate(x, y, batch_size, verbose, *args, callbacks=_with_defaults(callbacks, verbose), **kwargs)
 
@@ -380,6 +383,7 @@ class VAE(keras.Model):
         """Like `keras.Model.predict`: the reconstruction of each x, after the same checks as `encode`."""
         batch_size = None if batch_size is None else checks.positive_int(batch_size, "batch_size")
         self._check_data(x, "x")
+        x = self._checked_in_pipeline(x, "x")
         with _data_errors():
             return super().predict(x, batch_size, verbose, steps, _with_defaults(callbacks, verbose, nan_guard=False))
 
@@ -395,6 +399,20 @@ class VAE(keras.Model):
         with atomic.atomic_path(filepath) as tmp:
             super().save(tmp, overwrite=True, **kwargs)
         return None
+
+    def _checked_in_pipeline(self, data, name):
+        """A tf.data dataset whose every x is checked (finite, in the likelihood's support) as it is read,
+        unless tfvae made or checked its values; anything else as it is."""
+        if not isinstance(data, tf.data.Dataset) or tfvae_data.is_checked(data):
+            return data
+
+        def check(*element):  # x, or (x, labels, ...)
+            valid = checks.support_assertion(tf.cast(element[0], tf.float32), self.likelihood_head, name)
+            with tf.control_dependencies([valid]):
+                checked = tuple(tf.identity(e) for e in element)
+            return checked if len(checked) > 1 else checked[0]
+
+        return data.map(check)
 
     def _check_data(self, data, name):
         checks.check_training_data(data, self.event_shape, name, self.likelihood_head)

@@ -8,8 +8,24 @@ import keras
 import numpy as np
 
 
+class _Stack(keras.layers.Layer):
+    """Layers in `self.hidden`, each with `units`, applied in turn to inputs flattened to vectors."""
+
+    def build(self, input_shape):
+        shape = (input_shape[0], int(np.prod(input_shape[1:])))
+        for layer in self.hidden:
+            layer.build(shape)
+            shape = (shape[0], layer.units)
+
+    def call(self, x):
+        h = keras.ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
+        for layer in self.hidden:
+            h = layer(h)
+        return h
+
+
 @keras.saving.register_keras_serializable(package="tfvae")
-class MLP(keras.layers.Layer):
+class MLP(_Stack):
     """A stack of dense layers; inputs of any shape are flattened first.
 
     Args:
@@ -31,18 +47,6 @@ class MLP(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "activation": self.activation}
-
-    def build(self, input_shape):
-        shape = (input_shape[0], int(np.prod(input_shape[1:])))
-        for layer in self.hidden:
-            layer.build(shape)
-            shape = (shape[0], layer.units)
-
-    def call(self, x):
-        h = keras.ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
-        for layer in self.hidden:
-            h = layer(h)
-        return h
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -73,7 +77,7 @@ class GatedDense(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
-class GatedMLP(keras.layers.Layer):
+class GatedMLP(_Stack):
     """A stack of GatedDense layers; inputs of any shape are flattened first.
 
     Args:
@@ -90,18 +94,6 @@ class GatedMLP(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
-
-    def build(self, input_shape):
-        shape = (input_shape[0], int(np.prod(input_shape[1:])))
-        for layer in self.hidden:
-            layer.build(shape)
-            shape = (shape[0], layer.units)
-
-    def call(self, x):
-        h = keras.ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
-        for layer in self.hidden:
-            h = layer(h)
-        return h
 
 
 @keras.saving.register_keras_serializable(package="tfvae")

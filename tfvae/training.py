@@ -34,6 +34,41 @@ class Adam(keras.optimizers.Adam):
         >>> model.compile(optimizer=tfvae.training.Adam(learning_rate=5e-4))
     """
 
+    def apply(self, grads, trainable_variables=None):
+        """Keras's `apply`, or for a plain Adam step the same update without its per-variable
+        distribution machinery: `update_step` on each variable, the variables' constraints after it
+        (as Keras applies them), then the step count. That machinery cost ~15-20% of `fit`'s
+        throughput on the benchmark's MLP VAE with the update already fused."""
+        grads = list(grads)
+        variables = list(trainable_variables) if trainable_variables is not None else None
+        if variables is None or not self._plain(grads, variables):
+            return super().apply(grads, trainable_variables)
+        if not self.built:
+            self.build(variables)
+        learning_rate = self.learning_rate
+        for gradient, variable in zip(grads, variables):
+            self.update_step(gradient, variable.value, learning_rate)
+        for variable in variables:
+            if variable.constraint is not None:
+                variable.assign(variable.constraint(variable))
+        self.iterations.assign_add(1)
+
+    def _plain(self, grads, variables):
+        """Whether the step is Adam's update alone: nothing Keras's `apply` does around it is asked for."""
+        return (
+            not self.amsgrad
+            and not self.use_ema
+            and self.weight_decay is None
+            and self.clipnorm is None
+            and self.clipvalue is None
+            and self.global_clipnorm is None
+            and self.gradient_accumulation_steps is None
+            and self.loss_scale_factor is None
+            and tf.distribute.get_strategy().num_replicas_in_sync == 1
+            and all(g is not None and not isinstance(g, tf.IndexedSlices) for g in grads)
+            and all(v.dtype == "float32" and not v.overwrite_with_gradient for v in variables)
+        )
+
     def update_step(self, gradient, variable, learning_rate):
         if (
             self.amsgrad
@@ -145,11 +180,11 @@ def arrays_as_datasets(x, batch_size, kwargs):
     if isinstance(validation, (tuple, list)) and validation and _is_array(validation[0]):
         validation = validation[0]
     if _is_array(validation):
-        kwargs["validation_data"] = data.make_dataset(
+        kwargs["validation_data"] = data.mark_checked(data.make_dataset(
             np.asarray(validation), kwargs.pop("validation_batch_size", None) or batch_size, shuffle=False
-        )
+        ))
     dataset = data.make_dataset(x, batch_size, shuffle=bool(kwargs.pop("shuffle", True)))
-    return dataset, kwargs
+    return data.mark_checked(dataset), kwargs  # fit checked the array before
 
 
 def _is_array(value):
