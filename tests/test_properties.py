@@ -38,15 +38,17 @@ LATENT_DIM = 2
 F32_MAX = float(np.finfo(np.float32).max)
 
 
-def _settings(examples):
+def _settings(examples, derandomize):
     return settings(
-        max_examples=examples, deadline=None, database=None, derandomize=False,
+        max_examples=examples, deadline=None, database=None, derandomize=derandomize,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
     )
 
 
-# Examples per property: (fast, long). The same test runs in both profiles.
-PROFILES = [pytest.param(1, id="fast"), pytest.param(40, id="long", marks=pytest.mark.slow)]
+# Examples per property: (fast, long). The same test runs in both profiles. The fast one draws the
+# same examples on every run (a gate, as Hypothesis advises for CI); the long one explores.
+FAST = 1
+PROFILES = [pytest.param(FAST, id="fast"), pytest.param(40, id="long", marks=pytest.mark.slow)]
 
 
 class Arg(NamedTuple):
@@ -81,7 +83,7 @@ def check(profile, examples, specs, **strategies):
     in `specs` (see `_arguments`), `others` of the plain `strategies`."""
 
     def decorate(body):
-        @_settings(examples * profile)
+        @_settings(examples * profile, derandomize=profile == FAST)
         @given(args=_arguments(specs), others=st.fixed_dictionaries(strategies))
         def run(args, others):
             body(**args, **others)
@@ -326,10 +328,6 @@ def test_encode_reconstruct_predict(model, profile):
             expect(lambda: model.encode(x.value), {"x": x},
                    lambda q, rows: [(q.mean(), (rows, LATENT_DIM)), (q.stddev(), (rows, LATENT_DIM))])
         elif method == "predict":
-            # Not a Python list: predict checks it as encode does, then hands it to Keras, which takes
-            # no lists ("Unrecognized data type"), and a list of 1 or 2 rows is read as (x,) or
-            # (x, labels) by checks.check_training_data (see the report of issue 17).
-            assume(not isinstance(x.value, list))
             expect(lambda: model.predict(x.value, verbose=0), {"x": x},
                    lambda r, rows: [(_in_unit_interval(r), _x_shaped(rows))])
         else:

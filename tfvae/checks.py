@@ -18,6 +18,16 @@ def positive_int(value, name):
     return _int_at_least(value, 1, name)
 
 
+def keras_batch_size(value):
+    """`batch_size` of fit/evaluate/predict: None (Keras's default) or an int in [1, 2**31), the
+    range of the int32 batch dimension Keras and TensorFlow keep it in."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value < 2**31:
+        raise ValueError(f"batch_size: expected None or an integer in [1, 2**31); got {value!r}.")
+    return int(value)
+
+
 def non_negative_int(value, name):
     """Returns `value` as an int, or raises unless it is a whole number >= 0."""
     return _int_at_least(value, 0, name)
@@ -146,21 +156,49 @@ def support_assertion(x, likelihood, name="x"):
 INVALID_DATA_MARK = "tfvae-invalid-data:"
 
 
-def check_training_data(data, event_shape, name, likelihood=None):
-    """Checks what `fit`/`evaluate` receive: an array, or a tf.data.Dataset of x or (x, labels)."""
+def check_training_data(data, event_shape, name, likelihood=None, labelled=False):
+    """Checks what `fit`/`evaluate`/`predict` receive and returns it as Keras should get it: an array,
+    nested lists of numbers, a tuple (x,) or (x, labels), or a tf.data.Dataset of x or (x, labels).
+
+    Keras takes no lists of numbers, and reads a list as (x, labels): a list whose numbers form one
+    batch of shape (batch, *event_shape) is that batch, as an array; given `labelled` (validation_data),
+    any other list or tuple keeps Keras's meaning.
+    """
     if data is None:
         raise ValueError(f"{name}: expected training data (an array or a tf.data.Dataset); got None.")
     if isinstance(data, tf.data.Dataset):
-        if data.cardinality() == 0:
-            raise ValueError(f"{name}: expected a non-empty dataset; got a dataset with no batches.")
-        spec = data.element_spec
-        spec = spec[0] if isinstance(spec, (tuple, list)) else spec
-        if not isinstance(spec, tf.TensorSpec):
-            raise TypeError(f"{name}: expected a dataset of tensors x or (x, labels); got elements {spec}.")
-        check_shape(spec.shape, event_shape, name)
-        if not (spec.dtype.is_floating or spec.dtype.is_integer or spec.dtype == tf.bool):
-            raise TypeError(f"{name}: expected numeric data; got a dataset of dtype {spec.dtype.name}.")
-        return
-    if isinstance(data, (tuple, list)) and len(data) in (1, 2) and np.ndim(data[0]) > 0:
-        data = data[0]  # validation_data=(x,) or (x, labels)
-    as_batch(data, event_shape, name, likelihood)
+        _check_dataset(data, event_shape, name)
+        return data
+    rank = len(event_shape) + 1
+    data = _as_batch_of_numbers(data, rank)
+    if labelled and isinstance(data, (tuple, list)) and len(data) in (1, 2) and np.ndim(data[0]) > 0:
+        data = (_as_batch_of_numbers(data[0], rank), *data[1:])  # validation_data=(x,) or (x, labels)
+        as_batch(data[0], event_shape, name, likelihood)
+    else:
+        as_batch(data, event_shape, name, likelihood)
+    return data
+
+
+def _as_batch_of_numbers(values, rank):
+    """A list of nested numbers of rank `rank` as an array; anything else (ragged, a list of arrays
+    and labels, not a list) as it is."""
+    if not isinstance(values, list):
+        return values
+    try:
+        array = np.asarray(values)
+    except ValueError:  # ragged
+        return values
+    numeric = np.issubdtype(array.dtype, np.number) or array.dtype == bool
+    return array if numeric and array.ndim == rank else values
+
+
+def _check_dataset(data, event_shape, name):
+    if data.cardinality() == 0:
+        raise ValueError(f"{name}: expected a non-empty dataset; got a dataset with no batches.")
+    spec = data.element_spec
+    spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+    if not isinstance(spec, tf.TensorSpec):
+        raise TypeError(f"{name}: expected a dataset of tensors x or (x, labels); got elements {spec}.")
+    check_shape(spec.shape, event_shape, name)
+    if not (spec.dtype.is_floating or spec.dtype.is_integer or spec.dtype == tf.bool):
+        raise TypeError(f"{name}: expected numeric data; got a dataset of dtype {spec.dtype.name}.")

@@ -339,11 +339,11 @@ class VAE(keras.Model):
         `tfvae.training.arrays_as_datasets`), with Keras's `batch_size`, `shuffle` and
         `validation_split` kept.
         """
-        batch_size = None if batch_size is None else checks.positive_int(batch_size, "batch_size")
+        batch_size = checks.keras_batch_size(batch_size)
         epochs = checks.positive_int(epochs, "epochs")
-        self._check_data(x, "x")
+        x = self._check_data(x, "x")
         if kwargs.get("validation_data") is not None:
-            self._check_data(kwargs["validation_data"], "validation_data")
+            kwargs["validation_data"] = self._check_data(kwargs["validation_data"], "validation_data", labelled=True)
         if not self.compiled:
             self.compile()
         if not isinstance(x, tf.data.Dataset):
@@ -370,8 +370,8 @@ class VAE(keras.Model):
         """Like `keras.Model.evaluate`: the mean loss, ELBO, reconstruction and KL."""
         if getattr(self, "_fitting", False):
             return super().evaluate(x, y, batch_size, verbose, *args, callbacks=callbacks, **kwargs)
-        batch_size = None if batch_size is None else checks.positive_int(batch_size, "batch_size")
-        self._check_data(x, "x")
+        batch_size = checks.keras_batch_size(batch_size)
+        x = self._check_data(x, "x")
         if not self.compiled:
             self.compile()
         self._fit_steps_per_execution((kwargs.get("steps"),), x, batch_size)
@@ -381,8 +381,8 @@ class VAE(keras.Model):
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """Like `keras.Model.predict`: the reconstruction of each x, after the same checks as `encode`."""
-        batch_size = None if batch_size is None else checks.positive_int(batch_size, "batch_size")
-        self._check_data(x, "x")
+        batch_size = checks.keras_batch_size(batch_size)
+        x = self._check_data(x, "x")
         x = self._checked_in_pipeline(x, "x")
         with _data_errors():
             return super().predict(x, batch_size, verbose, steps, _with_defaults(callbacks, verbose, nan_guard=False))
@@ -414,8 +414,8 @@ class VAE(keras.Model):
 
         return data.map(check)
 
-    def _check_data(self, data, name):
-        checks.check_training_data(data, self.event_shape, name, self.likelihood_head)
+    def _check_data(self, data, name, labelled=False):
+        return checks.check_training_data(data, self.event_shape, name, self.likelihood_head, labelled)
 
 
 def _with_defaults(callbacks, verbose, nan_guard=True):
