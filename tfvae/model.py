@@ -8,7 +8,7 @@ import os
 import keras
 import tensorflow as tf
 
-from tfvae import atomic, checks, distributions, inference, networks, noise, objectives, resources, training
+from tfvae import atomic, checks, distributions, inference, networks, noise, objectives, resources, schedules, training
 from tfvae import data as tfvae_data
 from tfvae.callbacks import RestoreOnNaN
 
@@ -33,6 +33,9 @@ class VAE(keras.Model):
         objective: a name in `tfvae.objectives.OBJECTIVES`: "elbo" (the mean of K single-sample
             ELBOs) or "iwae" (the K-sample IWAE bound).
         seed: seed of the model's noise; None draws it from `keras.utils.set_random_seed`'s state.
+        kl_schedule: the KL term of the training loss as a function of the optimizer's step: None
+            (beta * KL), a `tfvae.schedules` schedule (`Linear`, `Cyclical`, `FreeBits`, `Capacity`), or
+            a spec string such as "cyclical:period=1000" (see `tfvae.schedules.get`).
 
     Example:
         >>> model = tfvae.VAE(input_shape=(64,), latent_dim=8)
@@ -57,6 +60,7 @@ class VAE(keras.Model):
         num_samples=1,
         objective="elbo",
         seed=None,
+        kl_schedule=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -98,6 +102,7 @@ class VAE(keras.Model):
         except BaseException:
             _forget_uninitialized_variables(self)
             raise
+        self.kl_schedule = schedules.get(kl_schedule, self)  # checked against the built heads
 
     def get_config(self):
         serialize = keras.saving.serialize_keras_object
@@ -115,6 +120,7 @@ class VAE(keras.Model):
             "num_samples": self.num_samples,
             "objective": self.objective,
             "seed": self.seed,
+            "kl_schedule": None if self.kl_schedule is None else serialize(self.kl_schedule),
         }
 
     def build(self, input_shape):
@@ -252,13 +258,21 @@ class VAE(keras.Model):
         """
         return inference.refine(self, x, steps, learning_rate, num_samples, seed)
 
-    def bound(self, x, num_samples, objective="elbo", beta=1.0):
-        """The training bound (`objective` weighted by `beta`) and the true ELBO with its two terms, each [B]."""
+    def bound(self, x, num_samples, objective="elbo", beta=1.0, step=None):
+        """The training bound (`objective` weighted by `beta`) and the true ELBO with its two terms, each [B].
+
+        Given the optimizer's `step`, the model's `kl_schedule` makes the bound, and what it applied at
+        that step (`beta`, or `kl_term`, ...) is returned beside, as scalars.
+        """
         q = self.posterior(x)
         sample = objectives.posterior_sample(self, x, q, self.noise(num_samples, tf.shape(x)[0]))
         elbo, reconstruction, kl = objectives.elbo(sample)
-        bound = objectives.OBJECTIVES[objective](sample, beta)
-        return {"bound": bound, "elbo": elbo, "reconstruction": reconstruction, "kl": kl}
+        applied = {}
+        if step is None or self.kl_schedule is None:
+            bound = objectives.OBJECTIVES[objective](sample, beta)
+        else:
+            bound, applied = self.kl_schedule.bound(sample, objectives.OBJECTIVES[objective], beta, step)
+        return {"bound": bound, "elbo": elbo, "reconstruction": reconstruction, "kl": kl, **applied}
 
     # Compiled once per batch shape and K: eager evaluation of many samples would be slow.
     @tf.function(reduce_retracing=True)
@@ -268,7 +282,8 @@ class VAE(keras.Model):
     def _loss_and_metrics(self, x):
         """-(the training bound's batch mean) plus the losses layers add, and the metrics' new values."""
         x = tf.cast(x, tf.float32)
-        terms = self.bound(x, self.num_samples, self.objective, self.beta)
+        # The step is read in the graph, so a KL schedule moves at every step of a multi-step execution.
+        terms = self.bound(x, self.num_samples, self.objective, self.beta, step=self.optimizer.iterations)
         # Gradients are summed over replicas: each one's mean is scaled so that the sum is the
         # gradient of the global batch's mean loss. Layers' own losses (add_loss, regularizers)
         # count as Keras counts them.
@@ -279,7 +294,9 @@ class VAE(keras.Model):
         self.trackers["loss"].update_state(loss * replicas)
         for name in ("elbo", "reconstruction", "kl"):
             self.trackers[name].update_state(terms[name])
-        return loss, {name: tracker.result() for name, tracker in self.trackers.items()}
+        # What the KL schedule applied at this step (beta, kl_term): logged as the last step's, not as means.
+        applied = {name: value for name, value in terms.items() if name not in ("bound", *self.trackers)}
+        return loss, {**{name: tracker.result() for name, tracker in self.trackers.items()}, **applied}
 
     def train_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -32,6 +32,7 @@ TRAIN_DEFAULTS = {
     "binarization": None,  # dynamic for bernoulli, none otherwise
     "objective": "elbo",
     "num_samples": None,  # 1 for elbo, 5 for iwae
+    "kl_schedule": None,  # beta * KL
     "epochs": 20,
     "batch_size": 32,
     "learning_rate": 1e-3,
@@ -111,6 +112,11 @@ def _parser():
     add("--objective", choices=("elbo", "iwae"), help=f"training bound (default: {d['objective']})")
     add("--num-samples", type=_positive_int, metavar="K", help="K, samples of z per example in the objective "
         "(default: 1 for elbo, 5 for iwae)")
+    add("--kl-schedule", metavar="SPEC",
+        help="the KL term as a function of the step t (default: the KL itself): linear:steps=N (beta rises to 1 "
+        "over N steps), cyclical:period=N[,ratio=0.5] (Fu et al.: beta rises over the first ratio of every N "
+        "steps), free_bits:nats=L (Kingma et al.: sum_d max(L, KL_d)) or capacity:max_capacity=C,steps=N[,gamma=1000] "
+        "(Burgess et al.: gamma |KL - C(t)|, C(t) rising to C over N steps); see tfvae.schedules")
     add("--epochs", type=_positive_int, metavar="N", help=f"epochs in all (default: {d['epochs']})")
     add("--batch-size", type=_positive_int, metavar="B", help=f"examples per step (default: {d['batch_size']})")
     add("--learning-rate", type=_learning_rate, metavar="LR",

@@ -18,12 +18,13 @@ import sys
 import keras
 import numpy as np
 
-from tfvae import VAE, callbacks, data, distributions, plots, training
+from tfvae import VAE, callbacks, data, distributions, plots, schedules, training
 from tfvae.cli import TRAIN_DEFAULTS as DEFAULTS
 from tfvae.cli import commands, runs
 
 RECONSTRUCTED_IMAGES = 32
 VALIDATION_BATCH = 500
+KL_SCHEDULE = {"kl_schedule": "--kl-schedule"}  # the library's argument name -> the flag
 
 
 def train(args):
@@ -88,17 +89,19 @@ def _prepare(config, done, checkpoint):
     if checkpoint is not None:
         model = _load_checkpoint(checkpoint, config)
     else:
-        model = VAE(
-            input_shape=image_shape,
-            latent_dim=config["latent_dim"],
-            encoder=config["architecture"],
-            decoder=config["architecture"],
-            likelihood=config["likelihood"],
-            prior=config["prior"],
-            objective=config["objective"],
-            num_samples=config["num_samples"],
-            seed=config["seed"],
-        )
+        with commands._flags(KL_SCHEDULE):  # a schedule the other flags rule out, e.g. free_bits with iwae
+            model = VAE(
+                input_shape=image_shape,
+                latent_dim=config["latent_dim"],
+                encoder=config["architecture"],
+                decoder=config["architecture"],
+                likelihood=config["likelihood"],
+                prior=config["prior"],
+                objective=config["objective"],
+                num_samples=config["num_samples"],
+                seed=config["seed"],
+                kl_schedule=config["kl_schedule"],
+            )
         model.compile(optimizer=training.Adam(config["learning_rate"]))
     # fit checks a tf.data dataset's shape only; the values must lie where the likelihood has density.
     for split, x in (("train", dataset.x_train), ("test", x_test)):
@@ -158,12 +161,21 @@ def _new_config(args):
     for key in ("dataset", "data_dir"):
         if config[key] is not None and (key == "data_dir" or config[key].endswith((".npz", ".npy"))):
             config[key] = os.path.abspath(config[key])  # a run must find its data from any directory
+    config["kl_schedule"] = _kl_schedule_spec(config["kl_schedule"])
     return config
+
+
+def _kl_schedule_spec(spec):
+    """--kl-schedule with every argument spelled out (the form config.json keeps), or None."""
+    with commands._flags(KL_SCHEDULE):
+        schedule = schedules.get(spec)
+    return None if schedule is None else schedules.to_spec(schedule)
 
 
 def _resume_config(config, args, done):
     """The run's config, after refusing flags that contradict it; --epochs may only grow."""
     config.setdefault("prior", DEFAULTS["prior"])  # runs written before --prior existed
+    config.setdefault("kl_schedule", DEFAULTS["kl_schedule"])  # and before --kl-schedule
     missing = [key for key in DEFAULTS if key not in config]
     if missing:
         raise ValueError(f"{args.out}/{runs.CONFIG}: missing {', '.join(missing)}; not a config of tfvae train.")
@@ -187,6 +199,8 @@ def _resume_config(config, args, done):
 def _comparable(key, value):
     if key in ("dataset", "data_dir") and value is not None and (key == "data_dir" or value.endswith((".npz", ".npy"))):
         return os.path.abspath(value)
+    if key == "kl_schedule":
+        return _kl_schedule_spec(value)
     return value
 
 
@@ -240,7 +254,8 @@ def _describe(run, config, dataset, done):
     print(
         f"{'Resuming' if done else 'Training'} {run}: {config['dataset']} ({len(dataset.x_train)} train, "
         f"{len(dataset.x_test)} test, {shape}), {config['architecture']} VAE, latent_dim {config['latent_dim']}, "
-        f"{config['likelihood']} likelihood, {config['prior']} prior, {config['objective']} objective; {plan}, "
+        f"{config['likelihood']} likelihood, {config['prior']} prior, {config['objective']} objective"
+        f"{', KL schedule ' + config['kl_schedule'] if config['kl_schedule'] else ''}; {plan}, "
         f"batch {config['batch_size']}.",
         flush=True,
     )
