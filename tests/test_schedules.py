@@ -269,3 +269,37 @@ def test_the_command_line_trains_with_a_schedule_keeps_it_on_resume_and_refuses_
     model = keras.models.load_model(tmp_path / "run" / "model.keras")
     assert model.kl_schedule.get_config() == {"period": 20, "ratio": 0.5, "max_beta": 1.0}
     assert int(model.optimizer.iterations) == 2 * 15  # 1,500 training digits in batches of 100, 2 epochs
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+    """Two CPU replicas that reduce without collective ops: every MirroredStrategy's collectives start
+    from the same keys (TF 2.21), which another strategy in the process may have used with other shapes."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+def fit_under(strategy, schedule, x):
+    keras.utils.set_random_seed(7)
+    with strategy.scope():
+        model = tfvae.VAE(input_shape=(64,), latent_dim=LATENT_DIM, kl_schedule=schedule)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = model.fit(x, epochs=2, batch_size=40, shuffle=False, verbose=0)
+    return history.history, model.get_weights()
+
+
+@pytest.mark.parametrize("schedule", [
+    schedules.Cyclical(period=3),
+    schedules.FreeBits(nats=0.5),
+    schedules.Capacity(max_capacity=2.0, steps=5, gamma=5.0),
+])
+def test_mirrored_strategy_applies_the_schedule_as_one_device_does(schedule, digits, mirrored):
+    """Free bits and capacity take the KL's mean over the global batch, not each replica's."""
+    x = digits[0][:160]
+    single_history, single_weights = fit_under(tf.distribute.get_strategy(), schedule, x)
+    mirrored_history, mirrored_weights = fit_under(mirrored, schedule, x)
+
+    assert mirrored_history.keys() == single_history.keys()
+    for name, values in single_history.items():
+        np.testing.assert_allclose(mirrored_history[name], values, rtol=1e-4, err_msg=name)
+    for a, b in zip(single_weights, mirrored_weights):
+        np.testing.assert_allclose(a, b, atol=1e-4)
