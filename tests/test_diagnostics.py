@@ -77,7 +77,7 @@ def test_active_units_count_the_units_whose_posterior_mean_varies_more_than_the_
     assert history["val_active_units"][-1] == np.sum(variances > 0.01)
 
 
-def test_log_likelihood_is_evaluates_with_the_same_samples(fitted, digits):
+def test_log_likelihood_is_evaluates_estimate_from_the_same_noise(fitted, digits):
     model, history, _, _ = fitted
     # The callback puts the model's seed generator back: it now stands where the last diagnosis began.
     expected = evaluate.log_likelihood(model, digits[1], SAMPLES, verbose=0)
