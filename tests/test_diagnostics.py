@@ -4,8 +4,10 @@ on, History, TensorBoard, and `tfvae train`'s diagnostics in history.csv."""
 
 import csv
 import glob
+import json
 import math
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -15,6 +17,7 @@ import tensorflow as tf
 import tfvae
 from test_cli import command, error_lines, run_together
 from tfvae import callbacks, evaluate, networks, resources
+from tfvae.cli import main
 
 LATENT_DIM = 4
 SAMPLES = 20
@@ -199,7 +202,7 @@ def test_bad_x_or_too_many_samples_fail_before_training(digits, x, num_samples, 
         np.testing.assert_array_equal(now, then)
 
 
-def test_tfvae_train_writes_the_diagnostics_into_history_csv(tmp_path):
+def test_tfvae_train_writes_the_diagnostics_into_history_csv(tmp_path, capsys):
     results = run_together(
         {
             "train": command("train", "--dataset", "digits", "--latent-dim", 2, "--epochs", 2, "--batch-size", 100,
@@ -225,3 +228,27 @@ def test_tfvae_train_writes_the_diagnostics_into_history_csv(tmp_path):
         "tfvae train: error: argument --diagnostics-every: expected an integer >= 0; got '-1' (see tfvae train --help)"
     ]
     assert not (tmp_path / "bad").exists()
+
+    # Refused before anything is written: the K samples of one test image exceed one step of work.
+    assert main(["train", "--dataset", "digits", "--diagnostics-samples", str(2**31), "--out", str(tmp_path / "huge")]) == 2
+    assert capsys.readouterr().err.startswith("tfvae: error: --diagnostics-samples 2147483648 (per test image): one step")
+    assert not (tmp_path / "huge").exists()
+
+    # A run from before diagnostics, without their config keys or columns, resumes without them.
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "run", old)
+    config = json.loads((old / "config.json").read_text())
+    del config["diagnostics_every"], config["diagnostics_samples"]
+    (old / "config.json").write_text(json.dumps(config))
+    with open(old / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = [key for key in rows[0] if not key.startswith(("val_log_likelihood", "val_active_units", "val_kl_"))]
+    with open(old / "history.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    assert main(["train", "--resume", "--out", str(old), "--epochs", "3"]) == 0
+    with open(old / "history.csv", newline="") as f:
+        header, *rows = csv.reader(f)
+    assert header == columns and [len(row) for row in rows] == [len(columns)] * 3

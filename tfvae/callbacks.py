@@ -197,7 +197,7 @@ class Diagnostics(keras.callbacks.Callback):
 
     def keys(self, model=None):
         """The keys a diagnosed epoch logs for `model` (default: the model being fitted)."""
-        model = model or self.model
+        model = model if model is not None else self.model
         dimensions = [f"val_kl_{d}" for d in range(model.latent_dim)] if _marginals_known(model) else []
         return ["val_log_likelihood", "val_active_units", *dimensions]
 
