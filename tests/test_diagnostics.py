@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow_probability import distributions as tfd
 
 import tfvae
 from test_cli import command, error_lines, run_together
@@ -166,6 +167,22 @@ def test_mixture_prior_kl_per_dimension_matches_quadrature(digits):
     np.testing.assert_allclose(logged, expected, atol=0.02)
 
 
+class LaplacePrior(keras.layers.Layer):
+    """p(z) = prod_d Laplace(z_d; 0, 1): its marginals are not Gaussian."""
+
+    def distribution(self):
+        return tfd.Independent(tfd.Laplace(tf.zeros([LATENT_DIM]), 1.0), reinterpreted_batch_ndims=1)
+
+
+def test_a_prior_without_gaussian_marginals_logs_no_kl_per_dimension(digits):
+    model = small_vae(prior=LaplacePrior())
+    diagnostics = callbacks.Diagnostics(digits[1], num_samples=1)
+    diagnostics.set_model(model)
+
+    assert diagnostics.keys() == ["val_log_likelihood", "val_active_units"]
+    assert sorted(diagnostics.diagnose()) == ["val_active_units", "val_log_likelihood"]
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -230,8 +247,11 @@ def test_tfvae_train_writes_the_diagnostics_into_history_csv(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
     # Refused before anything is written: the K samples of one test image exceed one step of work.
-    assert main(["train", "--dataset", "digits", "--diagnostics-samples", str(2**31), "--out", str(tmp_path / "huge")]) == 2
-    assert capsys.readouterr().err.startswith("tfvae: error: --diagnostics-samples 2147483648 (per test image): one step")
+    huge = ["train", "--dataset", "digits", "--diagnostics-samples", str(2**31), "--out", str(tmp_path / "huge")]
+    assert main(huge) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("tfvae: error: --diagnostics-samples 2147483648 (per test image): one step")
+    assert len(error.strip().splitlines()) == 1
     assert not (tmp_path / "huge").exists()
 
     # A run from before diagnostics, without their config keys or columns, resumes without them.

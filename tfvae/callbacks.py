@@ -201,12 +201,17 @@ class Diagnostics(keras.callbacks.Callback):
         dimensions = [f"val_kl_{d}" for d in range(model.latent_dim)] if _marginals_known(model) else []
         return ["val_log_likelihood", "val_active_units", *dimensions]
 
+    def set_model(self, model):
+        super().set_model(model)
+        self._checked = None  # x as the previous model checked it
+
     def on_train_begin(self, logs=None):
         # Checked once per fit, before the first epoch's work, so a bad x fails at once.
         self._checked = self.model.as_input(self.x, "x")
         if self._checked.shape[0] == 0:
             raise ValueError("x: expected at least one example; got an empty batch.")
-        resources.check_step(self.num_samples * math.prod(self.model.event_shape), f"num_samples={self.num_samples} (per example)")
+        samples = self.num_samples * math.prod(self.model.event_shape)
+        resources.check_step(samples, f"num_samples={self.num_samples} (per example)")
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
@@ -314,7 +319,8 @@ def _marginals(distribution):
 
 def _normal_kl(q_loc, q_scale, p_loc, p_scale):
     """KL(N(q_loc, q_scale^2) || N(p_loc, p_scale^2)) elementwise."""
-    return tf.math.log(p_scale / q_scale) + (tf.square(q_scale) + tf.square(q_loc - p_loc)) / (2 * tf.square(p_scale)) - 0.5
+    squared_distance = tf.square(q_scale) + tf.square(q_loc - p_loc)
+    return tf.math.log(p_scale / q_scale) + squared_distance / (2 * tf.square(p_scale)) - 0.5
 
 
 def _mixture_kl(q_loc, q_scale, log_weights, p_loc, p_scale, z):
