@@ -238,6 +238,12 @@ def test_tfvae_train_writes_the_diagnostics_into_history_csv(tmp_path, capsys):
     assert 0 <= int(second["val_active_units"]) <= 2
     assert float(second["val_kl_0"]) + float(second["val_kl_1"]) == pytest.approx(float(second["val_kl"]), rel=1e-5)
     assert f"Epoch 2: test log-likelihood {float(second['val_log_likelihood']):.2f} nats per image" in train.stdout
+    # Keras's TensorBoard callback, after Diagnostics, writes them as validation scalars.
+    steps = {(value.tag, event.step)
+             for path in glob.glob(str(tmp_path / "run" / "logs" / "validation" / "events.out.tfevents*"))
+             for event in tf.compat.v1.train.summary_iterator(path) for value in event.summary.value}
+    assert {("epoch_log_likelihood", 1), ("epoch_active_units", 1), ("epoch_kl_1", 1)} <= steps
+    assert ("epoch_log_likelihood", 0) not in steps
 
     bad = results["bad flag"]
     assert bad.returncode == 2
