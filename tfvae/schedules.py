@@ -167,13 +167,13 @@ class FreeBits(_Term):
         return tf.fill(tf.shape(_as_step(step)), tf.constant(self.nats, tf.float32))
 
     def term(self, sample, step):
-        kl = _batch_mean(kl_per_dimension(sample.q, sample.p))  # [latent_dim]
+        kl = _batch_mean(_kl_per_dimension(sample.q, sample.p))  # [latent_dim]
         return {"kl_term": tf.reduce_sum(tf.maximum(self(step), kl))}
 
     def check(self, model):
         super().check(model)
         q = model.posterior(tf.zeros((1, *model.event_shape)))
-        if kl_per_dimension(q, model.prior) is None:
+        if _kl_per_dimension(q, model.prior) is None:
             raise ValueError(
                 f"kl_schedule: FreeBits needs a posterior and a prior that factorize over the latent dimensions "
                 f"(Independent distributions with an analytic KL per dimension, e.g. posterior='diagonal' and "
@@ -248,7 +248,7 @@ def to_spec(schedule):
     return f"{name}:" + ",".join(f"{key}={value!r}" for key, value in schedule.get_config().items())
 
 
-def kl_per_dimension(q, p):
+def _kl_per_dimension(q, p):
     """KL(q_d || p_d) of each latent dimension d, [B, latent_dim]; None unless q and p are Independent
     over the last axis with an analytic KL between their components (e.g. Normal and Normal)."""
     factorized = all(

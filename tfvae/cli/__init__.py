@@ -37,6 +37,8 @@ TRAIN_DEFAULTS = {
     "batch_size": 32,
     "learning_rate": 1e-3,
     "seed": 0,
+    "diagnostics_every": 5,  # 0: no diagnostics
+    "diagnostics_samples": 100,
 }
 # The names in tfvae.distributions' registries, here so that `--help` needs no TensorFlow.
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli", "discretized_logistic", "poisson", "negative_binomial")
@@ -123,6 +125,11 @@ def _parser():
         help=f"Adam's learning rate, in (0, 1] (default: {d['learning_rate']})")
     add("--seed", type=_seed, metavar="S",
         help=f"seed of weights, shuffling, binarization and noise, 0 to 2**31-1 (default: {d['seed']})")
+    add("--diagnostics-every", type=_non_negative_int, metavar="N",
+        help="every N epochs, log the test log-likelihood (importance-sampled), the active units and the KL of each "
+        f"latent dimension into history.csv and TensorBoard; 0: never (default: {d['diagnostics_every']})")
+    add("--diagnostics-samples", type=_positive_int, metavar="K",
+        help=f"K, importance samples per test image in the diagnostics (default: {d['diagnostics_samples']})")
     add("--out", metavar="RUN", help="run directory to create, which must not exist or be empty unless --resume "
         "(default: runs/DATASET, or runs/DATASET-2, ... if taken)")
     add("--resume", action="store_true", help="continue the run in --out RUN from its last checkpoint")
@@ -226,6 +233,16 @@ def _positive_int(text):
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}")
     return value
 
 

@@ -18,7 +18,7 @@ import sys
 import keras
 import numpy as np
 
-from tfvae import VAE, callbacks, data, distributions, plots, schedules, training
+from tfvae import VAE, callbacks, data, distributions, plots, resources, schedules, training
 from tfvae.cli import TRAIN_DEFAULTS as DEFAULTS
 from tfvae.cli import commands, runs
 
@@ -80,6 +80,9 @@ def _prepare(config, done, checkpoint):
                          f"on {tuple(config['input_shape'])}.")
     config["input_shape"] = list(image_shape)
     commands.check_training(config, dataset)
+    if config["diagnostics_every"]:  # refused now, not after the first epoch
+        resources.check_step(config["diagnostics_samples"] * int(np.prod(image_shape)),
+                             f"--diagnostics-samples {config['diagnostics_samples']} (per test image)")
     keras.utils.set_random_seed(config["seed"])
     binarization = None if config["binarization"] == "none" else config["binarization"]
     # A resumed run must not replay the shuffles and binary draws of its first epochs: the seed moves on.
@@ -126,8 +129,15 @@ def _train(run, config, done, dataset, train_data, validation_data, model):
     image_shape = tuple(config["input_shape"])
     shown = dataset.x_test[np.linspace(0, len(dataset.x_test) - 1, RECONSTRUCTED_IMAGES).astype(int)]
     pictures = _drawable(shown)
-    # Order matters: the checkpoint goes last (see the module docstring).
-    fit_callbacks = [keras.callbacks.CSVLogger(history, append=True)]
+    # Order matters: diagnostics first, so that their numbers reach history.csv and TensorBoard; the
+    # checkpoint last (see the module docstring).
+    fit_callbacks = []
+    if config["diagnostics_every"]:
+        fit_callbacks.append(callbacks.Diagnostics(runs.evaluation_images(config, dataset),
+                                                   every=config["diagnostics_every"],
+                                                   num_samples=config["diagnostics_samples"]))
+    diagnosed = fit_callbacks[0].keys(model) if fit_callbacks else []
+    fit_callbacks.append(HistoryCSV(history, diagnosed))
     if tensorboard:
         fit_callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0))
     if pictures:
@@ -176,6 +186,9 @@ def _resume_config(config, args, done):
     """The run's config, after refusing flags that contradict it; --epochs may only grow."""
     config.setdefault("prior", DEFAULTS["prior"])  # runs written before --prior existed
     config.setdefault("kl_schedule", DEFAULTS["kl_schedule"])  # and before --kl-schedule
+    # Runs written before diagnostics existed have no columns for them in history.csv.
+    config.setdefault("diagnostics_every", 0)
+    config.setdefault("diagnostics_samples", DEFAULTS["diagnostics_samples"])
     missing = [key for key in DEFAULTS if key not in config]
     if missing:
         raise ValueError(f"{args.out}/{runs.CONFIG}: missing {', '.join(missing)}; not a config of tfvae train.")
@@ -270,19 +283,39 @@ def _drawable(images):
 
 
 def _summarize(run, history, tensorboard, pictures):
-    last = {}
+    rows = []
     if os.path.exists(history):
         with open(history, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-        last = rows[-1] if rows else {}
+    last = rows[-1] if rows else {}
     if "val_elbo" in last:
         print(f"Epoch {int(last['epoch']) + 1}: test ELBO {float(last['val_elbo']):.2f} nats per image.")
+    diagnosed = [row for row in rows if row.get("val_log_likelihood", "NA") != "NA"]
+    if diagnosed:
+        row = diagnosed[-1]
+        print(f"Epoch {int(row['epoch']) + 1}: test log-likelihood {float(row['val_log_likelihood']):.2f} nats per "
+              f"image, {row['val_active_units']} active units.")
     files = [runs.MODEL, runs.HISTORY, runs.CONFIG] + ["samples.png", "reconstructions.png"] * pictures
     print(f"Wrote {os.path.join(run, '')}: {', '.join(files)}" + (", logs/" if tensorboard else "") + ".")
     if pictures:
         print(f"Pictures: {os.path.join(run, 'samples.png')} and {os.path.join(run, 'reconstructions.png')}.")
     if tensorboard:
         print(f"TensorBoard: tensorboard --logdir {os.path.join(run, 'logs')}")
+
+
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """history.csv, appended to, with columns for `sometimes`, keys that not every epoch logs (diagnostics
+    every N epochs): `CSVLogger` fixes its columns at the first epoch, and writes NA in a row that lacks
+    one, as it does for Keras's validation every N epochs."""
+
+    def __init__(self, path, sometimes=()):
+        super().__init__(path, append=True)
+        self.sometimes = list(sometimes)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None:
+            self.keys = sorted({*(logs or {}), *self.sometimes})
+        super().on_epoch_end(epoch, logs)
 
 
 class Checkpoint(keras.callbacks.Callback):
