@@ -92,7 +92,8 @@ class VAE(keras.Model):
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "elbo", "reconstruction", "kl")}
         bodies = [spec or "mlp" for spec in (encoder, decoder)]
         if all(spec in ("mlp", "gated_mlp", "conv") for spec in bodies):  # tfvae's, whose size resources knows
-            body = "conv" if bodies == ["conv", "conv"] else "mlp"
+            # Mixed bodies are estimated as MLPs, the smallest: a refused model would certainly not fit.
+            body = bodies[0] if bodies[0] == bodies[1] else "mlp"
             resources.check_memory(resources.model_bytes(self.event_shape, self.latent_dim, body), "latent_dim")
         try:
             self.build((None, *self.event_shape))
