@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from tfvae import atomic, checks, distributions, inference, networks, noise, objectives, resources, schedules, training
+from tfvae import precision as tfvae_precision
 from tfvae import data as tfvae_data
 from tfvae.callbacks import RestoreOnNaN
 
@@ -95,7 +96,8 @@ class VAE(keras.Model):
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "elbo", "reconstruction", "kl")}
         bodies = [spec or "mlp" for spec in (encoder, decoder)]
         if all(spec in ("mlp", "gated_mlp", "conv") for spec in bodies):  # tfvae's, whose size resources knows
-            body = "conv" if bodies == ["conv", "conv"] else "mlp"
+            # Mixed bodies are estimated as MLPs, the smallest: a refused model would certainly not fit.
+            body = bodies[0] if bodies[0] == bodies[1] else "mlp"
             resources.check_memory(resources.model_bytes(self.event_shape, self.latent_dim, body), "latent_dim")
         try:
             self.build((None, *self.event_shape))
@@ -159,6 +161,8 @@ class VAE(keras.Model):
         """p(x|z) for z of shape [..., latent_dim] (e.g. [K, B, latent_dim]): batch shape z's leading ones."""
         leading = tf.shape(z)[:-1]
         params = self.likelihood_head(self.decoder(tf.reshape(z, (-1, self.latent_dim))))
+        if params.dtype in (tf.bfloat16, tf.float16):  # a decoder computing in reduced precision (tfvae.precision)
+            params = tf.cast(params, tf.float32)
         params = tf.reshape(params, tf.concat([leading, tf.shape(params)[1:]], axis=0))
         return self.likelihood_head.distribution(params)
 
@@ -223,20 +227,38 @@ class VAE(keras.Model):
         resources.check_step(num_samples * math.prod(self.event_shape), "num_samples")  # all K at once
         return self._compiled_bound(self.as_input(x), num_samples)["elbo"]
 
-    def log_prob(self, x, num_samples=1000):
+    def log_prob(self, x, num_samples=1000, precision="float32"):
         """The importance-weighted estimate of log p(x) with K = num_samples, in nats: [B].
 
         A lower bound in expectation that tightens to log p(x) as K grows (Burda et al. 2015). The K
         samples are taken in chunks, so memory stays bounded for K = 5000.
+
+        precision: "float32", or "bfloat16" for the decoder's matrix products (about twice as
+            fast on CPUs with avx512_bf16 or AMX; see `tfvae.precision`).
         """
         num_samples = checks.positive_int(num_samples, "num_samples")
+        precision = tfvae_precision.check(precision)
         # Chunked, so memory is bounded; without a progress bar, one example's K samples are one step.
         resources.check_step(num_samples * math.prod(self.event_shape), "num_samples")
-        return self.importance_sampled(self.as_input(x), tf.constant(num_samples))["log_prob"]
+        return self.importance_sampled(self.as_input(x), tf.constant(num_samples), precision)["log_prob"]
+
+    def importance_sampled(self, x, num_samples, precision="float32"):
+        """`tfvae.objectives.importance_sampled` with the model's noise, compiled: log p(x) and the ELBO's terms.
+
+        precision: "float32" or "bfloat16", the decoder's compute precision (see `tfvae.precision`).
+        """
+        if precision == "float32":
+            return self._importance_sampled(x, num_samples)
+        with tfvae_precision.computing_in([self.decoder, self.likelihood_head], tfvae_precision.check(precision)):
+            return self._importance_sampled_bfloat16(x, num_samples)
+
+    # One compiled function per precision: a layer's compute dtype is fixed when a graph is traced.
+    @tf.function(reduce_retracing=True)
+    def _importance_sampled(self, x, num_samples):
+        return objectives.importance_sampled(self, x, num_samples, self.noise)
 
     @tf.function(reduce_retracing=True)
-    def importance_sampled(self, x, num_samples):
-        """`tfvae.objectives.importance_sampled` with the model's noise, compiled: log p(x) and the ELBO's terms."""
+    def _importance_sampled_bfloat16(self, x, num_samples):
         return objectives.importance_sampled(self, x, num_samples, self.noise)
 
     def infer(self, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None):

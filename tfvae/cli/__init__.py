@@ -146,6 +146,9 @@ def _parser():
     add("--dataset", metavar="NAME",
         help="a dataset name or .npz/.npy file whose test split to score (default: the run's)")
     add("--batch-size", type=_positive_int, default=100, metavar="B", help="images per batch (default: 100)")
+    add("--precision", choices=("float32", "bfloat16"), default="float32",
+        help="the decoder's matrix products in float32, or bfloat16: about twice as fast on CPUs with "
+             "avx512_bf16 or AMX, within a few hundredths of a nat (default: float32)")
     add("--json", action="store_true", help="print JSON instead of a table")
 
     export = _run_command(

@@ -59,8 +59,9 @@ def evaluate(args):
     batch_size = _batch_for_progress(model, args.num_samples, args.batch_size)
     with _flags({"data": f"--dataset {name}"}):
         result = evaluation.log_likelihood(model, x, num_samples=args.num_samples, batch_size=batch_size,
-                                           verbose=0 if args.json else 1)
+                                           verbose=0 if args.json else 1, precision=args.precision)
     result.update(
+        precision=args.precision,
         active_units=evaluation.active_units(model, x),
         latent_dim=model.latent_dim,
         run=args.run,
@@ -81,7 +82,7 @@ def _table(r):
     binarized = f", binarized with seed {runs.TEST_BINARIZATION_SEED}" if r["binarized"] else ""
     rows = [
         ("log p(x)", f"{r['log_likelihood']:.2f} ± {r['log_likelihood_stderr']:.2f} nats",
-         f"importance sampling, K = {r['num_samples']}"),
+         f"importance sampling, K = {r['num_samples']}" + (", decoder in bfloat16" if r["precision"] == "bfloat16" else "")),
         ("bits/dim", f"{r['bits_per_dim']:.4f}", ""),
         ("ELBO", f"{r['elbo']:.2f} nats", "reconstruction - KL"),
         ("  reconstruction", f"{r['reconstruction']:.2f} nats", "E_q log p(x|z)"),
