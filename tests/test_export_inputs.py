@@ -82,7 +82,8 @@ def test_z_of_another_shape_is_refused_not_broadcast(exported, runtime, shape):
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, -1.0, 1.5, 1e30])
+# (Not -1e-45: TensorFlow's CPU threads treat subnormals as 0, so the SavedModel reads it as -0.)
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, -1.0, 1.5, 1e30, 1.0 + 2**-23])
 def test_x_that_is_not_finite_or_outside_the_bernoulli_support_is_refused(exported, runtime, value):
     _, x_test, runs, _ = exported
     x = x_test[:3].copy()
@@ -90,6 +91,18 @@ def test_x_that_is_not_finite_or_outside_the_bernoulli_support_is_refused(export
     for signature in X_SIGNATURES:
         _refused(runs[runtime], runtime, "x: expected finite values in the support of the Bernoulli likelihood",
                  signature, x=x)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("value", [1e-45, 1e-39, 1.0 - 2**-24])
+def test_x_at_the_edges_of_the_bernoulli_support_is_answered(exported, runtime, value):
+    # Subnormal pixels are in [0, 1]: LiteRT's XNNPack clamp flushes them to 0, so a support check
+    # written as clip(x, 0, 1) == x refused them there (Hypothesis found x = 1e-45).
+    _, x_test, runs, _ = exported
+    x = np.full((2, *EVENT_SHAPE), value, np.float32)
+    for signature in X_SIGNATURES:
+        outputs = runs[runtime](signature, x=x)
+        assert all(np.all(np.isfinite(v)) for v in outputs.values()), signature
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -269,7 +282,8 @@ def _check_property(exported, signature, inputs):
         assert all(np.all(np.isfinite(v)) for v in outputs.values()), (runtime, signature)
 
 
-FAST = settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=30, deadline=None, database=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
 LONG = settings(max_examples=1500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 

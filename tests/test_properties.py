@@ -691,7 +691,7 @@ def _argv(run, work):
 def test_command_refuses_in_one_line_naming_a_flag_and_leaves_the_run_alone(cli_run, capsys, profile):
     run, work = cli_run
 
-    @_settings(12 * profile)
+    @_settings(12 * profile, derandomize=profile == FAST)
     @given(argv=_argv(run, work))
     def prop(argv):
         before = _tree(run)

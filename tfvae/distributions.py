@@ -341,6 +341,12 @@ class Likelihood(keras.layers.Layer):
         return tfd.Independent(distribution, reinterpreted_batch_ndims=len(self.event_shape))
 
 
+def _in_unit_interval(x):
+    """0 <= x <= 1 (False for NaN), by two comparisons: not as clip(x, 0, 1) == x, which LiteRT's
+    XNNPack delegate answers False for subnormal x (its clamp flushes them to 0)."""
+    return tf.logical_and(x >= 0.0, x <= 1.0)
+
+
 class _BernoulliLogits(tfd.Bernoulli):
     """tfd.Bernoulli whose log_prob is x * logits - softplus(logits).
 
@@ -371,9 +377,8 @@ class Bernoulli(Likelihood):
         return self._independent(_BernoulliLogits(logits=logits, dtype=tf.float32))
 
     def in_support(self, x):
-        # x equals itself clipped to [0, 1] exactly when 0 <= x <= 1 (never for NaN): one comparison,
-        # cheaper in LiteRT than two and a logical and.
-        return tf.equal(tf.clip_by_value(x, 0.0, 1.0), x)
+        return _in_unit_interval(x)
+
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -421,7 +426,7 @@ class ContinuousBernoulli(Likelihood):
         return self._independent(tfd.ContinuousBernoulli(logits=logits, dtype=tf.float32))
 
     def in_support(self, x):
-        return tf.equal(tf.clip_by_value(x, 0.0, 1.0), x)  # 0 <= x <= 1, never NaN (see Bernoulli)
+        return _in_unit_interval(x)
 
 
 def _log1mexp(d):
@@ -526,7 +531,7 @@ class DiscretizedLogistic(Likelihood):
     def in_support(self, x):
         level = x * (self.num_bins - 1)
         # A tenth of a level: k/255 in float32 is off by ~1e-5 levels, a value between levels by >= 0.5.
-        return tf.equal(tf.clip_by_value(x, 0.0, 1.0), x) & (tf.abs(level - tf.round(level)) < 0.1)
+        return _in_unit_interval(x) & (tf.abs(level - tf.round(level)) < 0.1)
 
 
 # lgamma(x) = lgamma(x + 8) - log(x (x + 1) ... (x + 7)), and Stirling's series for lgamma(y), y >= 8.
