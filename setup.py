@@ -23,7 +23,8 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        # pytest-xdist: the suite runs its files on two worker processes (pytest.ini).
+        "test": ["pytest", "hypothesis", "pytest-xdist"],
         "bench": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["tfvae = tfvae.cli:main"]},

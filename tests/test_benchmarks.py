@@ -43,6 +43,7 @@ def quick(tmp_path_factory):
     return json.loads(result.stdout), out
 
 
+@pytest.mark.slow  # the default suite must stay under 10 minutes on 2 cores
 def test_quick_run_prints_valid_json_with_every_section(quick):
     result, out = quick
     assert json.loads(out.read_text()) == result  # --out holds the same JSON
@@ -67,6 +68,7 @@ def test_quick_run_prints_valid_json_with_every_section(quick):
     assert set(result["targets"]) >= {"training_vs_keras_io", "tflite_vs_keras_eager_batch_1"}
 
 
+@pytest.mark.slow  # the default suite must stay under 10 minutes on 2 cores
 def test_every_number_is_finite(quick):
     result, _ = quick
     numbers = list(_numbers(result))

@@ -146,6 +146,7 @@ def read_state(run_dir):
         return json.load(f)
 
 
+@pytest.mark.slow  # the default suite must stay under 10 minutes on 2 cores
 def test_tiny_run_stops_early_where_its_validation_history_says(tmp_path):
     flags = [*TINY_EXEMPLAR, "--epochs", "12", "--warmup-epochs", "2", "--patience", "1", "--learning-rate", "3e-2",
              "--run-dir", str(tmp_path)]

@@ -311,6 +311,7 @@ def test_resume_with_more_epochs_trains_longer(run, tmp_path, capsys):
     assert os.listdir(copy / "checkpoints") == ["epoch-0003.keras"]
 
 
+@pytest.mark.slow  # the default suite must stay under 10 minutes on 2 cores
 def test_training_killed_with_sigkill_resumes_where_it_stopped(tmp_path):
     epochs = 6
     train = command("train", "--dataset", "digits", "--latent-dim", 2, "--batch-size", 100, "--epochs", epochs,

@@ -252,6 +252,7 @@ def test_cli_names_every_registered_head():
     assert cli.PRIORS == tuple(distributions.PRIORS)
 
 
+@pytest.mark.slow  # the default suite must stay under 10 minutes on 2 cores
 def test_cli_trains_a_vamp_prior_gated_mlp_continuous_bernoulli_and_resumes_only_with_its_prior(tmp_path, capsys):
     run = tmp_path / "run"
     result = tfvae_command("train", "--dataset", "digits", "--likelihood", "continuous_bernoulli", "--prior", "vamp",

@@ -756,6 +756,7 @@ tfvae.VAE(input_shape=(4,), latent_dim=2).fit(np.zeros((8, 4), np.float32), verb
 """
 
 
+@pytest.mark.slow  # the default suite must stay under 10 minutes on 2 cores
 def test_a_model_too_large_to_build_is_refused_and_leaves_keras_usable():
     result = subprocess.run([sys.executable, "-c", TOO_LARGE_TO_BUILD], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
