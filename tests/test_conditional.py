@@ -1,0 +1,217 @@
+"""A conditional VAE, tfvae.VAE(condition_shape=...): q(z|x, c), p(x|z, c), p(z), trained by fit(x, y)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfvae
+from tfvae import VAE
+
+CLASSES = 10
+
+
+@pytest.fixture(scope="module")
+def labelled_digits():
+    """Binarized 8x8 digits (as the `digits` fixture) with one-hot labels: (x_train, c_train, x_test, c_test, labels)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16.0 > 0.5).astype(np.float32)
+    c = np.eye(CLASSES, dtype=np.float32)[digits.target]
+    return x[:1500], c[:1500], x[1500:], c[1500:], digits.target
+
+
+@pytest.fixture(scope="module")
+def conditional(labelled_digits):
+    """A small conditional VAE trained on the digits and their one-hot classes."""
+    x, c, *_ = labelled_digits
+    keras.utils.set_random_seed(2)
+    model = VAE(
+        input_shape=(64,),
+        latent_dim=4,
+        encoder=tfvae.networks.MLP([128]),
+        decoder=tfvae.networks.MLP([128]),
+        condition_shape=(CLASSES,),
+    )
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.fit(x, c, epochs=25, batch_size=50, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def classifier(labelled_digits):
+    """A logistic regression trained on the real binarized training digits (~87% on the test digits)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, _, x_test, _, labels = labelled_digits
+    model = LogisticRegression(max_iter=2000).fit(x, labels[:1500])
+    assert model.score(x_test, labels[1500:]) > 0.8
+    return model
+
+
+def test_samples_drawn_for_class_c_are_classified_as_c(conditional, classifier):
+    # The mean images, binarized at 0.5 as the classifier's training digits were; 50 draws per class.
+    # Samples that ignored the condition would be classified as c about 10% of the time.
+    accuracy = []
+    for label in range(CLASSES):
+        x = conditional.sample(50, seed=label, condition=np.eye(CLASSES)[label]).numpy()
+        assert x.shape == (50, 64)
+        accuracy.append(np.mean(classifier.predict((x > 0.5).astype(np.float32)) == label))
+    assert np.mean(accuracy) >= 0.8, np.round(accuracy, 2)
+    assert min(accuracy) >= 0.5, np.round(accuracy, 2)
+
+
+def test_the_condition_changes_the_decoded_class(conditional, classifier):
+    # One z decoded under every class gives every class: the decoder reads c, not only z.
+    z = np.zeros((CLASSES, 4), np.float32)
+    x = tfvae.distributions.point_estimate(conditional.likelihood_head, conditional.decode(z, condition=np.eye(CLASSES)))
+    predicted = classifier.predict((x.numpy() > 0.5).astype(np.float32))
+    assert np.mean(predicted == np.arange(CLASSES)) >= 0.8
+
+
+def test_estimators_take_the_condition_per_example(conditional, labelled_digits):
+    _, _, x, c, _ = labelled_digits
+    x, c = x[:20], c[:20]
+    q = conditional.encode(x, condition=c)
+    assert tuple(q.batch_shape) == (20,) and tuple(q.event_shape) == (4,)
+    assert conditional.decode(q.mean(), condition=c).log_prob(x).shape == (20,)
+    assert conditional.reconstruct(x, condition=c).shape == (20, 64)
+    assert conditional.elbo(x, num_samples=5, condition=c).shape == (20,)
+    assert conditional.log_prob(x, num_samples=50, condition=c).shape == (20,)
+    # One condition per draw, as well as one for all.
+    assert conditional.sample(20, seed=0, condition=c).shape == (20, 64)
+    np.testing.assert_allclose(
+        conditional.sample(3, seed=5, condition=c[0]).numpy(),
+        conditional.sample(3, seed=5, condition=np.repeat(c[:1], 3, axis=0)).numpy(),
+        atol=1e-6,
+    )
+
+
+def test_log_prob_under_the_right_condition_beats_a_wrong_one(conditional, labelled_digits):
+    _, _, x, c, _ = labelled_digits
+    wrong = np.roll(c, 1, axis=1)  # every digit labelled as the next class
+    right_log_p = conditional.log_prob(x, num_samples=100, condition=c).numpy()
+    wrong_log_p = conditional.log_prob(x, num_samples=100, condition=wrong).numpy()
+    assert right_log_p.mean() > wrong_log_p.mean() + 5
+    assert np.mean(right_log_p > wrong_log_p) > 0.8
+
+
+def test_importance_sampled_log_p_x_given_c_lies_above_the_elbo(conditional, labelled_digits):
+    _, _, x, c, _ = labelled_digits
+    log_p = conditional.log_prob(x, num_samples=500, condition=c).numpy()
+    elbo = conditional.elbo(x, num_samples=100, condition=c).numpy()
+    assert np.all(np.isfinite(log_p)) and np.all(np.isfinite(elbo))
+    assert 0 < np.mean(log_p - elbo) < 5
+
+
+@pytest.mark.parametrize(
+    "condition, match",
+    [
+        (None, r"condition: this model is conditional \(condition_shape=\(10,\)\)"),
+        (np.zeros((5, 3)), r"condition: expected a batch of shape \(batch, 10\); got shape \(5, 3\)"),
+        (np.zeros((4, 10)), r"condition: expected one condition per example \(5 rows\); got 4"),
+        (np.full((5, 10), np.nan), r"condition: expected finite values; got 50 NaN"),
+        (np.array([["a"] * 10] * 5), r"condition: expected numeric data"),
+    ],
+)
+def test_a_conditional_model_refuses_a_missing_or_bad_condition(conditional, labelled_digits, condition, match):
+    x = labelled_digits[2][:5]
+    for call in (
+        lambda: conditional.encode(x, condition=condition),
+        lambda: conditional.elbo(x, condition=condition),
+        lambda: conditional.log_prob(x, num_samples=10, condition=condition),
+        lambda: conditional.reconstruct(x, condition=condition),
+    ):
+        with pytest.raises((ValueError, TypeError), match=match):
+            call()
+
+
+def test_a_conditional_model_refuses_bad_conditions_to_sample_and_fit(conditional, labelled_digits):
+    x, c, *_ = labelled_digits
+    with pytest.raises(ValueError, match=r"condition: this model is conditional"):
+        conditional.sample(3)
+    with pytest.raises(ValueError, match=r"condition: expected one condition of shape \(10,\) or one per draw \(3 rows\); got 2"):
+        conditional.sample(3, condition=c[:2])
+    with pytest.raises(ValueError, match=r"condition: this conditional model .* pass them as y"):
+        conditional.fit(x[:50], epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"condition \(y\): expected one condition per example \(50 rows\); got 40"):
+        conditional.fit(x[:50], c[:40], epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"condition: a conditional model needs a dataset of \(x, condition\) pairs"):
+        conditional.fit(tf.data.Dataset.from_tensor_slices(x[:50]).batch(10), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"condition \(x\): expected a batch of shape \(batch, 10\); got shape \(None, 3\)"):
+        conditional.fit(tf.data.Dataset.from_tensor_slices((x[:50], c[:50, :3])).batch(10), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"condition \(validation_data\[1\]\): expected a batch of shape"):
+        conditional.fit(x[:50], c[:50], validation_data=(x[:10], c[:10, :3]), epochs=1, verbose=0)
+
+
+def test_nan_conditions_in_a_dataset_fail_fit_with_a_value_error(labelled_digits):
+    x, c, *_ = labelled_digits
+    model = VAE(input_shape=(64,), latent_dim=2, condition_shape=(CLASSES,))
+    c = c[:50].copy()
+    c[7, 3] = np.nan
+    with pytest.raises(ValueError, match=r"x's conditions: expected finite values"):
+        model.fit(tf.data.Dataset.from_tensor_slices((x[:50], c)).batch(10), epochs=1, verbose=0)
+
+
+def test_an_unconditional_model_refuses_a_condition(labelled_digits):
+    x, c, *_ = labelled_digits
+    model = VAE(input_shape=(64,), latent_dim=2)
+    for call in (
+        lambda: model.encode(x[:5], condition=c[:5]),
+        lambda: model.decode(np.zeros((5, 2)), condition=c[:5]),
+        lambda: model.elbo(x[:5], condition=c[:5]),
+        lambda: model.log_prob(x[:5], num_samples=10, condition=c[:5]),
+        lambda: model.sample(5, condition=c[0]),
+    ):
+        with pytest.raises(ValueError, match=r"condition: this model is unconditional \(condition_shape=None\)"):
+            call()
+    # Its fit ignores labels as before.
+    model.fit(x[:100], c[:100], epochs=1, batch_size=50, verbose=0)
+
+
+def test_condition_shape_is_checked():
+    for bad in ((), (0,), (10, -1), "10", 2.5):
+        with pytest.raises(ValueError, match=r"condition_shape: expected"):
+            VAE(input_shape=(64,), latent_dim=2, condition_shape=bad)
+    with pytest.raises(ValueError, match=r"prior: the VampPrior head encodes inputs without a condition"):
+        VAE(input_shape=(64,), latent_dim=2, prior="vamp", condition_shape=(3,))
+
+
+def test_fit_on_a_dataset_of_pairs_and_evaluate_with_conditions(labelled_digits):
+    x, c, x_test, c_test, _ = labelled_digits
+    model = VAE(input_shape=(64,), latent_dim=4, condition_shape=(CLASSES,))
+    before = model.elbo(x_test, num_samples=5, condition=c_test).numpy().mean()
+    dataset = tfvae.data.make_dataset(x, 50, labels=c, seed=0)
+    history = model.fit(dataset, epochs=3, validation_data=(x_test, c_test), verbose=0)
+    assert set(history.history) >= {"loss", "elbo", "val_loss", "val_elbo"}
+    assert model.elbo(x_test, num_samples=5, condition=c_test).numpy().mean() > before + 10
+    metrics = model.evaluate(x_test, c_test, verbose=0, return_dict=True)
+    assert np.isfinite(metrics["elbo"])
+
+
+def test_a_conditional_image_model_with_conv_bodies_trains(labelled_digits):
+    x, c, *_ = labelled_digits
+    images = x[:100].reshape(-1, 8, 8, 1)
+    model = VAE(input_shape=(8, 8, 1), latent_dim=2, encoder="conv", decoder="conv", condition_shape=(CLASSES,))
+    model.fit(images, c[:100], epochs=1, batch_size=50, verbose=0)
+    assert model.sample(4, seed=0, condition=c[:4]).shape == (4, 8, 8, 1)
+    assert np.all(np.isfinite(model.log_prob(images[:4], num_samples=10, condition=c[:4]).numpy()))
+
+
+def test_condition_shape_is_in_the_config_and_survives_a_keras_round_trip(conditional, labelled_digits, tmp_path):
+    _, _, x, c, _ = labelled_digits
+    assert conditional.get_config()["condition_shape"] == [CLASSES]
+    assert "condition_shape" not in VAE(input_shape=(64,), latent_dim=2).get_config()
+    path = tmp_path / "cvae.keras"
+    conditional.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert loaded.condition_shape == (CLASSES,)
+    np.testing.assert_allclose(
+        loaded.encode(x[:10], condition=c[:10]).mean().numpy(),
+        conditional.encode(x[:10], condition=c[:10]).mean().numpy(),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        loaded.sample(5, seed=3, condition=c[0]).numpy(), conditional.sample(5, seed=3, condition=c[0]).numpy(), atol=1e-6
+    )
