@@ -215,3 +215,42 @@ def test_condition_shape_is_in_the_config_and_survives_a_keras_round_trip(condit
     np.testing.assert_allclose(
         loaded.sample(5, seed=3, condition=c[0]).numpy(), conditional.sample(5, seed=3, condition=c[0]).numpy(), atol=1e-6
     )
+
+
+def test_evaluate_log_likelihood_takes_conditions_as_an_array_or_in_a_dataset(conditional, labelled_digits):
+    _, _, x, c, _ = labelled_digits
+    x, c = x[:60], c[:60]
+    right = tfvae.evaluate.log_likelihood(conditional, x, num_samples=200, batch_size=25, verbose=0, condition=c)
+    wrong = tfvae.evaluate.log_likelihood(
+        conditional, x, num_samples=200, batch_size=25, verbose=0, condition=np.roll(c, 1, axis=1)
+    )
+    pairs = tfvae.evaluate.log_likelihood(
+        conditional, tf.data.Dataset.from_tensor_slices((x, c)), num_samples=200, batch_size=25, verbose=0
+    )
+    assert right["num_examples"] == pairs["num_examples"] == 60
+    assert right["log_likelihood"] > wrong["log_likelihood"] + 5
+    assert right["log_likelihood"] >= right["elbo"]
+    np.testing.assert_allclose(pairs["log_likelihood"], right["log_likelihood"], atol=3 * right["log_likelihood_stderr"])
+    assert tfvae.evaluate.active_units(conditional, x, condition=c) >= 1
+    with pytest.raises(ValueError, match=r"condition: this model is conditional"):
+        tfvae.evaluate.log_likelihood(conditional, x, num_samples=10, verbose=0)
+    with pytest.raises(ValueError, match=r"condition: a conditional model needs a dataset of \(x, condition\) pairs"):
+        tfvae.evaluate.log_likelihood(conditional, tf.data.Dataset.from_tensor_slices(x), num_samples=10, verbose=0)
+    with pytest.raises(ValueError, match=r"condition: a dataset carries its own conditions"):
+        tfvae.evaluate.log_likelihood(
+            conditional, tf.data.Dataset.from_tensor_slices((x, c)), num_samples=10, verbose=0, condition=c
+        )
+
+
+def test_infer_refines_the_conditional_posterior(conditional, labelled_digits):
+    _, _, x, c, _ = labelled_digits
+    x, c = x[:40], c[:40]
+    q = conditional.infer(x, steps=50, seed=0, condition=c)
+    refined = tfvae.inference.elbo(conditional, x, q, num_samples=200, seed=1, condition=c).numpy()
+    amortized = tfvae.inference.elbo(conditional, x, conditional.encode(x, condition=c), num_samples=200, seed=1, condition=c)
+    assert refined.mean() > amortized.numpy().mean()
+    gap = tfvae.evaluate.amortization_gap(conditional, x, steps=20, elbo_samples=20, seed=0, condition=c)
+    assert gap["amortization_gap"] > 0
+    with pytest.raises(ValueError, match=r"condition: this model is conditional"):
+        conditional.infer(x, steps=1)
+
