@@ -1,5 +1,7 @@
 """A conditional VAE, tfvae.VAE(condition_shape=...): q(z|x, c), p(x|z, c), p(z), trained by fit(x, y)."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -253,4 +255,100 @@ def test_infer_refines_the_conditional_posterior(conditional, labelled_digits):
     assert gap["amortization_gap"] > 0
     with pytest.raises(ValueError, match=r"condition: this model is conditional"):
         conditional.infer(x, steps=1)
+
+
+@pytest.fixture(scope="module")
+def exported(conditional, labelled_digits, tmp_path_factory):
+    _, _, x, c, _ = labelled_digits
+    directory = str(tmp_path_factory.mktemp("export") / "cvae")
+    manifest = tfvae.export.save(conditional, directory, sample_inputs=x, sample_conditions=c, log_prob_samples=50)
+    return directory, manifest
+
+
+def _runtimes(directory):
+    from ai_edge_litert.interpreter import Interpreter
+
+    loaded = tf.saved_model.load(os.path.join(directory, "saved_model")).signatures
+    interpreter = Interpreter(model_path=os.path.join(directory, "model.tflite"))
+
+    def saved_model(name, **inputs):
+        return {k: v.numpy() for k, v in loaded[name](**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+
+    def tflite(name, **inputs):
+        return interpreter.get_signature_runner(name)(**inputs)
+
+    return {"saved_model": saved_model, "tflite": tflite}
+
+
+def test_export_signatures_take_the_condition_and_match_keras(exported, conditional, labelled_digits, classifier):
+    directory, manifest = exported
+    _, _, x, c, _ = labelled_digits
+    x, c = x[:16], c[:16]
+    assert manifest["condition_shape"] == [CLASSES]
+    for name, signature in manifest["signatures"].items():
+        assert signature["inputs"]["condition"] == {"dtype": "float32", "shape": [-1, CLASSES]}, name
+    # Parity of every signature, condition included, was checked by the export itself; here by hand too.
+    q = conditional.encode(x, condition=c)
+    z = q.mean().numpy()
+    for runtime, run in _runtimes(directory).items():
+        tolerance = 1e-4
+        encoded = run("encode", x=x, condition=c)
+        np.testing.assert_allclose(encoded["z_mean"], z, atol=tolerance, rtol=tolerance, err_msg=runtime)
+        np.testing.assert_allclose(
+            run("decode", z=z, condition=c)["x_mean"], conditional.decode(z, condition=c).mean().numpy(), atol=tolerance
+        )
+        np.testing.assert_allclose(
+            run("reconstruct", x=x, condition=c)["x_mean"], conditional.reconstruct(x, condition=c).numpy(), atol=tolerance
+        )
+        # A wrong condition changes the answer: the graph reads it.
+        assert np.abs(run("decode", z=z, condition=np.roll(c, 1, axis=1))["x_mean"] - run("decode", z=z, condition=c)["x_mean"]).max() > 0.1
+        log_p = run("log_prob", x=x, condition=c)["log_prob"]
+        assert log_p.shape == (16,) and np.all(np.isfinite(log_p))
+        assert abs(log_p.mean() - conditional.log_prob(x, num_samples=50, condition=c).numpy().mean()) < 1.0
+        assert run("elbo", x=x, condition=c)["elbo"].shape == (16,)
+        # Class-conditional draws of the exported sampler are of their class.
+        sevens = np.repeat(np.eye(CLASSES, dtype=np.float32)[7:8], 30, axis=0)
+        for name, extra in (("sample", {}), ("sample_seeded", {"seed": np.int32(3)})):
+            drawn = run(name, num_samples=np.int32(30), condition=sevens, **extra)["x_mean"]
+            assert drawn.shape == (30, 64)
+            assert np.mean(classifier.predict((drawn > 0.5).astype(np.float32)) == 7) >= 0.7, (runtime, name)
+
+
+def test_exported_conditions_are_checked(exported, labelled_digits):
+    directory, _ = exported
+    _, _, x, c, _ = labelled_digits
+    x, c = x[:4], c[:4]
+    runtimes = _runtimes(directory)
+    bad = {
+        "rows": (c[:3], r"condition: expected finite values, one row per example"),
+        "nan": (np.where(c > 0, np.nan, c).astype(np.float32), r"condition: expected finite values"),
+        "width": (c[:, :3], r"condition: expected shape \(batch, 10\); got shape"),
+    }
+    for condition, match in bad.values():
+        with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+            runtimes["saved_model"]("encode", x=x, condition=condition)
+        with pytest.raises(RuntimeError):
+            runtimes["tflite"]("encode", x=x, condition=condition)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"condition: expected finite values, one row per example"):
+        runtimes["saved_model"]("sample", num_samples=np.int32(5), condition=c)
+    with pytest.raises(RuntimeError):
+        runtimes["tflite"]("sample", num_samples=np.int32(5), condition=c)
+    # The interpreter answers right inputs afterwards.
+    assert runtimes["tflite"]("encode", x=x, condition=c)["z_mean"].shape == (4, 4)
+
+
+def test_export_of_a_conditional_model_needs_the_sample_inputs_conditions(conditional, labelled_digits, tmp_path):
+    _, _, x, c, _ = labelled_digits
+    with pytest.raises(ValueError, match=r"sample_conditions: this model is conditional"):
+        tfvae.export.save(conditional, str(tmp_path / "a"), sample_inputs=x)
+    with pytest.raises(ValueError, match=r"sample_conditions: expected one condition per example \(297 rows\); got 5"):
+        tfvae.export.save(conditional, str(tmp_path / "b"), sample_inputs=x, sample_conditions=c[:5])
+    unconditional = VAE(input_shape=(64,), latent_dim=2)
+    with pytest.raises(ValueError, match=r"sample_conditions: this model is unconditional"):
+        tfvae.export.save(unconditional, str(tmp_path / "c"), sample_conditions=c, allow_untrained=True)
+    assert not os.listdir(tmp_path)
+    # Without sample_inputs, the parity batch is the model's own draws under uniform conditions.
+    manifest = tfvae.export.save(conditional, str(tmp_path / "d"), tflite=False)
+    assert manifest["parity"]["inputs"] == "64 model samples x ~ p(x|z, c), z ~ p(z) (no sample_inputs given)"
+    assert set(manifest["parity"]["max_abs_diff"]) == {"encode", "decode", "reconstruct", "sample_seeded"}
 
