@@ -1,5 +1,6 @@
 """A conditional VAE, tfvae.VAE(condition_shape=...): q(z|x, c), p(x|z, c), p(z), trained by fit(x, y)."""
 
+import json
 import os
 
 import keras
@@ -8,6 +9,8 @@ import pytest
 import tensorflow as tf
 
 import tfvae
+from test_cli import check_error, command, run_together
+from test_cli import tfvae as run_tfvae
 from tfvae import VAE
 
 CLASSES = 10
@@ -352,3 +355,66 @@ def test_export_of_a_conditional_model_needs_the_sample_inputs_conditions(condit
     assert manifest["parity"]["inputs"] == "64 model samples x ~ p(x|z, c), z ~ p(z) (no sample_inputs given)"
     assert set(manifest["parity"]["max_abs_diff"]) == {"encode", "decode", "reconstruct", "sample_seeded"}
 
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """`tfvae train --condition labels` on the digits, and the commands that read its run, each in a subprocess."""
+    workdir = tmp_path_factory.mktemp("cli")
+    trained = run_tfvae("train", "--dataset", "digits", "--condition", "labels", "--latent-dim", 4, "--epochs", 15,
+                        "--batch-size", 50, "--learning-rate", 3e-3, "--out", "cvae", cwd=workdir)
+    assert trained.returncode == 0, trained.stderr
+    assert "tfvae sample cvae --condition C" in trained.stdout
+    results = run_together(
+        {
+            "sample": command("sample", "cvae", "--condition", 3, "-n", 50, "-o", "threes.npy", "--seed", 0),
+            "evaluate": command("evaluate", "cvae", "--num-samples", 10, "--json"),
+            "export": command("export", "cvae", "--out", "export", "--no-tflite", "--log-prob-samples", 10),
+        },
+        cwd=workdir,
+    )
+    return workdir, trained, results
+
+
+def test_cli_trains_a_conditional_run_and_samples_a_class(cli_run, classifier):
+    workdir, _, results = cli_run
+    for name, result in results.items():
+        assert result.returncode == 0, (name, result.stderr)
+    config = json.loads((workdir / "cvae" / "config.json").read_text())
+    assert config["condition"] == "labels"
+    assert keras.models.load_model(workdir / "cvae" / "model.keras").condition_shape == (CLASSES,)
+    assert "Wrote 50 samples of class 3 (seed 0)" in results["sample"].stdout
+    threes = np.load(workdir / "threes.npy").reshape(50, 64)
+    assert np.mean(classifier.predict((threes > 0.5).astype(np.float32)) == 3) >= 0.8
+    report = json.loads(results["evaluate"].stdout)
+    assert report["num_examples"] == 297 and report["log_likelihood"] > report["elbo"] - 1
+    manifest = json.loads((workdir / "export" / "manifest.json").read_text())
+    assert manifest["condition_shape"] == [CLASSES]
+    assert "sample_conditions" in manifest["parity"]["inputs"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--condition", 10], "tfvae: error: --condition: expected a class from 0 to 9; got 10."),
+        ([], "tfvae: error: --condition: this run's model is conditional; give the class to draw, 0 to 9."),
+        (["--condition", "-1"], "argument --condition: expected a class index, an integer >= 0; got '-1'"),
+        (["--condition", "three"], "argument --condition: expected a class index"),
+    ],
+)
+def test_cli_sample_refuses_a_bad_class_in_one_line(cli_run, capsys, argv, message):
+    workdir, _, _ = cli_run
+    check_error(capsys, ["sample", workdir / "cvae", "-o", workdir / "bad.npy", *argv], message)
+    assert not (workdir / "bad.npy").exists()
+
+
+def test_cli_refuses_a_condition_for_an_unconditional_run_or_a_dataset_without_labels(tmp_path, capsys):
+    run = tmp_path / "plain"
+    run.mkdir()
+    VAE(input_shape=(8, 8, 1), latent_dim=2).save(run / "model.keras")
+    check_error(capsys, ["sample", run, "--condition", 3, "-o", tmp_path / "s.npy"],
+                "tfvae: error: --condition: this run's model is unconditional")
+    np.save(tmp_path / "unlabelled.npy", np.zeros((60, 8, 8), np.float32))
+    check_error(capsys, ["train", "--dataset", tmp_path / "unlabelled.npy", "--condition", "labels", "--out",
+                         tmp_path / "r"], "tfvae: error: --condition labels: the dataset")
+    assert not (tmp_path / "r").exists()
+    check_error(capsys, ["train", "--condition", "classes"], "argument --condition: invalid choice: 'classes'")
