@@ -418,3 +418,20 @@ def test_cli_refuses_a_condition_for_an_unconditional_run_or_a_dataset_without_l
                          tmp_path / "r"], "tfvae: error: --condition labels: the dataset")
     assert not (tmp_path / "r").exists()
     check_error(capsys, ["train", "--condition", "classes"], "argument --condition: invalid choice: 'classes'")
+
+
+def test_predict_and_validation_split_take_the_conditions(conditional, labelled_digits):
+    x, c, *_ = labelled_digits
+    expected = conditional.reconstruct(x[:30], condition=c[:30]).numpy()
+    np.testing.assert_allclose(conditional.predict(x[:30], condition=c[:30], verbose=0), expected, atol=1e-5)
+    pairs = tf.data.Dataset.from_tensor_slices((x[:30], c[:30])).batch(7)
+    np.testing.assert_allclose(conditional.predict(pairs, verbose=0), expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"condition: this model is conditional"):
+        conditional.predict(x[:30], verbose=0)
+    with pytest.raises(ValueError, match=r"condition: a dataset carries its own conditions"):
+        conditional.predict(pairs, condition=c[:30], verbose=0)
+    with pytest.raises(ValueError, match=r"condition: this model is unconditional"):
+        VAE(input_shape=(64,), latent_dim=2).predict(x[:5], condition=c[:5], verbose=0)
+    model = VAE(input_shape=(64,), latent_dim=2, condition_shape=(CLASSES,))
+    history = model.fit(x[:200], c[:200], validation_split=0.25, epochs=1, batch_size=50, verbose=0)
+    assert np.isfinite(history.history["val_elbo"][0])

@@ -6,6 +6,7 @@ import numbers
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfvae import atomic, checks, distributions, inference, networks, noise, objectives, resources, training
@@ -476,10 +477,26 @@ class VAE(keras.Model):
         with _data_errors():
             return super().evaluate(x, y, batch_size, verbose, *args, callbacks=_with_defaults(callbacks, verbose), **kwargs)
 
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """Like `keras.Model.predict`: the reconstruction of each x, after the same checks as `encode`."""
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, condition=None):
+        """Like `keras.Model.predict`: the reconstruction of each x, after the same checks as `encode`.
+
+        A conditional model takes the conditions of an array x as `condition=`, of a dataset as its
+        (x, condition) pairs.
+        """
         batch_size = checks.keras_batch_size(batch_size)
         x = self._check_data(x, "x")
+        if isinstance(x, tf.data.Dataset):
+            if condition is not None:
+                raise ValueError("condition: a dataset carries its own conditions, as (x, condition) pairs; "
+                                 "got condition= as well.")
+            self._check_conditions(x, None, "condition")
+        else:
+            condition = self.as_condition(condition, len(x))
+            if condition is not None:  # Keras reads a tuple as x alone: the pairs go as a dataset, checked above
+                x = tfvae_data.mark_checked(
+                    tfvae_data.make_dataset(np.asarray(x), batch_size or 32, shuffle=False, labels=condition.numpy())
+                )
+                batch_size = None
         x = self._checked_in_pipeline(x, "x")
         with _data_errors():
             return super().predict(x, batch_size, verbose, steps, _with_defaults(callbacks, verbose, nan_guard=False))
