@@ -41,6 +41,9 @@ import time
 # Command line: parsed before TensorFlow is imported, so --help and argument errors answer at once.
 
 TARGETS = {"vs_torch": 1.3, "vs_keras_io": 1.5, "tflite_vs_keras_batch_1": 5.0}
+# Issue 16: importance-sampled log p(x) at least 5x the PyTorch peer and 60% of the float32 GEMM limit;
+# the bfloat16 option within 0.05 nats of float32.
+EVALUATION_TARGETS = {"vs_torch": 5.0, "fraction_of_gemm_limit": 0.6, "bfloat16_error_nats": 0.05}
 
 
 def _parser():
@@ -66,6 +69,15 @@ def _parser():
                         help="timed seconds per inference measurement and repeat (default 1.0)")
     parser.add_argument("--no-inference", action="store_true", help="skip the encode latency benchmark")
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
+    parser.add_argument("--no-evaluation", action="store_true",
+                        help="skip the importance-sampled log p(x) benchmark (tfvae against the PyTorch peer)")
+    parser.add_argument("--evaluation-only", action="store_true",
+                        help="run only that benchmark (a few minutes): a model trained one epoch, then the timing")
+    parser.add_argument("--evaluation-samples", type=int, default=1000, help="K of the evaluation (default 1000)")
+    parser.add_argument("--evaluation-examples", type=int, default=1000,
+                        help="test images the evaluation scores (default 1000)")
+    parser.add_argument("--evaluation-rounds", type=int, default=3,
+                        help="timed rounds of the evaluation; each contender runs once per round (default 3)")
     parser.add_argument("--no-cli-startup", action="store_true", help="skip timing the tfvae command's start-up")
     parser.add_argument("--cli-startup-only", action="store_true",
                         help="time only the tfvae command's start-up (a minute or two), nothing else")
@@ -85,7 +97,7 @@ def _parser():
 
 
 QUICK = {"epochs": 1, "warmup_epochs": 1, "repeats": 1, "examples": 300, "inference_seconds": 0.05,
-         "cli_startup_runs": 1}
+         "cli_startup_runs": 1, "evaluation_samples": 10, "evaluation_examples": 20, "evaluation_rounds": 1}
 
 
 def parse_args(argv=None):
@@ -98,7 +110,8 @@ def parse_args(argv=None):
             if "--" + name.replace("_", "-") not in given:
                 setattr(args, name, value)
         args.synthetic = True
-    for name in ("epochs", "repeats", "batch_size", "examples", "torch_threads"):
+    for name in ("epochs", "repeats", "batch_size", "examples", "torch_threads", "evaluation_samples",
+                 "evaluation_examples", "evaluation_rounds"):
         value = getattr(args, name)
         if value < 1:
             parser.error(f"argument --{name.replace('_', '-')}: expected an integer >= 1; got {value}")
@@ -106,6 +119,10 @@ def parse_args(argv=None):
         parser.error(f"argument --cli-startup-runs: expected an integer >= 1; got {args.cli_startup_runs}")
     if args.cli_startup_only and args.no_cli_startup:
         parser.error("argument --cli-startup-only: not allowed with --no-cli-startup")
+    if args.evaluation_only and (args.no_evaluation or args.cli_startup_only):
+        parser.error("argument --evaluation-only: not allowed with --no-evaluation or --cli-startup-only")
+    if not args.synthetic and args.evaluation_examples > 10000:
+        parser.error(f"argument --evaluation-examples: Fashion-MNIST has 10000 test images; got {args.evaluation_examples}")
     if args.intra_op_threads < 0:
         parser.error(f"argument --intra-op-threads: expected an integer >= 0; got {args.intra_op_threads}")
     if args.warmup_epochs < 0:
@@ -147,6 +164,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))  # the repo, for tfvae when it is not installed
 sys.path.insert(0, os.path.join(_HERE, "peers"))
 
+import evaluation_speed  # noqa: E402
 import keras_io_vae  # noqa: E402
 import torch_vae  # noqa: E402
 
@@ -580,6 +598,25 @@ def benchmark_cli_startup(runs, log):
     return {"how": "python -m tfvae in a fresh process, wall time, TF_CPP_MIN_LOG_LEVEL unset", "commands": result}
 
 
+def evaluation_targets(evaluation):
+    """Issue 16's evaluation targets: speed against the peer and the GEMM limit, bfloat16's error in nats."""
+    contenders, targets = evaluation["contenders"], {}
+    if "tfvae_log_prob_vs_torch" in evaluation["ratios"]:
+        targets["evaluation_vs_torch"] = {"target": EVALUATION_TARGETS["vs_torch"],
+                                          "measured": evaluation["ratios"]["tfvae_log_prob_vs_torch"]}
+    targets["evaluation_fraction_of_gemm_limit"] = {
+        "target": EVALUATION_TARGETS["fraction_of_gemm_limit"],
+        "measured": contenders["tfvae_log_prob"]["fraction_of_float32_gemm_limit"]}
+    for target in targets.values():
+        target["met"] = target["measured"] >= target["target"]
+    if "bfloat16_error_nats" in evaluation:
+        error = abs(evaluation["bfloat16_error_nats"]["mean_difference"])
+        targets["evaluation_bfloat16_error_nats"] = {"target": EVALUATION_TARGETS["bfloat16_error_nats"],
+                                                     "measured": error,
+                                                     "met": error <= EVALUATION_TARGETS["bfloat16_error_nats"]}
+    return targets
+
+
 def cli_startup_targets(cli_startup):
     """`--help` and an argument error within CLI_TARGET_SECONDS: a time, so met at or below the target."""
     targets = {}
@@ -636,6 +673,30 @@ def _write_atomically(path, text):
         raise
 
 
+def load_test_x(args):
+    """The first `evaluation_examples` Fashion-MNIST test images binarized once (seed args.seed), or binary noise."""
+    rng = np.random.default_rng(args.seed)
+    if args.synthetic:
+        return (rng.uniform(size=(args.evaluation_examples, 784)) < 0.5).astype(np.float32)
+    images, _ = data.load("fashion_mnist", split="test")
+    x = data.flatten(images[: args.evaluation_examples]).astype(np.float32)
+    return (rng.uniform(size=x.shape) < x).astype(np.float32)
+
+
+def benchmark_evaluation(x, args, log):
+    """The "evaluation" section: a model trained one epoch on x, then `evaluation_speed`'s timing."""
+    keras.utils.set_random_seed(args.seed)
+    model = tfvae.VAE(input_shape=(x.shape[1],), latent_dim=LATENT_DIM)
+    with contextlib.redirect_stdout(sys.stderr):
+        model.fit(data.make_dataset(x, args.batch_size, binarization="dynamic", seed=args.seed), epochs=1, verbose=0)
+    torch_threads = args.torch_threads if "torch" in args.peers and _torch_available() is None else None
+    flags = machine_info()["flags"]
+    bf16 = flags["avx512_bf16"] or flags["amx_bf16"]
+    return evaluation_speed.benchmark_evaluation(
+        model, x, load_test_x(args), args.evaluation_samples, args.evaluation_rounds, torch_threads, bf16,
+        max(args.inference_seconds, 0.05), _time_per_call, HIDDEN, log)
+
+
 def run(args, log=lambda message: None):
     """The whole benchmark as a JSON-ready dict."""
     start = time.perf_counter()
@@ -657,6 +718,12 @@ def run(args, log=lambda message: None):
         "data": "synthetic uniform [0, 1]" if args.synthetic else "fashion_mnist (train split, first examples)",
         "machine": machine,
     }
+    if args.evaluation_only:
+        result["evaluation"] = benchmark_evaluation(x, args, log)
+        result["targets"] = evaluation_targets(result["evaluation"])
+        machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        result["seconds"] = time.perf_counter() - start
+        return result
     training = benchmark_training(x, args, log)
     result["training"] = training
     flops = training["flops_per_example"]
@@ -675,6 +742,8 @@ def run(args, log=lambda message: None):
             model.fit(data.make_dataset(x, args.batch_size, binarization="dynamic", seed=args.seed),
                       epochs=1, verbose=0)
         result["inference"] = benchmark_inference(model, x, args.inference_seconds, log)
+    if not args.no_evaluation:
+        result["evaluation"] = benchmark_evaluation(x, args, log)
     targets = {}
     ratios = training["ratios"]
     if "tfvae_vs_torch" in ratios:
@@ -687,6 +756,8 @@ def run(args, log=lambda message: None):
                                                     "measured": speedups["tflite_vs_keras_eager_batch_1"]}
     for target in targets.values():
         target["met"] = target["measured"] >= target["target"]
+    if "evaluation" in result:
+        targets.update(evaluation_targets(result["evaluation"]))
     if not args.no_cli_startup:
         result["cli_startup"] = benchmark_cli_startup(args.cli_startup_runs, log)
         targets.update(cli_startup_targets(result["cli_startup"]))

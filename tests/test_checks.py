@@ -126,9 +126,11 @@ def test_diverging_training_stops_with_a_clear_error_and_finite_weights():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"batch_size": 0}, "batch_size: expected an integer >= 1; got 0"),
-        ({"batch_size": -5}, "batch_size: expected an integer >= 1; got -5"),
-        ({"batch_size": 2.5}, "batch_size: expected an integer >= 1; got 2.5"),
+        ({"batch_size": 0}, r"batch_size: expected None or an integer in \[1, 2\*\*31\); got 0"),
+        ({"batch_size": -5}, r"batch_size: expected None or an integer in \[1, 2\*\*31\); got -5"),
+        ({"batch_size": 2.5}, r"batch_size: expected None or an integer in \[1, 2\*\*31\); got 2.5"),
+        # Keras keeps the batch dimension in int32: a larger batch_size is refused, not wrapped.
+        ({"batch_size": 2**31}, r"batch_size: expected None or an integer in \[1, 2\*\*31\); got 2147483648"),
         ({"epochs": 0}, "epochs: expected an integer >= 1; got 0"),
     ],
 )
@@ -183,3 +185,17 @@ def test_predict_checks_its_input_like_encode(model):
         model.predict(np.zeros((0, 64), np.float32), verbose=0)
     with pytest.raises(ValueError, match=r"x: expected a batch of shape \(batch, 64\)"):
         model.predict(np.zeros((3, 8)), verbose=0)
+
+
+def test_nested_lists_of_numbers_are_a_batch_and_other_lists_keep_kerass_meaning():
+    # Keras takes no lists of numbers; tfvae reads one as the batch it spells (x, and validation_data
+    # of one example, which Keras would read as (x_val,) of the wrong shape). (x_val, labels) stays a pair.
+    model = VAE(input_shape=(4,), latent_dim=2, seed=0)
+    x = [[0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 1.0]]
+    history = model.fit(x, batch_size=2, epochs=1, validation_data=[x[0]], verbose=0)
+    assert len(history.history["val_loss"]) == 1 and np.isfinite(history.history["val_loss"][0])
+    model.fit(np.asarray(x), batch_size=2, epochs=1, validation_data=(np.asarray(x), np.zeros(2)), verbose=0)
+    assert model.predict(x, verbose=0).shape == (2, 4)
+    assert len(model.evaluate(x, verbose=0)) == 4
+    with pytest.raises(ValueError, match=r"^x: expected an array, or nested lists of equal lengths; got a ragged"):
+        model.fit([[0.0, 1.0, 1.0, 0.0], [1.0]], verbose=0)

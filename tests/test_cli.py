@@ -113,6 +113,7 @@ def results(run, inputs):
             "score": command("score", run, "--input", "digits.npz", "-o", "scores.csv", "--num-samples", 20),
             "plot-latent": command("plot-latent", run, "-o", "latent.png"),
             "evaluate": command("evaluate", run, "--num-samples", 10, "--json"),
+            "evaluate bfloat16": command("evaluate", run, "--num-samples", 10, "--json", "--precision", "bfloat16"),
             "export": command("export", run, "--out", "export/digits"),
             "python -m, missing run": [sys.executable, "-m", "tfvae", "sample", "no/such/run"],
         },
@@ -205,6 +206,14 @@ def test_evaluate_prints_json(results):
     assert report["num_examples"] == 297 and report["num_samples"] == 10
     assert report["log_likelihood"] >= report["elbo"] - 1.0
     assert 0 <= report["active_units"] <= LATENT_DIM
+
+
+def test_evaluate_in_bfloat16_is_within_five_hundredths_of_a_nat_of_float32(results):
+    # Both processes load the run's seed generator, so they draw the same noise: only the rounding differs.
+    float32, bfloat16 = (json.loads(results[name].stdout) for name in ("evaluate", "evaluate bfloat16"))
+    assert (float32["precision"], bfloat16["precision"]) == ("float32", "bfloat16")
+    assert bfloat16["log_likelihood"] != float32["log_likelihood"]
+    assert abs(bfloat16["log_likelihood"] - float32["log_likelihood"]) < 0.05
 
 
 def test_export_writes_saved_model_and_tflite(results, workdir):

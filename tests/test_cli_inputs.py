@@ -137,6 +137,8 @@ def test_sampling_scoring_and_export_beyond_the_rule_are_refused_with_the_estima
 def test_the_resource_rule():
     assert resources.parameter_count((784,), 16) == 404816  # tfvae.VAE(input_shape=(784,), latent_dim=16)
     assert resources.model_bytes((784,), 16) == 16 * 404816  # weights, gradients, Adam's two moments
+    # The gated bodies: two products per hidden layer (tfvae.VAE(..., encoder="gated_mlp", decoder="gated_mlp")).
+    assert resources.parameter_count((784,), 40, "gated_mlp") == 1_116_864  # model.count_params() - 1 (beta)
     assert resources.examples_per_step(5000, 784, 100) == 100  # evaluate's defaults on MNIST: unchanged
     assert resources.examples_per_step(10**6, 784, 100) == 2  # K = 10^6: two examples a step
     resources.check_memory(10**9, "request", available=10**9)

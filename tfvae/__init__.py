@@ -19,6 +19,7 @@ __all__ = [
     "inference",
     "networks",
     "objectives",
+    "schedules",
     "training",
 ]
 __version__ = "0.1.0"

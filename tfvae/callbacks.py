@@ -1,13 +1,15 @@
 """Keras callbacks for VAE training."""
 
 import importlib.util
+import math
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow_probability import distributions as tfd
 
-from tfvae import checks, plots
+from tfvae import checks, evaluate, noise, plots, resources
 
 
 class RestoreOnNaN(keras.callbacks.Callback):
@@ -134,3 +136,198 @@ class ImageGrids(keras.callbacks.Callback):
                     tf.summary.image(name, plots.tile(images, self.ncols)[np.newaxis], step=epoch)
             self._writer.flush()
         self._drawn = epoch
+
+
+class Diagnostics(keras.callbacks.Callback):
+    """Every `every` epochs, measures on held-out `x` how the model uses its latent code and how good
+    it is, and logs it, so the numbers land in `History` (and `CSVLogger`, `TensorBoard` after it):
+
+    - `val_kl_0` ... `val_kl_{latent_dim-1}`: E_x KL(q(z_d|x) || p(z_d)), the KL of each latent
+      dimension's marginals, in nats. A dimension near 0 carries no information about x.
+    - `val_active_units`: the units with Var_x(E_q[z_d|x]) > threshold (`tfvae.evaluate.active_units`).
+    - `val_log_likelihood`: the importance-sampled log p(x) with K = num_samples, in nats
+      (`tfvae.evaluate.log_likelihood`).
+
+    The per-dimension KL is analytic for Gaussian marginals on both sides (a diagonal or full-covariance
+    posterior, the standard normal prior), and a Monte Carlo estimate with `num_samples` draws of each
+    z_d when p(z_d) is a mixture of Gaussians (the mixture and VampPrior priors). With a diagonal
+    posterior and a factorized prior the dimensions' KLs sum to the model's KL; otherwise their sum
+    leaves out the dependence between dimensions (for a full-covariance posterior, q's total
+    correlation). For a posterior or prior whose marginals are neither, the `val_kl_d` entries are left
+    out. The noise is the model's, and its seed generator is put back afterwards: training draws the
+    same noise with the callback as without.
+
+    Diagnosed epochs are those with (epoch + 1) % every == 0 (0-based epochs, as `initial_epoch` counts
+    them); other epochs log none of these keys, as Keras's `validation_freq` leaves out `val_` keys.
+    `CSVLogger` fixes its columns at the first epoch, so with `every > 1` give it the keys first (see
+    `keys`) or diagnosed rows lose them.
+
+    Args:
+        x: held-out examples, shape (n, *input_shape), checked like the model's inputs, e.g. 1000
+            test images.
+        every: epochs between diagnoses.
+        num_samples: K, importance samples per example for the log-likelihood (and draws per example
+            for a Monte Carlo KL).
+        threshold: the variance of E_q[z_d|x] above which a unit is active, >= 0.
+        batch_size: examples per batch.
+        log_dir: if given, the numbers also go to TensorBoard under `log_dir/diagnostics` (scalars
+            `log_likelihood`, `active_units`, `kl/d` and the histogram `kl`), stepped by epoch like
+            `keras.callbacks.TensorBoard`.
+
+    Example:
+        >>> diagnostics = tfvae.callbacks.Diagnostics(x_test[:1000], every=5, num_samples=100)
+        >>> history = model.fit(x_train, epochs=20, callbacks=[diagnostics])
+        >>> history.history["val_active_units"]  # epochs 5, 10, 15, 20
+    """
+
+    def __init__(self, x, every=1, num_samples=100, threshold=0.01, batch_size=100, log_dir=None):
+        super().__init__()
+        if x is None:
+            raise ValueError("x: expected held-out examples, an array of shape (n, *input_shape); got None.")
+        self.x = x
+        self.every = checks.positive_int(every, "every")
+        self.num_samples = checks.positive_int(num_samples, "num_samples")
+        self.threshold = checks.finite_float(threshold, "threshold", inclusive=True)
+        self.batch_size = checks.positive_int(batch_size, "batch_size")
+        if log_dir is not None and importlib.util.find_spec("tensorboard") is None:
+            raise ImportError("log_dir: TensorBoard scalars need the tensorboard package (pip install tensorboard).")
+        self.log_dir = log_dir
+        self._writer = None
+        self._checked = None
+
+    def keys(self, model=None):
+        """The keys a diagnosed epoch logs for `model` (default: the model being fitted)."""
+        model = model if model is not None else self.model
+        dimensions = [f"val_kl_{d}" for d in range(model.latent_dim)] if _marginals_known(model) else []
+        return ["val_log_likelihood", "val_active_units", *dimensions]
+
+    def set_model(self, model):
+        super().set_model(model)
+        self._checked = None  # x as the previous model checked it
+
+    def on_train_begin(self, logs=None):
+        # Checked once per fit, before the first epoch's work, so a bad x fails at once.
+        self._checked = self.model.as_input(self.x, "x")
+        if self._checked.shape[0] == 0:
+            raise ValueError("x: expected at least one example; got an empty batch.")
+        samples = self.num_samples * math.prod(self.model.event_shape)
+        resources.check_step(samples, f"num_samples={self.num_samples} (per example)")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        values = self.diagnose()
+        if logs is not None:
+            logs.update(values)
+        if self.log_dir is not None:
+            self._write(values, epoch)
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def diagnose(self):
+        """The diagnostics of the model as it is now: a dict of the `keys` with their float values."""
+        x = self._checked if self._checked is not None else self.model.as_input(self.x, "x")
+        state = self.model.seed_generator.state
+        saved = state.numpy()
+        try:
+            log_likelihood = evaluate.log_likelihood(self.model, x, self.num_samples, self.batch_size, verbose=0)
+            values = {
+                "val_log_likelihood": log_likelihood["log_likelihood"],
+                "val_active_units": evaluate.active_units(self.model, x, self.threshold, self.batch_size),
+            }
+            kl = kl_per_dimension(self.model, x, self.num_samples, self.batch_size)
+        finally:
+            state.assign(saved)
+        if kl is not None:
+            values.update({f"val_kl_{d}": float(value) for d, value in enumerate(kl)})
+        return values
+
+    def _write(self, values, epoch):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "diagnostics"))
+        kl = [value for key, value in values.items() if key.startswith("val_kl_")]
+        with self._writer.as_default(step=epoch):
+            tf.summary.scalar("log_likelihood", values["val_log_likelihood"])
+            tf.summary.scalar("active_units", values["val_active_units"])
+            for d, value in enumerate(kl):
+                tf.summary.scalar(f"kl/{d}", value)
+            if kl:
+                tf.summary.histogram("kl", np.asarray(kl), buckets=len(kl))
+        self._writer.flush()
+
+
+def kl_per_dimension(model, x, num_samples=100, batch_size=100):
+    """E_x KL(q(z_d|x) || p(z_d)) for each latent dimension d, from the marginals of q and p, in nats.
+
+    Analytic when both marginals are Gaussian; a Monte Carlo estimate with `num_samples` draws of
+    each z_d (the model's noise) when p(z_d) is a mixture of Gaussians. See `Diagnostics`.
+
+    Args:
+        model: a `tfvae.VAE`.
+        x: a float32 batch [N, *input_shape], checked (`model.as_input`).
+        num_samples: draws per example for a Monte Carlo estimate.
+        batch_size: examples per batch.
+
+    Returns:
+        A float64 numpy array [latent_dim], or None when q's or p's marginals are not Gaussian or
+        mixtures of Gaussians.
+    """
+    if not _marginals_known(model):
+        return None
+    log_weights, p_loc, p_scale = _marginals(model.prior)
+    if log_weights is not None:
+        # One chunk's [K, B, latent_dim, C] densities stay near objectives' chunk of decoder outputs.
+        per_example = num_samples * model.latent_dim * int(log_weights.shape[0])
+        batch_size = max(1, min(batch_size, 2**23 // per_example))
+
+    def batch_kl(q_loc, q_scale):  # [B, latent_dim]
+        if log_weights is None:
+            return _normal_kl(q_loc, q_scale, p_loc, p_scale)
+        eps = noise.standard_normal((num_samples, tf.shape(q_loc)[0], model.latent_dim), model.seed_generator.next())
+        return _mixture_kl(q_loc, q_scale, log_weights, p_loc, p_scale, q_loc + q_scale * eps)
+
+    total = np.zeros(model.latent_dim)
+    for start in range(0, x.shape[0], batch_size):
+        _, q_loc, q_scale = _marginals(model.posterior(x[start : start + batch_size]))
+        total += tf.reduce_sum(batch_kl(q_loc, q_scale), axis=0).numpy().astype(np.float64)
+    return total / x.shape[0]
+
+
+def _marginals_known(model):
+    """Whether `kl_per_dimension` answers for the model: q's marginals Gaussian, p's Gaussian or mixtures of them."""
+    q = _marginals(model.posterior(tf.zeros((1, *model.event_shape))))
+    return q is not None and q[0] is None and _marginals(model.prior) is not None
+
+
+def _marginals(distribution):
+    """Each dimension's marginal as (log mixture weights [C] or None for one Gaussian, loc, scale), loc and
+    scale [..., latent_dim] ([C, latent_dim] for a mixture); None when they are not Gaussian or a mixture."""
+    if isinstance(distribution, tfd.MultivariateNormalLinearOperator) or (
+        isinstance(distribution, tfd.Independent) and isinstance(distribution.distribution, tfd.Normal)
+    ):
+        return None, distribution.mean(), distribution.stddev()
+    if isinstance(distribution, tfd.MixtureSameFamily):
+        components = _marginals(distribution.components_distribution)
+        if components is not None and components[0] is None:
+            log_weights = tf.math.log_softmax(distribution.mixture_distribution.logits_parameter())
+            return log_weights, components[1], components[2]
+    return None
+
+
+def _normal_kl(q_loc, q_scale, p_loc, p_scale):
+    """KL(N(q_loc, q_scale^2) || N(p_loc, p_scale^2)) elementwise."""
+    squared_distance = tf.square(q_scale) + tf.square(q_loc - p_loc)
+    return tf.math.log(p_scale / q_scale) + squared_distance / (2 * tf.square(p_scale)) - 0.5
+
+
+def _mixture_kl(q_loc, q_scale, log_weights, p_loc, p_scale, z):
+    """Monte Carlo KL(N(q_loc, q_scale^2) || sum_c w_c N(p_loc_c, p_scale_c^2)) per dimension, from
+    z [K, B, latent_dim] drawn from q: the mean over K of log q(z_d) - log p(z_d), [B, latent_dim]."""
+    log_q = tfd.Normal(q_loc, q_scale).log_prob(z)
+    # [K, B, latent_dim, C]: each z_d under each component's marginal in that dimension.
+    log_components = tfd.Normal(tf.transpose(p_loc), tf.transpose(p_scale)).log_prob(z[..., None])
+    log_p = tf.reduce_logsumexp(log_components + log_weights, axis=-1)
+    return tf.reduce_mean(log_q - log_p, axis=0)

@@ -25,9 +25,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import checks, inference, resources
+from tfvae import precision as tfvae_precision
 
 
-def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, condition=None):
+def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, precision="float32", condition=None):
     """The mean test log-likelihood (importance-weighted, K = num_samples) and the ELBO, in nats.
 
     Args:
@@ -37,6 +38,8 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, con
         batch_size: examples per batch for arrays and unbatched datasets.
         verbose: 0 silent, 1 a progress bar (`keras.utils.Progbar`), 2 one line at the end
             (Keras's convention; printed when the number of examples is known, i.e. for arrays).
+        precision: "float32", or "bfloat16" for the decoder's matrix products (about twice as fast on
+            CPUs with avx512_bf16 or AMX; see `tfvae.precision`).
         condition: for a conditional model and array data, the conditions, (N, *condition_shape).
 
     Returns:
@@ -46,6 +49,7 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, con
         "kl", "gap" (log_likelihood - elbo), and the ints "num_examples" and "num_samples".
     """
     num_samples = checks.positive_int(num_samples, "num_samples")
+    precision = tfvae_precision.check(precision)
     dimensions = math.prod(model.event_shape)
     batch_size = _bounded_batch(num_samples, dimensions, batch_size, f"num_samples={num_samples}")
     batches, num_examples = _batches(model, data, batch_size, condition)
@@ -55,7 +59,7 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, con
     log_p, reconstruction, kl = [], [], []
     seen, total = 0, 0.0
     for x, c in batches:
-        terms = model.importance_sampled(x, tf.constant(num_samples), c)
+        terms = model.importance_sampled(x, tf.constant(num_samples), precision, c)
         log_p.append(terms["log_prob"].numpy().astype(np.float64))
         reconstruction.append(terms["reconstruction"].numpy().astype(np.float64))
         kl.append(terms["kl"].numpy().astype(np.float64))

@@ -29,6 +29,7 @@ FLOAT_BYTES = 4  # float32
 # Decoder outputs one step may compute between two progress updates: ~2.1e9.
 STEP_ELEMENTS = 2**31
 MLP_UNITS = (200, 200)  # tfvae.networks.MLP's default hidden widths
+GATED_MLP_UNITS = (300, 300)  # tfvae.networks.GatedMLP's; each layer has two products (value and gate)
 CONV_UNITS = 256  # tfvae.networks.ConvEncoder's dense width
 CONV_FILTERS = (32, 64)  # per layer; each halves the height and width
 # Float32 copies of each parameter while training with Adam: weights, gradients, two moments.
@@ -108,7 +109,7 @@ def parameter_count(event_shape, latent_dim, architecture="mlp"):
     Args:
         event_shape: the shape of one x, e.g. (28, 28, 1).
         latent_dim: the dimension of z.
-        architecture: "mlp" or "conv" (encoder and decoder alike).
+        architecture: "mlp", "gated_mlp" or "conv" (encoder and decoder alike).
     """
     event_size = math.prod(event_shape)
     if architecture == "conv":
@@ -117,10 +118,14 @@ def parameter_count(event_shape, latent_dim, architecture="mlp"):
         encoder = feature_map * CONV_UNITS + CONV_UNITS * 2 * latent_dim
         decoder = latent_dim * feature_map + CONV_FILTERS[0] * event_shape[-1]
         return encoder + decoder
-    widths = [event_size, *MLP_UNITS, 2 * latent_dim]  # q(z|x): a location and a scale per dimension
-    encoder = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
-    widths = [latent_dim, *MLP_UNITS, event_size]
-    return encoder + sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+    units, gates = (GATED_MLP_UNITS, 2) if architecture == "gated_mlp" else (MLP_UNITS, 1)
+
+    def stack(widths):  # hidden layers (doubled by gates) and the head's plain dense layer
+        hidden = sum(gates * (a + 1) * b for a, b in zip(widths[:-2], widths[1:-1]))
+        return hidden + (widths[-2] + 1) * widths[-1]
+
+    # q(z|x): a location and a scale per dimension
+    return stack([event_size, *units, 2 * latent_dim]) + stack([latent_dim, *units, event_size])
 
 
 def activations_per_sample(event_shape, latent_dim, architecture="mlp"):
@@ -130,6 +135,8 @@ def activations_per_sample(event_shape, latent_dim, architecture="mlp"):
         height, width = event_shape[0], event_shape[1]
         maps = sum((height >> i) * (width >> i) * f for i, f in enumerate(CONV_FILTERS, start=1))
         hidden = 2 * maps + CONV_UNITS  # encoder and decoder feature maps
+    elif architecture == "gated_mlp":
+        hidden = 2 * 3 * sum(GATED_MLP_UNITS)  # per layer: value, gate and their product
     else:
         hidden = 2 * sum(MLP_UNITS)
     return hidden + 3 * latent_dim + event_size

@@ -11,6 +11,7 @@ Prints one JSON object; `run(...)` returns the same dict to `benchmarks/throughp
 torch is imported lazily so this module imports without it.
 """
 
+import math
 import time
 
 try:
@@ -81,6 +82,58 @@ def _train_once(torch, x, epochs, batch_size, warmup_epochs, compile):
         "final_loss": epoch_losses[-1],
         "epoch_seconds": epoch_seconds,
     }
+
+
+# Importance samples per chunk: a chunk's decoder output holds about this many floats, as in tfvae.
+CHUNK_ELEMENTS = 2**23
+
+
+def log_prob(model, x, num_samples, batch_size=100):
+    """The importance-weighted estimate of log p(x) with K = num_samples, [N] nats, as a PyTorch user
+    writes it: under `torch.inference_mode`, per batch the encoder once, then chunks of the K samples
+    through the decoder, log w = log p(x|z) + log p(z) - log q(z|x), and a log-sum-exp over K.
+
+    Args:
+        model: a VAE from `train` (or `_build_vae`).
+        x: float tensor [N, D] of binary pixels.
+        num_samples: K.
+        batch_size: examples per batch.
+    """
+    torch = _import_torch()
+    F, normal = torch.nn.functional, torch.distributions.Normal
+    out = []
+    with torch.inference_mode():
+        for xb in x.split(batch_size):
+            z_mean, z_log_var = model.encoder(xb).chunk(2, dim=-1)
+            q = normal(z_mean, torch.exp(0.5 * z_log_var))
+            chunk = max(1, CHUNK_ELEMENTS // (len(xb) * xb.shape[1]))
+            log_w = []
+            for start in range(0, num_samples, chunk):
+                z = q.sample((min(chunk, num_samples - start),))  # [k, B, z_dim]
+                logits = model.decoder(z)
+                log_likelihood = -F.binary_cross_entropy_with_logits(
+                    logits, xb.expand_as(logits), reduction="none").sum(-1)
+                log_prior = (-0.5 * z.square() - 0.5 * math.log(2 * math.pi)).sum(-1)
+                log_w.append(log_likelihood + log_prior - q.log_prob(z).sum(-1))
+            out.append(torch.logsumexp(torch.cat(log_w), dim=0) - math.log(num_samples))
+    return torch.cat(out)
+
+
+def train(x, epochs=1, batch_size=100, threads=2, seed=0):
+    """A VAE trained `epochs` epochs on float array x [N, D] (for `log_prob`)."""
+    torch = _import_torch()
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = _build_vae(torch, x.shape[1])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.from_numpy(_common.check_x(x, batch_size))
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x)).split(batch_size):
+            loss = model(torch.bernoulli(x[idx]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model
 
 
 def run(x, epochs, batch_size=100, warmup_epochs=1, repeats=3, threads=2, compile=False, seed=0):

@@ -60,8 +60,10 @@ def evaluate(args):
     condition = labels_as_conditions(model, dataset.y_test, f"--dataset {name}")
     with _flags({"data": f"--dataset {name}"}):
         result = evaluation.log_likelihood(model, x, num_samples=args.num_samples, batch_size=batch_size,
-                                           verbose=0 if args.json else 1, condition=condition)
+                                           verbose=0 if args.json else 1, precision=args.precision,
+                                           condition=condition)
     result.update(
+        precision=args.precision,
         active_units=evaluation.active_units(model, x, condition=condition),
         latent_dim=model.latent_dim,
         run=args.run,
@@ -82,7 +84,7 @@ def _table(r):
     binarized = f", binarized with seed {runs.TEST_BINARIZATION_SEED}" if r["binarized"] else ""
     rows = [
         ("log p(x)", f"{r['log_likelihood']:.2f} ± {r['log_likelihood_stderr']:.2f} nats",
-         f"importance sampling, K = {r['num_samples']}"),
+         f"importance sampling, K = {r['num_samples']}" + (", decoder in bfloat16" if r["precision"] == "bfloat16" else "")),
         ("bits/dim", f"{r['bits_per_dim']:.4f}", ""),
         ("ELBO", f"{r['elbo']:.2f} nats", "reconstruction - KL"),
         ("  reconstruction", f"{r['reconstruction']:.2f} nats", "E_q log p(x|z)"),

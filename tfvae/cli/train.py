@@ -18,12 +18,13 @@ import sys
 import keras
 import numpy as np
 
-from tfvae import VAE, callbacks, data, distributions, plots, training
+from tfvae import VAE, callbacks, data, distributions, plots, resources, schedules, training
 from tfvae.cli import TRAIN_DEFAULTS as DEFAULTS
 from tfvae.cli import commands, runs
 
 RECONSTRUCTED_IMAGES = 32
 VALIDATION_BATCH = 500
+KL_SCHEDULE = {"kl_schedule": "--kl-schedule"}  # the library's argument name -> the flag
 
 
 def train(args):
@@ -79,6 +80,9 @@ def _prepare(config, done, checkpoint):
                          f"on {tuple(config['input_shape'])}.")
     config["input_shape"] = list(image_shape)
     commands.check_training(config, dataset)
+    if config["diagnostics_every"]:  # refused now, not after the first epoch
+        resources.check_step(config["diagnostics_samples"] * int(np.prod(image_shape)),
+                             f"--diagnostics-samples {config['diagnostics_samples']} (per test image)")
     train_conditions, test_conditions = _conditions(config, dataset)
     keras.utils.set_random_seed(config["seed"])
     binarization = None if config["binarization"] == "none" else config["binarization"]
@@ -90,18 +94,20 @@ def _prepare(config, done, checkpoint):
     if checkpoint is not None:
         model = _load_checkpoint(checkpoint, config)
     else:
-        model = VAE(
-            input_shape=image_shape,
-            latent_dim=config["latent_dim"],
-            encoder=config["architecture"],
-            decoder=config["architecture"],
-            likelihood=config["likelihood"],
-            prior=config["prior"],
-            objective=config["objective"],
-            num_samples=config["num_samples"],
-            seed=config["seed"],
-            condition_shape=None if train_conditions is None else train_conditions.shape[1:],
-        )
+        with commands._flags(KL_SCHEDULE):  # a schedule the other flags rule out, e.g. free_bits with iwae
+            model = VAE(
+                input_shape=image_shape,
+                latent_dim=config["latent_dim"],
+                encoder=config["architecture"],
+                decoder=config["architecture"],
+                likelihood=config["likelihood"],
+                prior=config["prior"],
+                objective=config["objective"],
+                num_samples=config["num_samples"],
+                seed=config["seed"],
+                kl_schedule=config["kl_schedule"],
+                condition_shape=None if train_conditions is None else train_conditions.shape[1:],
+            )
         model.compile(optimizer=training.Adam(config["learning_rate"]))
     # fit checks a tf.data dataset's shape only; the values must lie where the likelihood has density.
     for split, x in (("train", dataset.x_train), ("test", x_test)):
@@ -137,10 +143,19 @@ def _train(run, config, done, dataset, train_data, validation_data, model):
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     image_shape = tuple(config["input_shape"])
     shown = dataset.x_test[np.linspace(0, len(dataset.x_test) - 1, RECONSTRUCTED_IMAGES).astype(int)]
-    # tfvae.callbacks.ImageGrids draws without conditions: a conditional run's samples come from `tfvae sample`.
-    pictures = _drawable(shown) and model.condition_shape is None
-    # Order matters: the checkpoint goes last (see the module docstring).
-    fit_callbacks = [keras.callbacks.CSVLogger(history, append=True)]
+    # tfvae.callbacks.ImageGrids and Diagnostics draw and score without conditions: a conditional run's samples
+    # come from `tfvae sample`, its scores from `tfvae evaluate`.
+    conditional = model.condition_shape is not None
+    pictures = _drawable(shown) and not conditional
+    # Order matters: diagnostics first, so that their numbers reach history.csv and TensorBoard; the
+    # checkpoint last (see the module docstring).
+    fit_callbacks = []
+    if config["diagnostics_every"] and not conditional:
+        fit_callbacks.append(callbacks.Diagnostics(runs.evaluation_images(config, dataset),
+                                                   every=config["diagnostics_every"],
+                                                   num_samples=config["diagnostics_samples"]))
+    diagnosed = fit_callbacks[0].keys(model) if fit_callbacks else []
+    fit_callbacks.append(HistoryCSV(history, diagnosed))
     if tensorboard:
         fit_callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0))
     if pictures:
@@ -177,12 +192,24 @@ def _new_config(args):
     for key in ("dataset", "data_dir"):
         if config[key] is not None and (key == "data_dir" or config[key].endswith((".npz", ".npy"))):
             config[key] = os.path.abspath(config[key])  # a run must find its data from any directory
+    config["kl_schedule"] = _kl_schedule_spec(config["kl_schedule"])
     return config
+
+
+def _kl_schedule_spec(spec):
+    """--kl-schedule with every argument spelled out (the form config.json keeps), or None."""
+    with commands._flags(KL_SCHEDULE):
+        schedule = schedules.get(spec)
+    return None if schedule is None else schedules.to_spec(schedule)
 
 
 def _resume_config(config, args, done):
     """The run's config, after refusing flags that contradict it; --epochs may only grow."""
     config.setdefault("prior", DEFAULTS["prior"])  # runs written before --prior existed
+    config.setdefault("kl_schedule", DEFAULTS["kl_schedule"])  # and before --kl-schedule
+    # Runs written before diagnostics existed have no columns for them in history.csv.
+    config.setdefault("diagnostics_every", 0)
+    config.setdefault("diagnostics_samples", DEFAULTS["diagnostics_samples"])
     config.setdefault("condition", DEFAULTS["condition"])  # and before --condition
     missing = [key for key in DEFAULTS if key not in config]
     if missing:
@@ -207,6 +234,8 @@ def _resume_config(config, args, done):
 def _comparable(key, value):
     if key in ("dataset", "data_dir") and value is not None and (key == "data_dir" or value.endswith((".npz", ".npy"))):
         return os.path.abspath(value)
+    if key == "kl_schedule":
+        return _kl_schedule_spec(value)
     return value
 
 
@@ -264,6 +293,7 @@ def _describe(run, config, dataset, done):
         f"{'Resuming' if done else 'Training'} {run}: {config['dataset']} ({len(dataset.x_train)} train, "
         f"{len(dataset.x_test)} test, {shape}), {config['architecture']} VAE, latent_dim {config['latent_dim']}, "
         f"{config['likelihood']} likelihood, {config['prior']} prior, {config['objective']} objective"
+        f"{', KL schedule ' + config['kl_schedule'] if config['kl_schedule'] else ''}"
         f"{', conditioned on the labels' if config['condition'] else ''}; {plan}, "
         f"batch {config['batch_size']}.",
         flush=True,
@@ -279,19 +309,39 @@ def _drawable(images):
 
 
 def _summarize(run, history, tensorboard, pictures):
-    last = {}
+    rows = []
     if os.path.exists(history):
         with open(history, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-        last = rows[-1] if rows else {}
+    last = rows[-1] if rows else {}
     if "val_elbo" in last:
         print(f"Epoch {int(last['epoch']) + 1}: test ELBO {float(last['val_elbo']):.2f} nats per image.")
+    diagnosed = [row for row in rows if row.get("val_log_likelihood", "NA") != "NA"]
+    if diagnosed:
+        row = diagnosed[-1]
+        print(f"Epoch {int(row['epoch']) + 1}: test log-likelihood {float(row['val_log_likelihood']):.2f} nats per "
+              f"image, {row['val_active_units']} active units.")
     files = [runs.MODEL, runs.HISTORY, runs.CONFIG] + ["samples.png", "reconstructions.png"] * pictures
     print(f"Wrote {os.path.join(run, '')}: {', '.join(files)}" + (", logs/" if tensorboard else "") + ".")
     if pictures:
         print(f"Pictures: {os.path.join(run, 'samples.png')} and {os.path.join(run, 'reconstructions.png')}.")
     if tensorboard:
         print(f"TensorBoard: tensorboard --logdir {os.path.join(run, 'logs')}")
+
+
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """history.csv, appended to, with columns for `sometimes`, keys that not every epoch logs (diagnostics
+    every N epochs): `CSVLogger` fixes its columns at the first epoch, and writes NA in a row that lacks
+    one, as it does for Keras's validation every N epochs."""
+
+    def __init__(self, path, sometimes=()):
+        super().__init__(path, append=True)
+        self.sometimes = list(sometimes)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None:
+            self.keys = sorted({*(logs or {}), *self.sometimes})
+        super().on_epoch_end(epoch, logs)
 
 
 class Checkpoint(keras.callbacks.Callback):
