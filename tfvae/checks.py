@@ -152,6 +152,12 @@ def support_assertion(x, likelihood, name="x"):
                                        f"{distributions.support(likelihood)}"], summarize=1)
 
 
+def finite_assertion(values, name):
+    """An in-graph check, like `support_assertion`, that every value is finite (a condition in a dataset)."""
+    valid = tf.reduce_all(tf.math.is_finite(values))
+    return tf.debugging.Assert(valid, [INVALID_DATA_MARK, f"{name}: expected finite values"], summarize=1)
+
+
 # Marks the message of `support_assertion`, so the model can turn the graph's error into a ValueError.
 INVALID_DATA_MARK = "tfvae-invalid-data:"
 
@@ -202,3 +208,22 @@ def _check_dataset(data, event_shape, name):
     check_shape(spec.shape, event_shape, name)
     if not (spec.dtype.is_floating or spec.dtype.is_integer or spec.dtype == tf.bool):
         raise TypeError(f"{name}: expected numeric data; got a dataset of dtype {spec.dtype.name}.")
+
+
+def check_dataset_conditions(data, condition_shape, name):
+    """Raises unless the dataset's elements are (x, condition, ...) with conditions of shape
+    (batch, *condition_shape) (or one condition per element, unbatched) and a numeric dtype."""
+    spec = data.element_spec
+    if not isinstance(spec, (tuple, list)) or len(spec) < 2:
+        raise ValueError(
+            f"condition: a conditional model needs a dataset of (x, condition) pairs as {name}; "
+            f"got elements {spec}."
+        )
+    x_spec, c_spec = spec[0], spec[1]
+    if not isinstance(c_spec, tf.TensorSpec):
+        raise TypeError(f"condition: expected the conditions of {name} as tensors; got {c_spec}.")
+    unbatched = isinstance(x_spec, tf.TensorSpec) and c_spec.shape.rank == len(condition_shape)
+    shape = (None, *c_spec.shape) if unbatched else c_spec.shape
+    check_shape(shape, condition_shape, f"condition ({name})")
+    if not (c_spec.dtype.is_floating or c_spec.dtype.is_integer or c_spec.dtype == tf.bool):
+        raise TypeError(f"condition ({name}): expected numeric conditions; got a dataset of dtype {c_spec.dtype.name}.")

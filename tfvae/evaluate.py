@@ -8,7 +8,9 @@ samples are drawn in chunks, so memory stays bounded for any K. The ELBO, its re
 KL terms come from the same samples at no extra cost.
 
 Data is a numpy array (or anything `np.asarray` takes) of shape (N, *model.event_shape), or a
-`tf.data.Dataset` of x or (x, labels), batched or not.
+`tf.data.Dataset` of x or (x, labels), batched or not. A conditional model's conditions come as
+`condition=` (an array, one row per example) or as a dataset's labels, (x, condition) pairs; the
+estimates are then of log p(x|c).
 
 Example:
     >>> evaluate.log_likelihood(model, x_test)          # {"log_likelihood": -86.8, ...} in nats
@@ -26,7 +28,7 @@ from tfvae import checks, inference, resources
 from tfvae import precision as tfvae_precision
 
 
-def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, precision="float32"):
+def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, precision="float32", condition=None):
     """The mean test log-likelihood (importance-weighted, K = num_samples) and the ELBO, in nats.
 
     Args:
@@ -38,6 +40,7 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
             (Keras's convention; printed when the number of examples is known, i.e. for arrays).
         precision: "float32", or "bfloat16" for the decoder's matrix products (about twice as fast on
             CPUs with avx512_bf16 or AMX; see `tfvae.precision`).
+        condition: for a conditional model and array data, the conditions, (N, *condition_shape).
 
     Returns:
         A dict of floats: "log_likelihood" (mean log p(x)), "log_likelihood_stderr" (sample standard
@@ -49,14 +52,14 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
     precision = tfvae_precision.check(precision)
     dimensions = math.prod(model.event_shape)
     batch_size = _bounded_batch(num_samples, dimensions, batch_size, f"num_samples={num_samples}")
-    batches, num_examples = _batches(model, data, batch_size)
+    batches, num_examples = _batches(model, data, batch_size, condition)
     progress = keras.utils.Progbar(
         num_examples, verbose=verbose, stateful_metrics=["log_likelihood"], unit_name="example"
     )
     log_p, reconstruction, kl = [], [], []
     seen, total = 0, 0.0
-    for x in batches:
-        terms = model.importance_sampled(x, tf.constant(num_samples), precision)
+    for x, c in batches:
+        terms = model.importance_sampled(x, tf.constant(num_samples), precision, c)
         log_p.append(terms["log_prob"].numpy().astype(np.float64))
         reconstruction.append(terms["reconstruction"].numpy().astype(np.float64))
         kl.append(terms["kl"].numpy().astype(np.float64))
@@ -82,7 +85,7 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
     }
 
 
-def active_units(model, data, threshold=0.01, batch_size=1000, return_variances=False):
+def active_units(model, data, threshold=0.01, batch_size=1000, return_variances=False, condition=None):
     """The number of latent units whose posterior mean varies over x: Var_x(E_q[z_u|x]) > threshold.
 
     A unit whose q(z_u|x) ignores x (collapsed onto the prior) has a constant mean and counts as
@@ -94,15 +97,16 @@ def active_units(model, data, threshold=0.01, batch_size=1000, return_variances=
         threshold: the variance above which a unit is active, >= 0.
         batch_size: examples per batch for arrays and unbatched datasets.
         return_variances: also return the per-unit variances.
+        condition: for a conditional model and array data, the conditions, (N, *condition_shape).
 
     Returns:
         The count (int), or (count, variances [latent_dim] numpy) with `return_variances`.
     """
     threshold = checks.finite_float(threshold, "threshold", inclusive=True)
-    batches, _ = _batches(model, data, batch_size)
+    batches, _ = _batches(model, data, batch_size, condition)
     count, total, total_squares = 0, 0.0, 0.0
-    for x in batches:
-        mean = model.encode(x).mean().numpy().astype(np.float64)
+    for x, c in batches:
+        mean = model.encode(x, condition=c).mean().numpy().astype(np.float64)
         count += len(mean)
         total = total + mean.sum(axis=0)
         total_squares = total_squares + np.square(mean).sum(axis=0)
@@ -115,7 +119,8 @@ def active_units(model, data, threshold=0.01, batch_size=1000, return_variances=
 
 
 def amortization_gap(
-    model, data, steps=100, learning_rate=1e-2, num_samples=1, elbo_samples=100, batch_size=500, seed=None
+    model, data, steps=100, learning_rate=1e-2, num_samples=1, elbo_samples=100, batch_size=500, seed=None,
+    condition=None,
 ):
     """How much ELBO per example `model.infer` gains over the encoder's q(z|x): the amortization gap it closes.
 
@@ -129,6 +134,7 @@ def amortization_gap(
         elbo_samples: samples of z per example in each ELBO estimate.
         batch_size: examples per batch for arrays and unbatched datasets.
         seed: an int for reproducible numbers; None takes the model's next seed.
+        condition: for a conditional model and array data, the conditions, (N, *condition_shape).
 
     Returns:
         A dict: "amortized_elbo", "refined_elbo" (means, nats), "amortization_gap" (their mean
@@ -141,18 +147,18 @@ def amortization_gap(
     steps_samples = checks.non_negative_int(steps, "steps") * checks.positive_int(num_samples, "num_samples")
     batch_size = _bounded_batch(max(steps_samples, 1), dimensions, batch_size,
                                 f"steps={steps} with num_samples={num_samples}")
-    batches, _ = _batches(model, data, batch_size)
+    batches, _ = _batches(model, data, batch_size, condition)
     seed = checks.seed(seed)
     if seed is None:
         seed = model.seed_generator.next().numpy().tolist()
     # numpy's generator takes seeds >= 0: a negative int64 seed is taken as its two's complement.
     seeds = np.random.default_rng(np.asarray(seed, dtype=object) % 2**64)
     amortized, refined = [], []
-    for x in batches:
+    for x, c in batches:
         refine_seed, elbo_seed = (int(s) for s in seeds.integers(0, 2**31 - 1, size=2))
-        q = inference.refine(model, x, steps, learning_rate, num_samples, seed=refine_seed)
-        amortized.append(inference.elbo(model, x, model.encode(x), elbo_samples, seed=elbo_seed).numpy())
-        refined.append(inference.elbo(model, x, q, elbo_samples, seed=elbo_seed).numpy())
+        q = inference.refine(model, x, steps, learning_rate, num_samples, seed=refine_seed, condition=c)
+        amortized.append(inference.elbo(model, x, model.encode(x, c), elbo_samples, seed=elbo_seed, condition=c).numpy())
+        refined.append(inference.elbo(model, x, q, elbo_samples, seed=elbo_seed, condition=c).numpy())
     if not refined:
         raise _no_examples()
     amortized, refined = (np.concatenate(v).astype(np.float64) for v in (amortized, refined))
@@ -184,15 +190,22 @@ def _stderr(values):
     return float(np.std(values, ddof=1) / math.sqrt(len(values)))
 
 
-def _batches(model, data, batch_size, name="data"):
-    """Checks `data` and returns (an iterable of float32 batches, the number of examples or None)."""
+def _batches(model, data, batch_size, condition=None, name="data"):
+    """Checks `data` (and the conditions) and returns (an iterable of float32 batches (x, condition), the
+    number of examples or None); the condition is None for an unconditional model."""
     batch_size = checks.positive_int(batch_size, "batch_size")
     if isinstance(data, tf.data.Dataset):
+        if condition is not None:
+            raise ValueError(
+                "condition: a dataset carries its own conditions, as (x, condition) pairs; got condition= as well."
+            )
         return _dataset_batches(model, data, batch_size, name)
     if data is None:
         raise ValueError(f"{name}: expected an array of shape (N, {', '.join(map(str, model.event_shape))}) or a tf.data.Dataset; got None.")
     x = model.as_input(data, name)
-    return (x[i : i + batch_size] for i in range(0, x.shape[0], batch_size)), int(x.shape[0])
+    c = model.as_condition(condition, x.shape[0])
+    batches = ((x[i : i + batch_size], None if c is None else c[i : i + batch_size]) for i in range(0, x.shape[0], batch_size))
+    return batches, int(x.shape[0])
 
 
 def _dataset_batches(model, data, batch_size, name):
@@ -205,6 +218,8 @@ def _dataset_batches(model, data, batch_size, name):
     spec = spec[0] if isinstance(spec, (tuple, list)) else spec
     if not isinstance(spec, tf.TensorSpec):
         raise TypeError(f"{name}: expected a dataset of tensors x or (x, labels); got elements {spec}.")
+    if model.condition_shape is not None:
+        checks.check_dataset_conditions(data, model.condition_shape, name)
     if spec.shape.rank == len(model.event_shape):
         data = data.batch(batch_size)  # a dataset of single examples
     else:
@@ -212,6 +227,8 @@ def _dataset_batches(model, data, batch_size, name):
 
     def batches():
         for element in data:
-            yield model.as_input(element[0] if isinstance(element, (tuple, list)) else element, name)
+            x = model.as_input(element[0] if isinstance(element, (tuple, list)) else element, name)
+            condition = element[1] if model.condition_shape is not None else None
+            yield x, model.as_condition(condition, x.shape[0], f"condition ({name})")
 
     return batches(), None

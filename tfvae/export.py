@@ -55,6 +55,7 @@ def save(
     overwrite=False,
     sample_inputs=None,
     allow_untrained=False,
+    sample_conditions=None,
 ):
     """Exports `model` and returns the manifest (also written as `directory/manifest.json`).
 
@@ -74,6 +75,8 @@ def save(
             batch. None uses x ~ p(x|z), z ~ p(z) from the model itself; the manifest says which.
         allow_untrained: export a model whose weights are still at their initialization (no
             optimizer step ran and every bias is exactly zero); refused otherwise.
+        sample_conditions: for a conditional model, the conditions of `sample_inputs` (one row per
+            x), or of the model's own draws without them; None draws them uniformly in [0, 1).
 
     Returns:
         The manifest: shapes, likelihood, signatures, versions, file sizes and measured parity.
@@ -86,7 +89,7 @@ def save(
         raise ValueError(f"quantize: {quantize!r} needs tflite=True.")
     directory = os.path.abspath(directory if directory is not None else os.path.join("export", model.name))
     check_directory(directory, overwrite)
-    x, inputs_source = _parity_inputs(model, sample_inputs)
+    x, inputs_source = _parity_inputs(model, sample_inputs, sample_conditions)
 
     staging = _sibling(directory, "partial")
     os.mkdir(staging)
@@ -128,6 +131,7 @@ def _write(model, staging, tflite, quantize, log_prob_samples, x):
         "prior": type(model.prior_head).__name__,
         "posterior": type(model.posterior_head).__name__,
         "log_prob_samples": log_prob_samples,
+        **({"condition_shape": list(model.condition_shape)} if model.condition_shape is not None else {}),
         "signatures": _describe(concrete),
         "tflite_signatures": list(TFLITE_SIGNATURES) if tflite else [],
         "files": files,
@@ -266,15 +270,29 @@ def _exchange(a, b):
     raise OSError(error, f"cannot swap {a!r} and {b!r}: {os.strerror(error)}")
 
 
-def _parity_inputs(model, sample_inputs):
+def _parity_inputs(model, sample_inputs, sample_conditions=None):
+    """The parity batch: x (as a numpy array), or for a conditional model (x, conditions); and what it is."""
+    if model.condition_shape is None:
+        model.as_condition(sample_conditions, name="sample_conditions")  # refuses conditions
     if sample_inputs is not None:
         x = model.as_input(sample_inputs, "sample_inputs")[:PARITY_BATCH]
-        return x.numpy(), f"sample_inputs (first {int(x.shape[0])})"
+        if model.condition_shape is None:
+            return x.numpy(), f"sample_inputs (first {int(x.shape[0])})"
+        conditions = model.as_condition(sample_conditions, len(sample_inputs), "sample_conditions")[:PARITY_BATCH]
+        return (x.numpy(), conditions.numpy()), f"sample_inputs and sample_conditions (first {int(x.shape[0])})"
+    conditions = None
+    if model.condition_shape is not None:
+        if sample_conditions is None:
+            sample_conditions = np.random.default_rng(0).uniform(size=(PARITY_BATCH, *model.condition_shape))
+        conditions = model.as_condition(sample_conditions, name="sample_conditions")[:PARITY_BATCH]
     # Draws of the model itself lie in the likelihood's support (binary for Bernoulli).
-    z = model.prior.sample(PARITY_BATCH, seed=tf.constant([0, 0], tf.int32))
-    x = model.decode(z).sample(seed=tf.constant([0, 1], tf.int32))
+    rows = PARITY_BATCH if conditions is None else int(conditions.shape[0])
+    z = model.prior.sample(rows, seed=tf.constant([0, 0], tf.int32))
+    x = model.decode(z, condition=conditions).sample(seed=tf.constant([0, 1], tf.int32))
     x = model.as_input(x.numpy())
-    return x.numpy(), f"{PARITY_BATCH} model samples x ~ p(x|z), z ~ p(z) (no sample_inputs given)"
+    if conditions is None:
+        return x.numpy(), f"{PARITY_BATCH} model samples x ~ p(x|z), z ~ p(z) (no sample_inputs given)"
+    return (x.numpy(), conditions.numpy()), f"{rows} model samples x ~ p(x|z, c), z ~ p(z) (no sample_inputs given)"
 
 
 def _convert(saved_model_dir, quantize):
@@ -352,16 +370,20 @@ def _tflite_runner(path):
 
 
 def _parity(module, x, runtimes):
-    """Each signature of `signatures_lib.SIGNATURES` run in every runtime against its Python function
+    """Each signature of the model (`signatures_lib.signatures_of`) run in every runtime against its Python function
     run eagerly on the Keras model: max |Keras - runtime| of the exact ones, batch means of the
     estimates; every output finite, with one row per input row (per requested sample)."""
-    z = module.python_functions["encode"](tf.constant(x))["z_mean"].numpy()
+    x, condition = x if isinstance(x, tuple) else (x, None)
+    conditioned = {} if condition is None else {"condition": tf.constant(condition)}
+    z = module.python_functions["encode"](tf.constant(x), **conditioned)["z_mean"].numpy()
     inputs = {"x": x, "z": z, "num_samples": np.int32(_PARITY_DRAWS), "seed": np.int32(_PARITY_SEED)}
     parity = {"batch_size": int(x.shape[0]), "max_abs_diff": {}, "batch_mean": {}}
-    for name, signature in signatures_lib.SIGNATURES.items():
+    for name, signature in module.table.items():
+        rows = _PARITY_DRAWS if "num_samples" in signature.inputs else len(x)
+        if condition is not None:  # one condition per row; the samplers' draws cycle through the batch's
+            inputs["condition"] = np.resize(condition, (rows, *condition.shape[1:]))
         given = {i: inputs[i] for i in signature.inputs}
         expected = {k: v.numpy() for k, v in module.python_functions[name](**given).items()}
-        rows = _PARITY_DRAWS if "num_samples" in given else len(x)
         results = {runtime: run(name, **given) for runtime, run in runtimes.items()}
         for runtime, actual in results.items():
             for output in signature.outputs:

@@ -24,7 +24,7 @@ from tfvae import checks, noise, objectives, resources
 _BETA_1, _BETA_2, _EPSILON = 0.9, 0.999, 1e-8
 
 
-def refine(model, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None):
+def refine(model, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None, condition=None):
     """Returns q(z|x) after `steps` Adam steps on each example's ELBO over its posterior parameters.
 
     Args:
@@ -35,6 +35,8 @@ def refine(model, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None):
             their softplus), > 0.
         num_samples: K, the reparameterized samples of z per example in each step's ELBO estimate.
         seed: an int for reproducible noise; None takes the model's next seed.
+        condition: the conditions of x for a conditional model (then q(z|x, c) is refined on the
+            ELBO of log p(x|c)), else None.
 
     Returns:
         A TFP distribution like `model.encode(x)` returns: batch shape [B], event [latent_dim].
@@ -48,7 +50,8 @@ def refine(model, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None):
     resources.check_step(num_samples * event_size, "num_samples")
     resources.check_step(max(steps, 1) * num_samples * event_size, "steps")
     x = model.as_input(x)
-    params = model.posterior_head(model.encoder(x))
+    condition = model.as_condition(condition, x.shape[0])
+    params = model.posterior_parameters(x, condition)
     if steps > 0:
         params = _ascend(
             model,
@@ -58,11 +61,12 @@ def refine(model, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None):
             tf.constant(learning_rate, params.dtype),
             num_samples,
             noise.stateless_seed(seed, model.seed_generator),
+            condition,
         )
     return model.posterior_head.distribution(tf.stop_gradient(params))
 
 
-def elbo(model, x, q, num_samples=1, seed=None):
+def elbo(model, x, q, num_samples=1, seed=None, condition=None):
     """The ELBO of each x under a given posterior q (e.g. from `refine`), in nats: [B].
 
     The same estimator as `model.elbo`: K reparameterized samples for the reconstruction term,
@@ -74,26 +78,28 @@ def elbo(model, x, q, num_samples=1, seed=None):
         q: a posterior with batch shape [B] and event shape [latent_dim].
         num_samples: K, samples of z per example.
         seed: an int for reproducible noise; None takes the model's next seed.
+        condition: the conditions of x for a conditional model, else None.
     """
     num_samples = checks.positive_int(num_samples, "num_samples")
     seed = checks.seed(seed)
     x = model.as_input(x)
+    condition = model.as_condition(condition, x.shape[0])
     if tuple(q.batch_shape) != (x.shape[0],) or tuple(q.event_shape) != (model.latent_dim,):
         raise ValueError(
             f"q: expected batch shape [{x.shape[0]}] and event shape [{model.latent_dim}] to match x and the "
             f"model; got batch shape {q.batch_shape} and event shape {q.event_shape}."
         )
     eps = noise.standard_normal((num_samples, x.shape[0], model.latent_dim), noise.stateless_seed(seed, model.seed_generator))
-    return _elbo(model, x, q, eps)
+    return _elbo(model, x, q, eps, condition)
 
 
-def _elbo(model, x, q, eps):
-    bound, _, _ = objectives.elbo(objectives.posterior_sample(model, x, q, eps))
+def _elbo(model, x, q, eps, condition=None):
+    bound, _, _ = objectives.elbo(objectives.posterior_sample(model, x, q, eps, condition))
     return bound
 
 
 @tf.function(reduce_retracing=True)
-def _ascend(model, x, params, steps, learning_rate, num_samples, seed):
+def _ascend(model, x, params, steps, learning_rate, num_samples, seed, condition=None):
     """Adam ascent on the summed per-example ELBO, one fresh draw of eps per step, as one graph."""
     noise_shape = (num_samples, tf.shape(x)[0], model.latent_dim)
 
@@ -101,7 +107,7 @@ def _ascend(model, x, params, steps, learning_rate, num_samples, seed):
         eps = noise.standard_normal(noise_shape, tf.random.experimental.stateless_fold_in(seed, t))
         with tf.GradientTape() as tape:
             tape.watch(params)
-            objective = tf.reduce_sum(_elbo(model, x, model.posterior_head.distribution(params), eps))
+            objective = tf.reduce_sum(_elbo(model, x, model.posterior_head.distribution(params), eps, condition))
         gradient = tape.gradient(objective, params)
         m = _BETA_1 * m + (1.0 - _BETA_1) * gradient
         v = _BETA_2 * v + (1.0 - _BETA_2) * tf.square(gradient)

@@ -6,6 +6,7 @@ import numbers
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfvae import atomic, checks, distributions, inference, networks, noise, objectives, resources, schedules, training
@@ -37,15 +38,24 @@ class VAE(keras.Model):
         kl_schedule: the KL term of the training loss as a function of the optimizer's step: None
             (beta * KL), a `tfvae.schedules` schedule (`Linear`, `Cyclical`, `FreeBits`, `Capacity`), or
             a spec string such as "cyclical:period=1000" (see `tfvae.schedules.get`).
+        condition_shape: None, or the shape of a condition c, e.g. (10,) for one-hot class labels:
+            a conditional VAE, q(z|x, c) and p(x|z, c) with p(z) kept. c (flattened) is joined to the
+            encoder body's features and to z at the decoder body's input, so any body works
+            unchanged. `fit(x, y)` takes y as the condition; the estimators take `condition=`.
 
     Example:
         >>> model = tfvae.VAE(input_shape=(64,), latent_dim=8)
         >>> model.fit(x_train, epochs=10, batch_size=100)
         >>> model.log_prob(x_test, num_samples=1000)  # [batch] nats
+        >>> cvae = tfvae.VAE(input_shape=(64,), latent_dim=8, condition_shape=(10,))
+        >>> cvae.fit(x_train, one_hot_labels, epochs=10)
+        >>> cvae.sample(50, condition=one_hot_labels[0])  # 50 draws of that class
 
     Hooks for code built on the model (evaluation, inference, export, a prior that encodes):
     `posterior(x)`, `likelihood(z)`, `log_likelihood(x, z)`, `noise(num_samples, batch_size)`,
     `as_input(x)` and `prior`. Unlike `encode`/`decode` they take tensors as they are, unchecked.
+    The hooks of x or z take `condition=` too (None for an unconditional model), and
+    `as_condition(condition, rows)` checks one.
     """
 
     def __init__(
@@ -62,9 +72,11 @@ class VAE(keras.Model):
         objective="elbo",
         seed=None,
         kl_schedule=None,
+        condition_shape=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.condition_shape = _condition_shape(condition_shape)
         self.event_shape = tuple(checks.positive_int(d, "input_shape") for d in _as_tuple(input_shape))
         self.latent_dim = checks.positive_int(latent_dim, "latent_dim")
         self.num_samples = checks.positive_int(num_samples, "num_samples")
@@ -123,15 +135,26 @@ class VAE(keras.Model):
             "objective": self.objective,
             "seed": self.seed,
             "kl_schedule": None if self.kl_schedule is None else serialize(self.kl_schedule),
+            # Absent for an unconditional model, whose config stays as it was before conditions.
+            **({"condition_shape": list(self.condition_shape)} if self.condition_shape is not None else {}),
         }
 
     def build(self, input_shape):
         # One zero batch through every part creates all weights now, so `save`/`load_model`,
         # `summary` and export work before the first `fit`; the shapes the heads give are checked.
-        q = self.posterior(tf.zeros((1, *self.event_shape)))
+        c = None if self.condition_shape is None else tf.zeros((1, *self.condition_shape))
+        q = self.posterior(tf.zeros((1, *self.event_shape)), c)
         _check_event_shape(q, "posterior", (self.latent_dim,), f"latent_dim is {self.latent_dim}")
-        _check_event_shape(self.likelihood(q.mean()), "likelihood", self.event_shape, f"input_shape is {self.event_shape}")
-        _check_event_shape(self.prior, "prior", (self.latent_dim,), f"latent_dim is {self.latent_dim}")
+        _check_event_shape(self.likelihood(q.mean(), c), "likelihood", self.event_shape, f"input_shape is {self.event_shape}")
+        try:
+            prior = self.prior
+        except _MissingCondition:
+            raise ValueError(
+                f"prior: the {type(self.prior_head).__name__} head encodes inputs without a condition, so it cannot "
+                f"be the prior of a conditional model (condition_shape={self.condition_shape}); use 'normal' or "
+                f"'mixture'."
+            ) from None
+        _check_event_shape(prior, "prior", (self.latent_dim,), f"latent_dim is {self.latent_dim}")
 
     @property
     def beta(self):
@@ -153,22 +176,49 @@ class VAE(keras.Model):
 
     # The hooks: tensors in, distributions out, no input checks.
 
-    def posterior(self, x):
-        """q(z|x) for a float32 batch x: batch shape [B], event shape [latent_dim]."""
-        return self.posterior_head.distribution(self.posterior_head(self.encoder(x)))
+    def posterior_parameters(self, x, condition=None):
+        """The posterior head's parameters for a float32 batch x (and its condition [B, *condition_shape])."""
+        return self.posterior_head(self._joined(self.encoder(x), condition))
 
-    def likelihood(self, z):
-        """p(x|z) for z of shape [..., latent_dim] (e.g. [K, B, latent_dim]): batch shape z's leading ones."""
+    def posterior(self, x, condition=None):
+        """q(z|x) (q(z|x, c) given the condition) for a float32 batch x: batch shape [B], event shape [latent_dim]."""
+        return self.posterior_head.distribution(self.posterior_parameters(x, condition))
+
+    def likelihood(self, z, condition=None):
+        """p(x|z) for z of shape [..., latent_dim] (e.g. [K, B, latent_dim]): batch shape z's leading ones.
+
+        A condition [B, *condition_shape] (or one row, [1, ...]) is broadcast over z's leading dimensions.
+        """
         leading = tf.shape(z)[:-1]
-        params = self.likelihood_head(self.decoder(tf.reshape(z, (-1, self.latent_dim))))
+        z = self._joined(tf.reshape(z, (-1, self.latent_dim)), condition, leading)
+        params = self.likelihood_head(self.decoder(z))
         if params.dtype in (tf.bfloat16, tf.float16):  # a decoder computing in reduced precision (tfvae.precision)
             params = tf.cast(params, tf.float32)
         params = tf.reshape(params, tf.concat([leading, tf.shape(params)[1:]], axis=0))
         return self.likelihood_head.distribution(params)
 
-    def log_likelihood(self, x, z):
-        """log p(x|z_k) for x [B, *event_shape] and z [K, B, latent_dim]: [K, B]."""
-        return self.likelihood(z).log_prob(x)
+    def log_likelihood(self, x, z, condition=None):
+        """log p(x|z_k) (or p(x|z_k, c)) for x [B, *event_shape] and z [K, B, latent_dim]: [K, B]."""
+        return self.likelihood(z, condition).log_prob(x)
+
+    def _joined(self, features, condition, leading=None):
+        """features [N, F] with the flattened condition appended, [N, F + C]; features as they are without one.
+
+        Args:
+            features: the encoder body's output, or z as rows.
+            condition: None, or [B, *condition_shape] (B may be 1).
+            leading: the leading shape that `features`' N rows were flattened from, e.g. [K, B];
+                None when the rows are the condition's own.
+        """
+        if (condition is None) != (self.condition_shape is None):
+            raise _MissingCondition(_condition_error(self.condition_shape, condition))
+        if condition is None:
+            return features
+        size = math.prod(self.condition_shape)
+        c = tf.reshape(tf.cast(condition, features.dtype), (-1, size))
+        if leading is not None:
+            c = tf.reshape(tf.broadcast_to(c, tf.concat([leading, [size]], axis=0)), (-1, size))
+        return tf.concat([features, c], axis=-1)
 
     def noise(self, num_samples, batch_size):
         """eps ~ N(0, I), [K, B, latent_dim], from the model's seed generator.
@@ -189,46 +239,81 @@ class VAE(keras.Model):
         """x checked (dtype, shape (batch, *input_shape), finite, in the likelihood's support) as a float32 tensor."""
         return checks.as_batch(x, self.event_shape, name, self.likelihood_head)
 
+    def as_condition(self, condition, rows=None, name="condition"):
+        """The condition checked against the model: None for an unconditional model (which refuses one),
+        for a conditional one a float32 tensor of shape (rows, *condition_shape), finite.
+
+        Args:
+            condition: None, or an array (numpy, lists, a tensor) of conditions, one row per example.
+            rows: the number of examples it goes with, or None if unknown.
+            name: how messages name it.
+        """
+        if (condition is None) != (self.condition_shape is None):
+            raise ValueError(_condition_error(self.condition_shape, condition, name))
+        if condition is None:
+            return None
+        c = checks.as_batch(condition, self.condition_shape, name)
+        if rows is not None and c.shape[0] is not None and c.shape[0] != rows:
+            raise ValueError(f"{name}: expected one condition per example ({rows} rows); got {c.shape[0]} rows.")
+        return c
+
     # The user's API: checked inputs.
 
-    def encode(self, x):
-        """q(z|x): a TFP distribution with batch shape [B] and event shape [latent_dim]."""
-        return self.posterior(self.as_input(x))
+    def encode(self, x, condition=None):
+        """q(z|x) (q(z|x, c) given the condition): a TFP distribution with batch shape [B] and event shape [latent_dim]."""
+        x = self.as_input(x)
+        return self.posterior(x, self.as_condition(condition, x.shape[0]))
 
-    def decode(self, z):
-        """p(x|z): a TFP distribution with batch shape [B] and event shape `input_shape`."""
-        return self.likelihood(checks.as_batch(z, (self.latent_dim,), name="z"))
+    def decode(self, z, condition=None):
+        """p(x|z) (p(x|z, c) given the condition): a TFP distribution with batch shape [B] and event shape `input_shape`."""
+        z = checks.as_batch(z, (self.latent_dim,), name="z")
+        return self.likelihood(z, self.as_condition(condition, z.shape[0]))
 
-    def reconstruct(self, x):
+    def reconstruct(self, x, condition=None):
         """The likelihood's point estimate (its mean by default) of p(x|z) at the posterior mean z = E_q[z]."""
-        return distributions.point_estimate(self.likelihood_head, self.likelihood(self.encode(x).mean()))
+        x = self.as_input(x)
+        condition = self.as_condition(condition, x.shape[0])
+        z = self.posterior(x, condition).mean()
+        return distributions.point_estimate(self.likelihood_head, self.likelihood(z, condition))
 
-    def call(self, x):
-        return self.reconstruct(x)
+    def call(self, x, condition=None):
+        return self.reconstruct(x, condition)
 
-    def sample(self, num_samples, seed=None):
+    def sample(self, num_samples, seed=None, condition=None):
         """The likelihood's point estimates (means by default) of p(x|z) for z ~ p(z): [num_samples, *input_shape].
 
         Args:
             num_samples: how many x to draw.
             seed: an int for a reproducible draw; None takes the model's next seed.
+            condition: for a conditional model, one condition (shape `condition_shape`) for every
+                draw, or one per draw (num_samples, *condition_shape).
         """
         num_samples = checks.positive_int(num_samples, "num_samples")
+        if self.condition_shape is not None and condition is not None:
+            if checks.as_array(condition, "condition").shape == self.condition_shape:
+                condition = [condition]  # one condition, drawn from num_samples times
+        condition = self.as_condition(condition)
+        if condition is not None and condition.shape[0] not in (1, num_samples):
+            raise ValueError(
+                f"condition: expected one condition of shape {self.condition_shape} or one per draw "
+                f"({num_samples} rows); got {condition.shape[0]} rows."
+            )
         event_size = math.prod(self.event_shape)
         resources.check_step(num_samples * event_size, "num_samples")
         resources.check_memory(resources.sampling_bytes(num_samples, self.event_shape, self.latent_dim), "num_samples")
         seed = noise.stateless_seed(checks.seed(seed), self.seed_generator)
         z = self.prior.sample(num_samples, seed=tf.cast(seed, tf.int32))
-        return distributions.point_estimate(self.likelihood_head, self.likelihood(z))
+        return distributions.point_estimate(self.likelihood_head, self.likelihood(z, condition))
 
-    def elbo(self, x, num_samples=1):
-        """The ELBO of each x, in nats: [B]. More samples lower its variance, not its bias."""
+    def elbo(self, x, num_samples=1, condition=None):
+        """The ELBO of each x (of log p(x|c) given the condition), in nats: [B]. More samples lower its variance, not its bias."""
         num_samples = checks.positive_int(num_samples, "num_samples")
         resources.check_step(num_samples * math.prod(self.event_shape), "num_samples")  # all K at once
-        return self._compiled_bound(self.as_input(x), num_samples)["elbo"]
+        x = self.as_input(x)
+        return self._compiled_bound(x, num_samples, self.as_condition(condition, x.shape[0]))["elbo"]
 
-    def log_prob(self, x, num_samples=1000, precision="float32"):
-        """The importance-weighted estimate of log p(x) with K = num_samples, in nats: [B].
+    def log_prob(self, x, num_samples=1000, precision="float32", condition=None):
+        """The importance-weighted estimate of log p(x) (log p(x|c) given the condition) with K = num_samples, in nats: [B].
 
         A lower bound in expectation that tightens to log p(x) as K grows (Burda et al. 2015). The K
         samples are taken in chunks, so memory stays bounded for K = 5000.
@@ -240,28 +325,31 @@ class VAE(keras.Model):
         precision = tfvae_precision.check(precision)
         # Chunked, so memory is bounded; without a progress bar, one example's K samples are one step.
         resources.check_step(num_samples * math.prod(self.event_shape), "num_samples")
-        return self.importance_sampled(self.as_input(x), tf.constant(num_samples), precision)["log_prob"]
+        x = self.as_input(x)
+        condition = self.as_condition(condition, x.shape[0])
+        return self.importance_sampled(x, tf.constant(num_samples), precision, condition)["log_prob"]
 
-    def importance_sampled(self, x, num_samples, precision="float32"):
+    def importance_sampled(self, x, num_samples, precision="float32", condition=None):
         """`tfvae.objectives.importance_sampled` with the model's noise, compiled: log p(x) and the ELBO's terms.
 
         precision: "float32" or "bfloat16", the decoder's compute precision (see `tfvae.precision`).
+        condition: the conditions of x for a conditional model (then log p(x|c)), else None.
         """
         if precision == "float32":
-            return self._importance_sampled(x, num_samples)
+            return self._importance_sampled(x, num_samples, condition)
         with tfvae_precision.computing_in([self.decoder, self.likelihood_head], tfvae_precision.check(precision)):
-            return self._importance_sampled_bfloat16(x, num_samples)
+            return self._importance_sampled_bfloat16(x, num_samples, condition)
 
     # One compiled function per precision: a layer's compute dtype is fixed when a graph is traced.
     @tf.function(reduce_retracing=True)
-    def _importance_sampled(self, x, num_samples):
-        return objectives.importance_sampled(self, x, num_samples, self.noise)
+    def _importance_sampled(self, x, num_samples, condition=None):
+        return objectives.importance_sampled(self, x, num_samples, self.noise, condition)
 
     @tf.function(reduce_retracing=True)
-    def _importance_sampled_bfloat16(self, x, num_samples):
-        return objectives.importance_sampled(self, x, num_samples, self.noise)
+    def _importance_sampled_bfloat16(self, x, num_samples, condition=None):
+        return objectives.importance_sampled(self, x, num_samples, self.noise, condition)
 
-    def infer(self, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None):
+    def infer(self, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None, condition=None):
         """A refined q(z|x): the encoder's posterior after `steps` Adam steps on each example's own ELBO.
 
         Semi-amortized inference: the model's weights stay fixed; only each example's posterior
@@ -274,20 +362,21 @@ class VAE(keras.Model):
             learning_rate: Adam's step size on the raw posterior parameters.
             num_samples: K, samples of z per example in each step's ELBO estimate.
             seed: an int for reproducible noise; None takes the model's next seed.
+            condition: the conditions of x, for a conditional model.
 
         Returns:
             A TFP distribution like `encode` returns: batch shape [B], event shape [latent_dim].
         """
-        return inference.refine(self, x, steps, learning_rate, num_samples, seed)
+        return inference.refine(self, x, steps, learning_rate, num_samples, seed, condition)
 
-    def bound(self, x, num_samples, objective="elbo", beta=1.0, step=None):
+    def bound(self, x, num_samples, objective="elbo", beta=1.0, step=None, condition=None):
         """The training bound (`objective` weighted by `beta`) and the true ELBO with its two terms, each [B].
 
         Given the optimizer's `step`, the model's `kl_schedule` makes the bound, and what it applied at
         that step (`beta`, or `kl_term`, ...) is returned beside, as scalars.
         """
-        q = self.posterior(x)
-        sample = objectives.posterior_sample(self, x, q, self.noise(num_samples, tf.shape(x)[0]))
+        q = self.posterior(x, condition)
+        sample = objectives.posterior_sample(self, x, q, self.noise(num_samples, tf.shape(x)[0]), condition)
         elbo, reconstruction, kl = objectives.elbo(sample)
         applied = {}
         if step is None or self.kl_schedule is None:
@@ -298,14 +387,16 @@ class VAE(keras.Model):
 
     # Compiled once per batch shape and K: eager evaluation of many samples would be slow.
     @tf.function(reduce_retracing=True)
-    def _compiled_bound(self, x, num_samples):
-        return self.bound(x, num_samples)
+    def _compiled_bound(self, x, num_samples, condition=None):
+        return self.bound(x, num_samples, condition=condition)
 
-    def _loss_and_metrics(self, x):
+    def _loss_and_metrics(self, x, condition=None):
         """-(the training bound's batch mean) plus the losses layers add, and the metrics' new values."""
         x = tf.cast(x, tf.float32)
         # The step is read in the graph, so a KL schedule moves at every step of a multi-step execution.
-        terms = self.bound(x, self.num_samples, self.objective, self.beta, step=self.optimizer.iterations)
+        terms = self.bound(
+            x, self.num_samples, self.objective, self.beta, step=self.optimizer.iterations, condition=condition
+        )
         # Gradients are summed over replicas: each one's mean is scaled so that the sum is the
         # gradient of the global batch's mean loss. Layers' own losses (add_loss, regularizers)
         # count as Keras counts them.
@@ -321,9 +412,9 @@ class VAE(keras.Model):
         return loss, {**{name: tracker.result() for name, tracker in self.trackers.items()}, **applied}
 
     def train_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            loss, metrics = self._loss_and_metrics(x)
+            loss, metrics = self._loss_and_metrics(x, self._condition_of(y))
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
@@ -331,13 +422,18 @@ class VAE(keras.Model):
 
     def test_step(self, data):
         # The same loss as training's (current beta and objective): `val_loss` is `loss` on other data.
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self._loss_and_metrics(x)[1]
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._loss_and_metrics(x, self._condition_of(y))[1]
 
     def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        x = tf.cast(x, tf.float32)
-        return distributions.point_estimate(self.likelihood_head, self.likelihood(self.posterior(x).mean()))
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x, condition = tf.cast(x, tf.float32), self._condition_of(y)
+        z = self.posterior(x, condition).mean()
+        return distributions.point_estimate(self.likelihood_head, self.likelihood(z, condition))
+
+    def _condition_of(self, y):
+        """The condition a step's labels y carry: y itself for a conditional model; None (labels ignored) otherwise."""
+        return y if self.condition_shape is not None else None
 
     def compile(self, optimizer="adam", steps_per_execution=None, **kwargs):
         """Like `keras.Model.compile`; the loss is the model's own (the negative bound).
@@ -372,20 +468,24 @@ class VAE(keras.Model):
             self.train_function = self.test_function = self.predict_function = None
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, **kwargs):
-        """Like `keras.Model.fit`; labels `y`, if any, are ignored. Compiles with Adam if needed.
+        """Like `keras.Model.fit`; labels `y`, if any, are ignored, except by a conditional model,
+        which takes them as the conditions (a dataset then yields (x, condition) pairs). Compiles with
+        Adam if needed.
 
         In-memory arrays take `tfvae.data.make_dataset`'s pipeline (see
         `tfvae.training.arrays_as_datasets`), with Keras's `batch_size`, `shuffle` and
-        `validation_split` kept.
+        `validation_split` kept; a conditional model's arrays take Keras's own.
         """
         batch_size = checks.keras_batch_size(batch_size)
         epochs = checks.positive_int(epochs, "epochs")
         x = self._check_data(x, "x")
+        y = self._check_conditions(x, y, "condition (y)")
         if kwargs.get("validation_data") is not None:
             kwargs["validation_data"] = self._check_data(kwargs["validation_data"], "validation_data", labelled=True)
+            kwargs["validation_data"] = self._check_labelled_conditions(kwargs["validation_data"], "validation_data")
         if not self.compiled:
             self.compile()
-        if not isinstance(x, tf.data.Dataset):
+        if not isinstance(x, tf.data.Dataset) and self.condition_shape is None:
             x, kwargs = training.arrays_as_datasets(x, batch_size, kwargs)
             if isinstance(x, tf.data.Dataset):  # the labels, ignored anyway, and the batch size are in it
                 y = batch_size = None
@@ -411,6 +511,7 @@ class VAE(keras.Model):
             return super().evaluate(x, y, batch_size, verbose, *args, callbacks=callbacks, **kwargs)
         batch_size = checks.keras_batch_size(batch_size)
         x = self._check_data(x, "x")
+        y = self._check_conditions(x, y, "condition (y)")
         if not self.compiled:
             self.compile()
         self._fit_steps_per_execution((kwargs.get("steps"),), x, batch_size)
@@ -418,10 +519,26 @@ class VAE(keras.Model):
         with _data_errors():
             return super().evaluate(x, y, batch_size, verbose, *args, callbacks=_with_defaults(callbacks, verbose), **kwargs)
 
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """Like `keras.Model.predict`: the reconstruction of each x, after the same checks as `encode`."""
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, condition=None):
+        """Like `keras.Model.predict`: the reconstruction of each x, after the same checks as `encode`.
+
+        A conditional model takes the conditions of an array x as `condition=`, of a dataset as its
+        (x, condition) pairs.
+        """
         batch_size = checks.keras_batch_size(batch_size)
         x = self._check_data(x, "x")
+        if isinstance(x, tf.data.Dataset):
+            if condition is not None:
+                raise ValueError("condition: a dataset carries its own conditions, as (x, condition) pairs; "
+                                 "got condition= as well.")
+            self._check_conditions(x, None, "condition")
+        else:
+            condition = self.as_condition(condition, len(x))
+            if condition is not None:  # Keras reads a tuple as x alone: the pairs go as a dataset, checked above
+                x = tfvae_data.mark_checked(
+                    tfvae_data.make_dataset(np.asarray(x), batch_size or 32, shuffle=False, labels=condition.numpy())
+                )
+                batch_size = None
         x = self._checked_in_pipeline(x, "x")
         with _data_errors():
             return super().predict(x, batch_size, verbose, steps, _with_defaults(callbacks, verbose, nan_guard=False))
@@ -446,8 +563,10 @@ class VAE(keras.Model):
             return data
 
         def check(*element):  # x, or (x, labels, ...)
-            valid = checks.support_assertion(tf.cast(element[0], tf.float32), self.likelihood_head, name)
-            with tf.control_dependencies([valid]):
+            valid = [checks.support_assertion(tf.cast(element[0], tf.float32), self.likelihood_head, name)]
+            if self.condition_shape is not None:
+                valid.append(checks.finite_assertion(tf.cast(element[1], tf.float32), f"{name}'s conditions"))
+            with tf.control_dependencies(valid):
                 checked = tuple(tf.identity(e) for e in element)
             return checked if len(checked) > 1 else checked[0]
 
@@ -455,6 +574,35 @@ class VAE(keras.Model):
 
     def _check_data(self, data, name, labelled=False):
         return checks.check_training_data(data, self.event_shape, name, self.likelihood_head, labelled)
+
+    def _check_conditions(self, x, y, name):
+        """`fit`'s or `evaluate`'s y, checked as conditions for a conditional model (a dataset x must
+        then yield (x, condition) pairs); for an unconditional model y as it was given, labels ignored."""
+        if self.condition_shape is None:
+            return y
+        if isinstance(x, tf.data.Dataset):
+            checks.check_dataset_conditions(x, self.condition_shape, "x")
+            return y
+        if y is None:
+            raise ValueError(
+                f"condition: this conditional model (condition_shape={self.condition_shape}) trains on x "
+                f"with its conditions: pass them as y, shape (batch, {', '.join(map(str, self.condition_shape))})."
+            )
+        return self.as_condition(y, len(x), name).numpy()
+
+    def _check_labelled_conditions(self, data, name):
+        """validation_data of a conditional model: (x, conditions) arrays or a dataset of such pairs, checked."""
+        if self.condition_shape is None:
+            return data
+        if isinstance(data, tf.data.Dataset):
+            checks.check_dataset_conditions(data, self.condition_shape, name)
+            return data
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise ValueError(
+                f"condition: a conditional model's {name} is a pair (x, conditions) or a dataset of such pairs; "
+                f"got {type(data).__name__}{'' if not isinstance(data, (tuple, list)) else f' of {len(data)}'}."
+            )
+        return data[0], self.as_condition(data[1], len(data[0]), f"condition ({name}[1])").numpy()
 
 
 def _with_defaults(callbacks, verbose, nan_guard=True):
@@ -495,6 +643,32 @@ def _forget_uninitialized_variables(model):
     if pending:
         ours = {id(v) for v in model.variables}
         pending[:] = [v for v in pending if id(v) not in ours]
+
+
+class _MissingCondition(ValueError):
+    """A hook of a conditional model called without a condition, or of an unconditional one with one."""
+
+
+def _condition_shape(value):
+    """`condition_shape`: None, or a non-empty shape of positive ints as a tuple."""
+    if value is None:
+        return None
+    shape = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    if not isinstance(shape, (tuple, list)) or not shape:
+        raise ValueError(f"condition_shape: expected None or a non-empty tuple of positive ints such as (10,); got {value!r}.")
+    return tuple(checks.positive_int(d, "condition_shape") for d in shape)
+
+
+def _condition_error(condition_shape, condition, name="condition"):
+    if condition_shape is None:
+        return (
+            f"{name}: this model is unconditional (condition_shape=None) and takes no condition; "
+            f"got {type(condition).__name__}."
+        )
+    return (
+        f"{name}: this model is conditional (condition_shape={condition_shape}) and needs a condition per example, "
+        f"shape (batch, {', '.join(map(str, condition_shape))}); got None."
+    )
 
 
 def _beta(value):

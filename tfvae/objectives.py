@@ -8,6 +8,9 @@ Every estimator starts from a `PosteriorSample`: K samples of z from q(z|x) made
 [K, B, latent_dim], with log p(x|z) [K, B]. Only where eps comes from differs between callers
 (the model's seed generator in training, a stateless seed in `infer`, TensorFlow's unseeded normal
 in an exported graph). All values are in nats, one per example: shape [B].
+
+A conditional model's bounds are those of log p(x|c): the condition c [B, ...] goes wherever x
+does, to q(z|x, c) and p(x|z, c); p(z) stays unconditional.
 """
 
 from typing import Any, NamedTuple
@@ -29,7 +32,7 @@ class PosteriorSample(NamedTuple):
     log_q: tf.Tensor  # log q(z_k|x), [K, B]
 
 
-def posterior_sample(model, x, q, eps):
+def posterior_sample(model, x, q, eps, condition=None):
     """Samples z ~ q from the noise eps and scores them: the start of every estimator.
 
     Args:
@@ -37,11 +40,12 @@ def posterior_sample(model, x, q, eps):
         x: a float32 batch [B, *event_shape].
         q: the posterior q(z|x), batch shape [B]: `model.posterior(x)`, or a refined one.
         eps: standard normal noise [K, B, latent_dim].
+        condition: the conditions of x [B, *condition_shape] for a conditional model, else None.
     """
     head = model.posterior_head
     z = distributions.reparameterize(head, q, eps)
     log_q = distributions.posterior_log_prob(head, q, z, eps)
-    return PosteriorSample(q, model.prior, z, eps, model.log_likelihood(x, z), log_q)
+    return PosteriorSample(q, model.prior, z, eps, model.log_likelihood(x, z, condition), log_q)
 
 
 def kl_divergence(sample):
@@ -97,7 +101,7 @@ def register(name, objective):
 _CHUNK_ELEMENTS = 2**23
 
 
-def importance_sampled(model, x, num_samples, noise):
+def importance_sampled(model, x, num_samples, noise, condition=None):
     """log p(x) by importance sampling with K = num_samples, and the ELBO's terms from the same z.
 
     The K samples are taken in chunks by a `tf.while_loop` whose running log-sum-exp keeps memory
@@ -108,6 +112,7 @@ def importance_sampled(model, x, num_samples, noise):
         x: a float32 batch [B, *event_shape].
         num_samples: K >= 1, an int or a scalar int32 tensor.
         noise: `noise(k, batch_size) -> eps [k, B, latent_dim]`, standard normal.
+        condition: the conditions of x for a conditional model (then log p(x|c)), else None.
 
     Returns:
         A dict of [B] tensors: "log_prob" (logsumexp_k log w_k - log K), "reconstruction"
@@ -117,11 +122,11 @@ def importance_sampled(model, x, num_samples, noise):
     num_samples = tf.convert_to_tensor(num_samples, tf.int32)
     event_size = tf.reduce_prod(tf.shape(x)[1:])
     chunk = tf.clip_by_value(_CHUNK_ELEMENTS // tf.maximum(batch_size * event_size, 1), 1, num_samples)
-    q = model.posterior(x)
+    q = model.posterior(x, condition)
 
     def body(done, log_sum, log_likelihood_sum, kl_sum):
         k = tf.minimum(chunk, num_samples - done)
-        sample = posterior_sample(model, x, q, noise(k, batch_size))
+        sample = posterior_sample(model, x, q, noise(k, batch_size), condition)
         log_sum = tf.reduce_logsumexp(tf.concat([log_sum[None], log_weights(sample)], axis=0), axis=0)
         kl = kl_divergence(sample) * tf.cast(k, tf.float32)
         return done + k, log_sum, log_likelihood_sum + tf.reduce_sum(sample.log_likelihood, axis=0), kl_sum + kl

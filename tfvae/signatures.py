@@ -18,8 +18,12 @@ Every random op is built without a seed, whatever `keras.utils.set_random_seed` 
 graph would make every freshly loaded model draw the same first samples. `sample_seeded` gives
 reproducible draws instead, from a counter-based hash made of TFLite builtin integer ops, so the
 same seed gives the same images in TensorFlow and in LiteRT.
+
+A conditional model's signatures each take one more input, `condition`: one row per x, z or draw
+(`signatures_of`), checked like the others.
 """
 
+import inspect
 import math
 from typing import NamedTuple
 
@@ -52,6 +56,13 @@ SIGNATURES = {
 }
 
 
+def signatures_of(model):
+    """The signatures of `model`'s export: `SIGNATURES`, each with the input "condition" last for a conditional model."""
+    if model.condition_shape is None:
+        return SIGNATURES
+    return {name: s._replace(inputs=(*s.inputs, "condition")) for name, s in SIGNATURES.items()}
+
+
 class Signatures(tf.Module):
     """The model's variables and its signature functions, ready for `tf.saved_model.save`.
 
@@ -69,6 +80,7 @@ class Signatures(tf.Module):
         z_spec = tf.TensorSpec((None, latent_dim), tf.float32, name="z")
         n_spec = tf.TensorSpec((), tf.int32, name="num_samples")
         seed_spec = tf.TensorSpec((), tf.int32, name="seed")
+        condition_shape = model.condition_shape
 
         likelihood = model.likelihood_head
         support = f"finite values in the support of the {type(likelihood).__name__} likelihood"
@@ -82,37 +94,56 @@ class Signatures(tf.Module):
         def checked_count(num_samples):
             return _checked(num_samples, "num_samples", None, lambda n: n >= 0, "a count >= 0")
 
-        def encode(x):
-            q = model.encode(checked_x(x))
+        def checked_condition(condition, rows_of):
+            """The condition of a conditional model, finite and with one row per row of the tensor `rows_of`
+            (or `rows_of` rows, for a count); None for an unconditional one, whose graphs stay as they were."""
+            if condition is None:
+                return None
+            rows = rows_of if rows_of.shape.rank == 0 else tf.shape(rows_of)[0]
+
+            def valid(c):
+                return _all_finite(c) & tf.equal(tf.shape(c)[0], rows)
+
+            return _checked(condition, "condition", condition_shape, valid, "finite values, one row per example")
+
+        def encode(x, condition=None):
+            x = checked_x(x)
+            q = model.encode(x, checked_condition(condition, x))
             return {"z_mean": q.mean(), "z_stddev": distributions.posterior_stddev(model.posterior_head, q)}
 
-        def decode(z):
+        def decode(z, condition=None):
             z = _checked(z, "z", (latent_dim,), _all_finite, "finite values")
-            return {"x_mean": _point_estimate(model, z)}
+            return {"x_mean": _point_estimate(model, z, checked_condition(condition, z))}
 
-        def reconstruct(x):
-            return {"x_mean": model.reconstruct(checked_x(x))}
+        def reconstruct(x, condition=None):
+            x = checked_x(x)
+            return {"x_mean": model.reconstruct(x, checked_condition(condition, x))}
 
-        def sample(num_samples):
+        def sample(num_samples, condition=None):
             _unseed_graph()
             num_samples = checked_count(num_samples)
+            condition = checked_condition(condition, num_samples)
             uniform = tf.random.uniform(tf.stack([num_samples, 1]))
             z = _prior_sample(model.prior, uniform, tf.random.normal(tf.stack([num_samples, latent_dim])))
-            return {"x_mean": _point_estimate(model, z)}
+            return {"x_mean": _point_estimate(model, z, condition)}
 
-        def sample_seeded(num_samples, seed):
+        def sample_seeded(num_samples, seed, condition=None):
             num_samples = checked_count(num_samples)
+            condition = checked_condition(condition, num_samples)
             z = _prior_sample_from_seed(model.prior, num_samples, latent_dim, _checked(seed, "seed", None))
-            return {"x_mean": _point_estimate(model, z)}
+            return {"x_mean": _point_estimate(model, z, condition)}
 
-        def elbo(x):
-            _unseed_graph()
-            return {"elbo": _elbo(model, checked_x(x))}
-
-        def log_prob(x):
+        def elbo(x, condition=None):
             _unseed_graph()
             x = checked_x(x)
-            return {"log_prob": objectives.importance_sampled(model, x, log_prob_samples, _noise(latent_dim))["log_prob"]}
+            return {"elbo": _elbo(model, x, checked_condition(condition, x))}
+
+        def log_prob(x, condition=None):
+            _unseed_graph()
+            x = checked_x(x)
+            condition = checked_condition(condition, x)
+            terms = objectives.importance_sampled(model, x, log_prob_samples, _noise(latent_dim), condition)
+            return {"log_prob": terms["log_prob"]}
 
         functions = {
             "encode": encode,
@@ -124,20 +155,34 @@ class Signatures(tf.Module):
             "log_prob": log_prob,
         }
         specs = {"x": x_spec, "z": z_spec, "num_samples": n_spec, "seed": seed_spec}
+        if condition_shape is not None:
+            specs["condition"] = tf.TensorSpec((None, *condition_shape), tf.float32, name="condition")
         assert functions.keys() == SIGNATURES.keys(), "each signature in SIGNATURES has one function here"
+        # The signatures this model exports, its inputs included; `tfvae.export` checks these.
+        self.table = signatures_of(model)
         # The Python functions themselves run eagerly on the Keras model: the reference of the parity checks.
         self.python_functions = functions
         self.functions = {
             name: tf.function(
-                functions[name], input_signature=[specs[i] for i in signature.inputs], autograph=False
+                _taking(functions[name], signature.inputs),
+                input_signature=[specs[i] for i in signature.inputs],
+                autograph=False,
             )
-            for name, signature in SIGNATURES.items()
+            for name, signature in self.table.items()
         }
 
     def signatures(self):
         """{signature name: concrete function}, with `serving_default` the same as `encode`."""
         concrete = {name: f.get_concrete_function() for name, f in self.functions.items()}
         return {**concrete, "serving_default": concrete["encode"]}
+
+
+def _taking(function, inputs):
+    """`function`, whose parameters tf.function reads as exactly `inputs`: an unconditional model's graphs
+    then have no `condition` parameter at all (not even a None one in their input signature)."""
+    parameter = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    function.__signature__ = inspect.Signature([inspect.Parameter(name, parameter) for name in inputs])
+    return function
 
 
 def _checked(value, name, feature_shape, valid=None, expected=None):
@@ -208,9 +253,9 @@ def _unseed_graph():
     tf.compat.v1.get_default_graph().seed = None
 
 
-def _point_estimate(model, z):
-    """The x that p(x|z) stands for (its mean unless the likelihood head says otherwise)."""
-    return distributions.point_estimate(model.likelihood_head, model.likelihood(z))
+def _point_estimate(model, z, condition=None):
+    """The x that p(x|z) (or p(x|z, c)) stands for (its mean unless the likelihood head says otherwise)."""
+    return distributions.point_estimate(model.likelihood_head, model.likelihood(z, condition))
 
 
 def _noise(latent_dim):
@@ -218,9 +263,10 @@ def _noise(latent_dim):
     return lambda k, batch_size: tf.random.normal(tf.stack([k, batch_size, latent_dim]))
 
 
-def _elbo(model, x):
+def _elbo(model, x, condition=None):
     """A one-sample ELBO per example, the estimator of `model.elbo(x)`."""
-    sample = objectives.posterior_sample(model, x, model.posterior(x), _noise(model.latent_dim)(1, tf.shape(x)[0]))
+    eps = _noise(model.latent_dim)(1, tf.shape(x)[0])
+    sample = objectives.posterior_sample(model, x, model.posterior(x, condition), eps, condition)
     return objectives.elbo(sample)[0]
 
 

@@ -39,6 +39,7 @@ TRAIN_DEFAULTS = {
     "seed": 0,
     "diagnostics_every": 5,  # 0: no diagnostics
     "diagnostics_samples": 100,
+    "condition": None,  # unconditional; "labels": a conditional VAE on the one-hot class labels
 }
 # The names in tfvae.distributions' registries, here so that `--help` needs no TensorFlow.
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli", "discretized_logistic", "poisson", "negative_binomial")
@@ -130,6 +131,9 @@ def _parser():
         f"latent dimension into history.csv and TensorBoard; 0: never (default: {d['diagnostics_every']})")
     add("--diagnostics-samples", type=_positive_int, metavar="K",
         help=f"K, importance samples per test image in the diagnostics (default: {d['diagnostics_samples']})")
+    add("--condition", choices=("labels",),
+        help="labels: train a conditional VAE on the dataset's class labels (one-hot), so that `tfvae sample RUN "
+        "--condition C` draws images of class C (default: unconditional)")
     add("--out", metavar="RUN", help="run directory to create, which must not exist or be empty unless --resume "
         "(default: runs/DATASET, or runs/DATASET-2, ... if taken)")
     add("--resume", action="store_true", help="continue the run in --out RUN from its last checkpoint")
@@ -175,6 +179,8 @@ def _parser():
         help="a .png grid or a .npy array (default: samples.png)")
     add("--seed", type=_seed, metavar="S",
         help="seed of a reproducible draw, 0 to 2**31-1 (default: a fresh one, printed)")
+    add("--condition", type=_class_index, metavar="C",
+        help="the class to draw, 0 to classes-1, for a run trained with --condition labels")
 
     reconstruct = _run_command(
         commands, "reconstruct", "commands:reconstruct", "reconstruct images",
@@ -268,6 +274,16 @@ def _seed(text):
         value = -1
     if not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**31-1 = {SEED_MAX}; got {text!r}")
+    return value
+
+
+def _class_index(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a class index, an integer >= 0; got {text!r}")
     return value
 
 

@@ -57,12 +57,14 @@ def evaluate(args):
         dataset = runs.load_dataset(name, config.get("data_dir"))
     x = runs.as_model_input(runs.evaluation_images(config, dataset), model.event_shape, f"--dataset {name}")
     batch_size = _batch_for_progress(model, args.num_samples, args.batch_size)
+    condition = labels_as_conditions(model, dataset.y_test, f"--dataset {name}")
     with _flags({"data": f"--dataset {name}"}):
         result = evaluation.log_likelihood(model, x, num_samples=args.num_samples, batch_size=batch_size,
-                                           verbose=0 if args.json else 1, precision=args.precision)
+                                           verbose=0 if args.json else 1, precision=args.precision,
+                                           condition=condition)
     result.update(
         precision=args.precision,
-        active_units=evaluation.active_units(model, x),
+        active_units=evaluation.active_units(model, x, condition=condition),
         latent_dim=model.latent_dim,
         run=args.run,
         dataset=name,
@@ -106,9 +108,11 @@ def export(args):
     exporting.check_directory(os.path.abspath(directory), args.overwrite, "--out", "--overwrite")
     model = runs.load_model(args.run)
     config = _config_if_any(args.run)
-    sample_inputs = None
+    sample_inputs = sample_conditions = None
     if "dataset" in config:
-        sample_inputs = runs.evaluation_images(config, runs.load_dataset(config["dataset"], config.get("data_dir")))
+        dataset = runs.load_dataset(config["dataset"], config.get("data_dir"))
+        sample_inputs = runs.evaluation_images(config, dataset)
+        sample_conditions = labels_as_conditions(model, dataset.y_test, f"the run's dataset {config['dataset']}")
     # The parity check runs log_prob with K samples on each runtime without a progress bar.
     runtimes = 2 + (not args.no_tflite) + (quantize is not None)  # Keras, the SavedModel, each TFLite model
     parity_examples = exporting.PARITY_BATCH if sample_inputs is None else min(exporting.PARITY_BATCH,
@@ -121,7 +125,7 @@ def export(args):
     with _flags(names), quiet_native_logs():  # the TFLite converter's "Ignored output_format." and the like
         manifest = exporting.save(model, directory, tflite=not args.no_tflite, quantize=quantize,
                                   log_prob_samples=args.log_prob_samples, overwrite=args.overwrite,
-                                  sample_inputs=sample_inputs)
+                                  sample_inputs=sample_inputs, sample_conditions=sample_conditions)
     files = [f"{f['path']} ({f['bytes'] / 1e6:.1f} MB)" for f in manifest.get("files", {}).values()]
     print(f"Exported {args.run} to {directory}: {', '.join(files + ['manifest.json'])}.")
     parity = manifest.get("parity", {}).get("max_abs_diff", {})
@@ -138,12 +142,49 @@ def sample(args):
     request = f"-n {args.num}"
     resources.check_memory(resources.sampling_bytes(args.num, model.event_shape, model.latent_dim, picture), request)
     resources.check_step(args.num * math.prod(model.event_shape), request)
+    condition = _one_hot_class(model, args.condition)
     # A fresh seed unless one is given: the model's own generator starts alike after every load.
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
-    x = np.asarray(model.sample(args.num, seed=seed))
+    x = np.asarray(model.sample(args.num, seed=seed, condition=condition))
     _write_images(x, output)
-    print(f"Wrote {args.num} samples (seed {seed}) to {output}.")
+    of_class = "" if condition is None else f" of class {args.condition}"
+    print(f"Wrote {args.num} samples{of_class} (seed {seed}) to {output}.")
     return 0
+
+
+def one_hot_labels(labels, classes, source):
+    """Class labels as one-hot conditions, (N, classes) float32, the conditions of `--condition labels`.
+
+    Args:
+        labels: int class labels, or None.
+        classes: the number of classes.
+        source: where the labels come from, for messages, e.g. "--dataset digits".
+    """
+    if labels is None:
+        raise ValueError(f"{source} has no labels; a conditional model needs them as its conditions.")
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"{source}: expected labels from 0 to {classes - 1}, the model's classes; "
+                         f"got {labels.min()} to {labels.max()}.")
+    return np.eye(classes, dtype=np.float32)[labels]
+
+
+def labels_as_conditions(model, labels, source):
+    """The one-hot conditions of class labels for a model trained with --condition labels; None for another model."""
+    return None if model.condition_shape is None else one_hot_labels(labels, model.condition_shape[0], source)
+
+
+def _one_hot_class(model, index):
+    """`--condition C` as the one-hot condition of class C; None for an unconditional model without one."""
+    if model.condition_shape is None:
+        if index is not None:
+            raise ValueError("--condition: this run's model is unconditional (trained without --condition labels).")
+        return None
+    (classes,) = model.condition_shape
+    if index is None:
+        raise ValueError(f"--condition: this run's model is conditional; give the class to draw, 0 to {classes - 1}.")
+    if index >= classes:
+        raise ValueError(f"--condition: expected a class from 0 to {classes - 1}; got {index}.")
+    return np.eye(classes, dtype=np.float32)[index]
 
 
 def reconstruct(args):

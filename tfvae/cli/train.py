@@ -83,12 +83,14 @@ def _prepare(config, done, checkpoint):
     if config["diagnostics_every"]:  # refused now, not after the first epoch
         resources.check_step(config["diagnostics_samples"] * int(np.prod(image_shape)),
                              f"--diagnostics-samples {config['diagnostics_samples']} (per test image)")
+    train_conditions, test_conditions = _conditions(config, dataset)
     keras.utils.set_random_seed(config["seed"])
     binarization = None if config["binarization"] == "none" else config["binarization"]
     # A resumed run must not replay the shuffles and binary draws of its first epochs: the seed moves on.
-    train_data = data.make_dataset(dataset.x_train, config["batch_size"], binarization, seed=config["seed"] + done)
+    train_data = data.make_dataset(dataset.x_train, config["batch_size"], binarization, seed=config["seed"] + done,
+                                   labels=train_conditions)
     x_test = runs.evaluation_images(config, dataset)
-    validation_data = data.make_dataset(x_test, VALIDATION_BATCH, shuffle=False)
+    validation_data = data.make_dataset(x_test, VALIDATION_BATCH, shuffle=False, labels=test_conditions)
     if checkpoint is not None:
         model = _load_checkpoint(checkpoint, config)
     else:
@@ -104,12 +106,25 @@ def _prepare(config, done, checkpoint):
                 num_samples=config["num_samples"],
                 seed=config["seed"],
                 kl_schedule=config["kl_schedule"],
+                condition_shape=None if train_conditions is None else train_conditions.shape[1:],
             )
         model.compile(optimizer=training.Adam(config["learning_rate"]))
     # fit checks a tf.data dataset's shape only; the values must lie where the likelihood has density.
     for split, x in (("train", dataset.x_train), ("test", x_test)):
         commands.check_support(x, f"--dataset {config['dataset']} ({split} split)", model.likelihood_head)
     return dataset, train_data, validation_data, model
+
+
+def _conditions(config, dataset):
+    """The one-hot class labels of the train and test splits for `--condition labels`; (None, None) without it."""
+    if config["condition"] is None:
+        return None, None
+    if config["condition"] != "labels":  # a hand-edited config.json
+        raise ValueError(f"--condition: expected labels; got {config['condition']!r}.")
+    source = f"--condition labels: the dataset {config['dataset']}"
+    labels = [y for y in (dataset.y_train, dataset.y_test) if y is not None]
+    classes = max(int(y.max()) + 1 for y in labels) if labels else 0
+    return tuple(commands.one_hot_labels(y, classes, source) for y in (dataset.y_train, dataset.y_test))
 
 
 def _train(run, config, done, dataset, train_data, validation_data, model):
@@ -128,11 +143,14 @@ def _train(run, config, done, dataset, train_data, validation_data, model):
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     image_shape = tuple(config["input_shape"])
     shown = dataset.x_test[np.linspace(0, len(dataset.x_test) - 1, RECONSTRUCTED_IMAGES).astype(int)]
-    pictures = _drawable(shown)
+    # tfvae.callbacks.ImageGrids and Diagnostics draw and score without conditions: a conditional run's samples
+    # come from `tfvae sample`, its scores from `tfvae evaluate`.
+    conditional = model.condition_shape is not None
+    pictures = _drawable(shown) and not conditional
     # Order matters: diagnostics first, so that their numbers reach history.csv and TensorBoard; the
     # checkpoint last (see the module docstring).
     fit_callbacks = []
-    if config["diagnostics_every"]:
+    if config["diagnostics_every"] and not conditional:
         fit_callbacks.append(callbacks.Diagnostics(runs.evaluation_images(config, dataset),
                                                    every=config["diagnostics_every"],
                                                    num_samples=config["diagnostics_samples"]))
@@ -147,7 +165,10 @@ def _train(run, config, done, dataset, train_data, validation_data, model):
     _describe(run, config, dataset, done)
     if not tensorboard:
         print("TensorBoard is not installed, so no logs/ are written (pip install tensorboard).")
-    if not pictures:
+    if model.condition_shape is not None:
+        print(f"A conditional VAE on {model.condition_shape[0]} classes: no samples.png or reconstructions.png; "
+              f"draw a class C with: tfvae sample {run} --condition C")
+    elif not pictures:
         print(f"x of shape {image_shape} is not a grey or RGB image: no samples.png or reconstructions.png.")
     if done < config["epochs"]:
         try:
@@ -189,6 +210,7 @@ def _resume_config(config, args, done):
     # Runs written before diagnostics existed have no columns for them in history.csv.
     config.setdefault("diagnostics_every", 0)
     config.setdefault("diagnostics_samples", DEFAULTS["diagnostics_samples"])
+    config.setdefault("condition", DEFAULTS["condition"])  # and before --condition
     missing = [key for key in DEFAULTS if key not in config]
     if missing:
         raise ValueError(f"{args.out}/{runs.CONFIG}: missing {', '.join(missing)}; not a config of tfvae train.")
@@ -237,6 +259,9 @@ def _load_checkpoint(path, config):
     if model.event_shape != tuple(config["input_shape"]):
         raise ValueError(f"{path}: its model takes x of shape {model.event_shape}; --dataset {config['dataset']} "
                          f"has images of shape {tuple(config['input_shape'])}.")
+    if (model.condition_shape is None) != (config["condition"] is None):
+        raise ValueError(f"{path}: its model is {'un' * (model.condition_shape is None)}conditional; the run's "
+                         f"{runs.CONFIG} says condition = {config['condition']!r}.")
     if model.latent_dim != config["latent_dim"]:
         raise ValueError(f"{path}: its model has latent_dim {model.latent_dim}; the run's {runs.CONFIG} says "
                          f"{config['latent_dim']}.")
@@ -268,7 +293,8 @@ def _describe(run, config, dataset, done):
         f"{'Resuming' if done else 'Training'} {run}: {config['dataset']} ({len(dataset.x_train)} train, "
         f"{len(dataset.x_test)} test, {shape}), {config['architecture']} VAE, latent_dim {config['latent_dim']}, "
         f"{config['likelihood']} likelihood, {config['prior']} prior, {config['objective']} objective"
-        f"{', KL schedule ' + config['kl_schedule'] if config['kl_schedule'] else ''}; {plan}, "
+        f"{', KL schedule ' + config['kl_schedule'] if config['kl_schedule'] else ''}"
+        f"{', conditioned on the labels' if config['condition'] else ''}; {plan}, "
         f"batch {config['batch_size']}.",
         flush=True,
     )
