@@ -1,5 +1,6 @@
 """A conditional VAE, tfvae.VAE(condition_shape=...): q(z|x, c), p(x|z, c), p(z), trained by fit(x, y)."""
 
+import csv
 import json
 import os
 
@@ -222,6 +223,25 @@ def test_condition_shape_is_in_the_config_and_survives_a_keras_round_trip(condit
     )
 
 
+def test_diagnostics_score_the_held_out_x_under_their_conditions(conditional, labelled_digits):
+    _, _, x_test, c_test, _ = labelled_digits
+    diagnostics = tfvae.callbacks.Diagnostics(x_test[:100], condition=c_test[:100], num_samples=10)
+    diagnostics.set_model(conditional)
+    diagnostics.on_train_begin()
+    state = conditional.seed_generator.state.numpy()
+    values = diagnostics.diagnose()
+    conditional.seed_generator.state.assign(state)
+    expected = tfvae.evaluate.log_likelihood(conditional, x_test[:100], 10, verbose=0, condition=c_test[:100])
+    assert values["val_log_likelihood"] == expected["log_likelihood"]
+    q = conditional.encode(x_test[:100], condition=c_test[:100])
+    mu, sigma = q.mean().numpy().astype(np.float64), q.stddev().numpy().astype(np.float64)
+    closed_form = np.mean(0.5 * (mu**2 + sigma**2 - 1) - np.log(sigma), axis=0)
+    np.testing.assert_allclose([values[f"val_kl_{d}"] for d in range(4)], closed_form, rtol=1e-5, atol=1e-6)
+    diagnostics.condition = None
+    with pytest.raises(ValueError, match="^condition"):
+        diagnostics.on_train_begin()
+
+
 def test_evaluate_log_likelihood_takes_conditions_as_an_array_or_in_a_dataset(conditional, labelled_digits):
     _, _, x, c, _ = labelled_digits
     x, c = x[:60], c[:60]
@@ -389,6 +409,11 @@ def test_cli_trains_a_conditional_run_and_samples_a_class(cli_run, classifier):
     assert report["num_examples"] == 297 and report["log_likelihood"] > report["elbo"] - 1
     manifest = json.loads((workdir / "export" / "manifest.json").read_text())
     assert manifest["condition_shape"] == [CLASSES]
+    # tfvae train's diagnostics score the test images under their classes, every 5 epochs.
+    with open(workdir / "cvae" / "history.csv", newline="") as f:
+        diagnosed = [row["val_log_likelihood"] for row in csv.DictReader(f)]
+    assert [value != "NA" for value in diagnosed] == [(epoch + 1) % 5 == 0 for epoch in range(15)]
+    assert float(diagnosed[-1]) > report["elbo"] - 1
     assert "sample_conditions" in manifest["parity"]["inputs"]
 
 

@@ -165,6 +165,8 @@ class Diagnostics(keras.callbacks.Callback):
     Args:
         x: held-out examples, shape (n, *input_shape), checked like the model's inputs, e.g. 1000
             test images.
+        condition: for a conditional model, the conditions of x, one row per example (then every
+            number is of q(z|x, c) and log p(x|c)); None for an unconditional one.
         every: epochs between diagnoses.
         num_samples: K, importance samples per example for the log-likelihood (and draws per example
             for a Monte Carlo KL).
@@ -180,11 +182,12 @@ class Diagnostics(keras.callbacks.Callback):
         >>> history.history["val_active_units"]  # epochs 5, 10, 15, 20
     """
 
-    def __init__(self, x, every=1, num_samples=100, threshold=0.01, batch_size=100, log_dir=None):
+    def __init__(self, x, every=1, num_samples=100, threshold=0.01, batch_size=100, log_dir=None, condition=None):
         super().__init__()
         if x is None:
             raise ValueError("x: expected held-out examples, an array of shape (n, *input_shape); got None.")
         self.x = x
+        self.condition = condition
         self.every = checks.positive_int(every, "every")
         self.num_samples = checks.positive_int(num_samples, "num_samples")
         self.threshold = checks.finite_float(threshold, "threshold", inclusive=True)
@@ -193,7 +196,7 @@ class Diagnostics(keras.callbacks.Callback):
             raise ImportError("log_dir: TensorBoard scalars need the tensorboard package (pip install tensorboard).")
         self.log_dir = log_dir
         self._writer = None
-        self._checked = None
+        self._checked = self._checked_condition = None
 
     def keys(self, model=None):
         """The keys a diagnosed epoch logs for `model` (default: the model being fitted)."""
@@ -203,13 +206,14 @@ class Diagnostics(keras.callbacks.Callback):
 
     def set_model(self, model):
         super().set_model(model)
-        self._checked = None  # x as the previous model checked it
+        self._checked = self._checked_condition = None  # x and c as the previous model checked them
 
     def on_train_begin(self, logs=None):
         # Checked once per fit, before the first epoch's work, so a bad x fails at once.
         self._checked = self.model.as_input(self.x, "x")
         if self._checked.shape[0] == 0:
             raise ValueError("x: expected at least one example; got an empty batch.")
+        self._checked_condition = self.model.as_condition(self.condition, self._checked.shape[0])
         samples = self.num_samples * math.prod(self.model.event_shape)
         resources.check_step(samples, f"num_samples={self.num_samples} (per example)")
 
@@ -229,16 +233,21 @@ class Diagnostics(keras.callbacks.Callback):
 
     def diagnose(self):
         """The diagnostics of the model as it is now: a dict of the `keys` with their float values."""
-        x = self._checked if self._checked is not None else self.model.as_input(self.x, "x")
+        x, c = self._checked, self._checked_condition
+        if x is None:
+            x = self.model.as_input(self.x, "x")
+            c = self.model.as_condition(self.condition, x.shape[0])
         state = self.model.seed_generator.state
         saved = state.numpy()
         try:
-            log_likelihood = evaluate.log_likelihood(self.model, x, self.num_samples, self.batch_size, verbose=0)
+            log_likelihood = evaluate.log_likelihood(self.model, x, self.num_samples, self.batch_size, verbose=0,
+                                                     condition=c)
             values = {
                 "val_log_likelihood": log_likelihood["log_likelihood"],
-                "val_active_units": evaluate.active_units(self.model, x, self.threshold, self.batch_size),
+                "val_active_units": evaluate.active_units(self.model, x, self.threshold, self.batch_size,
+                                                          condition=c),
             }
-            kl = kl_per_dimension(self.model, x, self.num_samples, self.batch_size)
+            kl = kl_per_dimension(self.model, x, self.num_samples, self.batch_size, c)
         finally:
             state.assign(saved)
         if kl is not None:
@@ -259,7 +268,7 @@ class Diagnostics(keras.callbacks.Callback):
         self._writer.flush()
 
 
-def kl_per_dimension(model, x, num_samples=100, batch_size=100):
+def kl_per_dimension(model, x, num_samples=100, batch_size=100, condition=None):
     """E_x KL(q(z_d|x) || p(z_d)) for each latent dimension d, from the marginals of q and p, in nats.
 
     Analytic when both marginals are Gaussian; a Monte Carlo estimate with `num_samples` draws of
@@ -270,6 +279,7 @@ def kl_per_dimension(model, x, num_samples=100, batch_size=100):
         x: a float32 batch [N, *input_shape], checked (`model.as_input`).
         num_samples: draws per example for a Monte Carlo estimate.
         batch_size: examples per batch.
+        condition: a conditional model's checked conditions of x (`model.as_condition`), else None.
 
     Returns:
         A float64 numpy array [latent_dim], or None when q's or p's marginals are not Gaussian or
@@ -291,14 +301,16 @@ def kl_per_dimension(model, x, num_samples=100, batch_size=100):
 
     total = np.zeros(model.latent_dim)
     for start in range(0, x.shape[0], batch_size):
-        _, q_loc, q_scale = _marginals(model.posterior(x[start : start + batch_size]))
+        c = None if condition is None else condition[start : start + batch_size]
+        _, q_loc, q_scale = _marginals(model.posterior(x[start : start + batch_size], c))
         total += tf.reduce_sum(batch_kl(q_loc, q_scale), axis=0).numpy().astype(np.float64)
     return total / x.shape[0]
 
 
 def _marginals_known(model):
     """Whether `kl_per_dimension` answers for the model: q's marginals Gaussian, p's Gaussian or mixtures of them."""
-    q = _marginals(model.posterior(tf.zeros((1, *model.event_shape))))
+    c = None if model.condition_shape is None else tf.zeros((1, *model.condition_shape))
+    q = _marginals(model.posterior(tf.zeros((1, *model.event_shape)), c))
     return q is not None and q[0] is None and _marginals(model.prior) is not None
 
 

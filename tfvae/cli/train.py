@@ -143,15 +143,15 @@ def _train(run, config, done, dataset, train_data, validation_data, model):
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     image_shape = tuple(config["input_shape"])
     shown = dataset.x_test[np.linspace(0, len(dataset.x_test) - 1, RECONSTRUCTED_IMAGES).astype(int)]
-    # tfvae.callbacks.ImageGrids and Diagnostics draw and score without conditions: a conditional run's samples
-    # come from `tfvae sample`, its scores from `tfvae evaluate`.
+    # tfvae.callbacks.ImageGrids draws without conditions: a conditional run's samples come from `tfvae sample`.
     conditional = model.condition_shape is not None
     pictures = _drawable(shown) and not conditional
     # Order matters: diagnostics first, so that their numbers reach history.csv and TensorBoard; the
     # checkpoint last (see the module docstring).
     fit_callbacks = []
-    if config["diagnostics_every"] and not conditional:
-        fit_callbacks.append(callbacks.Diagnostics(runs.evaluation_images(config, dataset),
+    if config["diagnostics_every"]:
+        _, test_conditions = _conditions(config, dataset)
+        fit_callbacks.append(callbacks.Diagnostics(runs.evaluation_images(config, dataset), condition=test_conditions,
                                                    every=config["diagnostics_every"],
                                                    num_samples=config["diagnostics_samples"]))
     diagnosed = fit_callbacks[0].keys(model) if fit_callbacks else []
