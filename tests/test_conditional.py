@@ -460,3 +460,23 @@ def test_predict_and_validation_split_take_the_conditions(conditional, labelled_
     model = VAE(input_shape=(64,), latent_dim=2, condition_shape=(CLASSES,))
     history = model.fit(x[:200], c[:200], validation_split=0.25, epochs=1, batch_size=50, verbose=0)
     assert np.isfinite(history.history["val_elbo"][0])
+
+
+def test_fit_on_arrays_takes_the_gather_pipeline_with_the_conditions(labelled_digits, monkeypatch):
+    # The conditions travel with their x through tfvae.data.make_dataset (one label row per example),
+    # for validation_split (the last 50) and for validation_data pairs, not through Keras's array adapter.
+    x, c, *_ = labelled_digits
+    made = []
+    original = tfvae.data.make_dataset
+
+    def recording(x, batch_size, *args, **kwargs):
+        made.append((len(x), None if kwargs.get("labels") is None else len(kwargs["labels"])))
+        return original(x, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(tfvae.data, "make_dataset", recording)
+    model = VAE(input_shape=(64,), latent_dim=2, condition_shape=(CLASSES,), seed=0)
+    history = model.fit(x[:200], c[:200], validation_split=0.25, epochs=1, batch_size=50, verbose=0)
+    assert made[:2] == [(50, 50), (150, 150)]
+    assert len(history.history["val_elbo"]) == 1 and np.isfinite(history.history["val_elbo"][0])
+    model.fit(x[:100], c[:100], validation_data=(x[150:200], c[150:200]), epochs=1, batch_size=50, verbose=0)
+    assert made[-2:] == [(50, 50), (100, 100)]

@@ -474,7 +474,7 @@ class VAE(keras.Model):
 
         In-memory arrays take `tfvae.data.make_dataset`'s pipeline (see
         `tfvae.training.arrays_as_datasets`), with Keras's `batch_size`, `shuffle` and
-        `validation_split` kept; a conditional model's arrays take Keras's own.
+        `validation_split` kept (a conditional model's conditions travel with their x).
         """
         batch_size = checks.keras_batch_size(batch_size)
         epochs = checks.positive_int(epochs, "epochs")
@@ -485,9 +485,10 @@ class VAE(keras.Model):
             kwargs["validation_data"] = self._check_labelled_conditions(kwargs["validation_data"], "validation_data")
         if not self.compiled:
             self.compile()
-        if not isinstance(x, tf.data.Dataset) and self.condition_shape is None:
-            x, kwargs = training.arrays_as_datasets(x, batch_size, kwargs)
-            if isinstance(x, tf.data.Dataset):  # the labels, ignored anyway, and the batch size are in it
+        if not isinstance(x, tf.data.Dataset):
+            conditions = None if self.condition_shape is None else y
+            x, kwargs = training.arrays_as_datasets(x, batch_size, kwargs, conditions)
+            if isinstance(x, tf.data.Dataset):  # the labels (ignored, or the conditions) and the batch size are in it
                 y = batch_size = None
         self._fit_steps_per_execution((kwargs.get("steps_per_epoch"), kwargs.get("validation_steps")), x, batch_size)
         callbacks = _with_defaults(callbacks, verbose)

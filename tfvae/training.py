@@ -149,7 +149,7 @@ class Progbar(keras.callbacks.ProgbarLogger):
         super().on_predict_batch_end(self._clamp(batch), logs)
 
 
-def arrays_as_datasets(x, batch_size, kwargs):
+def arrays_as_datasets(x, batch_size, kwargs, conditions=None):
     """`fit`'s in-memory arrays as `tfvae.data.make_dataset` pipelines, with Keras's meaning kept.
 
     Keras's array adapter slices and shuffles in Python-driven steps: it trained at 65-90% of the
@@ -158,6 +158,11 @@ def arrays_as_datasets(x, batch_size, kwargs):
     `batch_size` (default 32), `shuffle` (True reshuffles every epoch; False keeps the order),
     `validation_split` (the last fraction of x, before any shuffling) and array `validation_data`,
     batched by `validation_batch_size` or `batch_size`. Labels are ignored, as by the model.
+
+    Args:
+        conditions: a conditional model's checked conditions of x, one row per example (numpy), or
+            None; with them the datasets yield (x, condition) pairs, and array `validation_data` is
+            (x, conditions).
 
     Returns:
         (x as a dataset, kwargs without what the datasets now carry); or (x, kwargs) unchanged where
@@ -175,15 +180,18 @@ def arrays_as_datasets(x, batch_size, kwargs):
         cut = int(math.floor(len(x) * (1.0 - split)))
         if cut in (0, len(x)):
             raise ValueError(f"validation_split: {split} of {len(x)} examples leaves one of the two splits empty.")
-        x, kwargs["validation_data"] = x[:cut], x[cut:]
-    validation = kwargs.get("validation_data")
+        x, kwargs["validation_data"] = x[:cut], (x[cut:], None if conditions is None else conditions[cut:])
+        conditions = None if conditions is None else conditions[:cut]
+    validation, validation_conditions = kwargs.get("validation_data"), None
     if isinstance(validation, (tuple, list)) and validation and _is_array(validation[0]):
+        if conditions is not None:  # (x, conditions), checked by the model
+            validation_conditions = validation[1]
         validation = validation[0]
     if _is_array(validation):
         kwargs["validation_data"] = data.mark_checked(data.make_dataset(
-            np.asarray(validation), kwargs.pop("validation_batch_size", None) or batch_size, shuffle=False
-        ))
-    dataset = data.make_dataset(x, batch_size, shuffle=bool(kwargs.pop("shuffle", True)))
+            np.asarray(validation), kwargs.pop("validation_batch_size", None) or batch_size, shuffle=False,
+            labels=validation_conditions))
+    dataset = data.make_dataset(x, batch_size, shuffle=bool(kwargs.pop("shuffle", True)), labels=conditions)
     return data.mark_checked(dataset), kwargs  # fit checked the array before
 
 
