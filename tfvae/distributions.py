@@ -20,6 +20,8 @@ Optional hooks, with the defaults the model uses when a head does not define the
 - posterior `log_prob(q, z, eps)`: log q(z|x) of the z that `reparameterize` made from eps.
   Default: `q.log_prob(z)`. A head can give a form that needs fewer ops (see FullCovarianceGaussian).
 - posterior `stddev(q)`: the marginal standard deviations. Default: `q.stddev()`.
+- likelihood `log_likelihood(p, x)`: log p(x|z) summed over the event, in a faster form than
+  TFP's. Default: `p.log_prob(x)`. (Bernoulli's is its logits' sum, x * l - softplus(l).)
 - likelihood `point_estimate(p)`: the x that `reconstruct`, `sample` and `decode` signatures
   return. Default: `p.mean()`.
 - likelihood `in_support(x)`: a boolean tensor of x's shape, False where p(x|z) = 0 for every z
@@ -73,6 +75,12 @@ def posterior_log_prob(head, q, z, eps):
 def posterior_stddev(head, q):
     """q's marginal standard deviations, in the head's own form if it has one."""
     return head.stddev(q) if hasattr(head, "stddev") else q.stddev()
+
+
+def log_likelihood(head, p, x):
+    """log p(x|z) summed over the event: the likelihood head's `log_likelihood(p, x)` if it has one,
+    by default p.log_prob(x)."""
+    return head.log_likelihood(p, x) if hasattr(head, "log_likelihood") else p.log_prob(x)
 
 
 def point_estimate(head, p):
@@ -375,6 +383,12 @@ class Bernoulli(Likelihood):
 
     def distribution(self, logits):
         return self._independent(_BernoulliLogits(logits=logits, dtype=tf.float32))
+
+    def log_likelihood(self, p, x):
+        # The same sum as p.log_prob(x), from the logits directly: TFP's log_prob path around it took
+        # ~9% of importance-sampled evaluation (benchmarks/throughput.py --evaluation-only).
+        logits = p.distribution.logits
+        return tf.reduce_sum(x * logits - tf.nn.softplus(logits), axis=list(range(-len(self.event_shape), 0)))
 
     def in_support(self, x):
         return _in_unit_interval(x)

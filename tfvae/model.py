@@ -199,7 +199,7 @@ class VAE(keras.Model):
 
     def log_likelihood(self, x, z, condition=None):
         """log p(x|z_k) (or p(x|z_k, c)) for x [B, *event_shape] and z [K, B, latent_dim]: [K, B]."""
-        return self.likelihood(z, condition).log_prob(x)
+        return distributions.log_likelihood(self.likelihood_head, self.likelihood(z, condition), x)
 
     def _joined(self, features, condition, leading=None):
         """features [N, F] with the flattened condition appended, [N, F + C]; features as they are without one.
