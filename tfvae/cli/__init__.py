@@ -235,24 +235,24 @@ def _run_command(commands, name, command, summary, description):
     return parser
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}")
-    return value
+def _integer_at_least(low, expected):
+    """An argparse type: an integer >= low, else the error "expected {expected}; got {text!r}"."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}")
-    return value
+_positive_int = _integer_at_least(1, "an integer >= 1")
+_non_negative_int = _integer_at_least(0, "an integer >= 0")
+_class_index = _integer_at_least(0, "a class index, an integer >= 0")
 
 
 def _learning_rate(text):
@@ -274,16 +274,6 @@ def _seed(text):
         value = -1
     if not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**31-1 = {SEED_MAX}; got {text!r}")
-    return value
-
-
-def _class_index(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a class index, an integer >= 0; got {text!r}")
     return value
 
 
