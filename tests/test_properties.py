@@ -293,8 +293,8 @@ def _names_of(valid, invalid):
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_constructor_refuses_or_builds_a_model_that_answers(profile):
-    # latent_dim is drawn small: `VAE(latent_dim=10**7)` is not refused before building (see
-    # test_a_model_too_large_to_build_is_refused_and_leaves_keras_usable).
+    # latent_dim is drawn small, so that every example builds in milliseconds; one too large to build
+    # is refused by the resource rule (test_a_model_too_large_to_build_is_refused_and_leaves_keras_usable).
     strategy = {
         "input_shape": _shapes(), "latent_dim": counts(1, 3, huge=False), "beta": positive_floats(1e3, inclusive_zero=True),
         "num_samples": counts(1, 3, huge=False), "objective": _names_of(["elbo", "iwae"], ["vi", "", None, 3, "ELBO"]),
@@ -343,8 +343,8 @@ def test_decode(model, profile):
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_sample(model, profile):
-    # Counts of 2**31 and more are left out: `sample(2**40)` returns 0 images and `sample(10**9)`
-    # raises ResourceExhaustedError (the model checks neither; see the report of issue 17).
+    # Counts drawn small: counts of 2**31 and more are refused naming num_samples
+    # (test_counts_beyond_int32_are_refused_naming_the_argument), as is a count whose work is beyond the resource rule.
     @check(profile, 20, {"num_samples": counts(1, 4, huge=False), "seed": seeds()})
     def prop(num_samples, seed):
         expect(lambda: model.sample(num_samples.value, seed=seed.value), {"num_samples": num_samples, "seed": seed},
@@ -738,6 +738,16 @@ HUGE_COUNT_CALLS = {
 def test_counts_beyond_int32_are_refused_naming_the_argument(model, call):
     with pytest.raises(ValueError, match=r"^(num_samples|steps)\b"):
         call(model, np.full((2, *EVENT_SHAPE), 0.5, np.float32))
+
+
+def test_requests_beyond_the_resource_rule_are_refused_before_any_work(model):
+    # 10**9 draws fit int32 but would compute 10**9 x 16 decoder outputs in one step; 10**8 latent
+    # dimensions would need terabytes of weights. Both are refused from the estimate, naming the argument.
+    expected = r"^num_samples: one step without progress would compute 1.6e\+10"
+    with pytest.raises(tfvae.resources.ResourceError, match=expected):
+        model.sample(10**9)
+    with pytest.raises(tfvae.resources.ResourceError, match=r"^latent_dim: would need ~[0-9,]+ GB of memory"):
+        tfvae.VAE(input_shape=EVENT_SHAPE, latent_dim=10**8)
 
 
 # The address space is capped, so the 16 GB kernel fails to allocate at once instead of taking this
