@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
-from tfvae import VAE, distributions, objectives
+from tfvae import VAE, distributions, objectives, signatures
 
 
 def _monte_carlo_kl(q, p, num_samples=20000):
@@ -133,3 +133,25 @@ def test_bernoulli_log_likelihood_hook_is_tfps_log_prob():
     fast = distributions.log_likelihood(head, p, x)
     assert fast.shape == (5, 2)
     np.testing.assert_allclose(fast, expected, rtol=1e-6, atol=1e-4)
+    with distributions.fused_sums():  # the XLA-compiled sum that evaluation traces
+        fused = distributions.log_likelihood(head, p, x)
+    np.testing.assert_allclose(fused, expected, rtol=1e-6, atol=1e-4)
+
+
+def _xla_compiled_functions(concrete):
+    """Names of the functions in a traced graph's library that XLA must compile."""
+    library = concrete.graph.as_graph_def().library.function
+    return [f.signature.name for f in library if f.attr["_XlaMustCompile"].b]
+
+
+def test_evaluation_fuses_the_bernoulli_sum_and_training_and_export_do_not(tmp_path):
+    model = VAE(input_shape=(6,), latent_dim=2)
+    x = tf.constant(np.random.default_rng(0).uniform(size=(3, 6)), tf.float32)
+    model.log_prob(x, 4)  # traces the evaluation graph inside fused_sums
+    evaluation = model._importance_sampled.get_concrete_function(x, tf.constant(4))
+    assert len(_xla_compiled_functions(evaluation)) == 1
+
+    export = signatures.Signatures(model, log_prob_samples=4).functions["log_prob"]
+    assert _xla_compiled_functions(export.get_concrete_function()) == []
+    training = tf.function(lambda x: model.bound(x, 1, "elbo", 1.0)["bound"])
+    assert _xla_compiled_functions(training.get_concrete_function(x)) == []

@@ -332,13 +332,16 @@ class VAE(keras.Model):
     def importance_sampled(self, x, num_samples, precision="float32", condition=None):
         """`tfvae.objectives.importance_sampled` with the model's noise, compiled: log p(x) and the ELBO's terms.
 
+        The graph is traced with the likelihood's sum over pixels fused by XLA (`distributions.fused_sums`).
+
         precision: "float32" or "bfloat16", the decoder's compute precision (see `tfvae.precision`).
         condition: the conditions of x for a conditional model (then log p(x|c)), else None.
         """
-        if precision == "float32":
-            return self._importance_sampled(x, num_samples, condition)
-        with tfvae_precision.computing_in([self.decoder, self.likelihood_head], tfvae_precision.check(precision)):
-            return self._importance_sampled_bfloat16(x, num_samples, condition)
+        with distributions.fused_sums():
+            if precision == "float32":
+                return self._importance_sampled(x, num_samples, condition)
+            with tfvae_precision.computing_in([self.decoder, self.likelihood_head], tfvae_precision.check(precision)):
+                return self._importance_sampled_bfloat16(x, num_samples, condition)
 
     # One compiled function per precision: a layer's compute dtype is fixed when a graph is traced.
     @tf.function(reduce_retracing=True)
