@@ -14,9 +14,6 @@ that draws anew for every iterator (`tfvae.data.make_dataset`) on by one epoch. 
 internal they rely on.
 """
 
-import json
-import os
-
 import tensorflow as tf
 
 
@@ -63,45 +60,30 @@ def step_function(model, step):
     read, so a `Mean` is the mean over every replica's examples) and the step's other outputs (what a
     KL schedule applied, the same on every replica) as replica 0 gives them. Nothing is reduced along
     an axis, as Keras's `reduce_per_replica` does for MultiWorkerMirroredStrategy.
+
+    Keras calls it once per `model.steps_per_execution` batches; it runs that many steps, one host
+    call each (Keras's compiled multi-step loop fails under several replicas), and stops early at the
+    end of the data. The batches are taken here, not inside the compiled step: a step whose `get_next`
+    meets the end of the data may already have run on some devices (the optimizer's step count moved
+    on one replica) when it fails.
     """
     strategy = model.distribute_strategy
 
     @tf.function(reduce_retracing=True)
-    def one_step(iterator):
-        outputs = strategy.run(step, args=(iterator.get_next(),))
+    def one_step(batch):
+        outputs = strategy.run(step, args=(batch,))
         logs = {name: strategy.experimental_local_results(value)[0] for name, value in outputs.items()}
         logs.update({metric.name: metric.result() for metric in model.metrics})
         return logs
 
-    return one_step
+    def function(iterator):
+        logs = one_step(next(iterator))  # StopIteration at the end of the data ends Keras's epoch
+        for _ in range(model.steps_per_execution - 1):
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
+            logs = one_step(batch)
+        return logs
 
-
-def cluster():
-    """(workers, index) of this process in the cluster that TF_CONFIG describes; (1, 0) without one."""
-    text = os.environ.get("TF_CONFIG")
-    if not text:
-        return 1, 0
-    try:
-        config = json.loads(text)
-        workers = len(config["cluster"].get("worker", [])) + len(config["cluster"].get("chief", []))
-        task = config["task"]
-        index = int(task["index"]) + (len(config["cluster"].get("chief", [])) if task["type"] == "worker" else 0)
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(
-            "TF_CONFIG: expected JSON such as {\"cluster\": {\"worker\": [\"host1:port\", \"host2:port\"]}, "
-            f"\"task\": {{\"type\": \"worker\", \"index\": 0}}}}; got {text!r} ({error})."
-        ) from None
-    return max(workers, 1), index
-
-
-def is_chief():
-    """Whether this process writes the files of a run: the only process, or the cluster's chief (the
-    task of type "chief", or worker 0 when there is none), as TensorFlow's own saving conventions say."""
-    text = os.environ.get("TF_CONFIG")
-    if not text:
-        return True
-    config = json.loads(text)
-    task = config.get("task", {})
-    if "chief" in config.get("cluster", {}):
-        return task.get("type") == "chief"
-    return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
+    return function

@@ -129,8 +129,7 @@ class VAE(keras.Model):
             "encoder": serialize(self.encoder),
             "decoder": serialize(self.decoder),
             **heads,
-            # The variable's own value: float() of `.value` fails for a MirroredVariable.
-            "beta": float(keras.ops.convert_to_numpy(self._beta)),
+            "beta": float(self.beta),
             "num_samples": self.num_samples,
             "objective": self.objective,
             "seed": self.seed,
@@ -158,8 +157,10 @@ class VAE(keras.Model):
 
     @property
     def beta(self):
-        """The KL weight; a variable, so callbacks can change it without retracing."""
-        return self._beta.value
+        """The KL weight, read from a variable, so callbacks can change it without retracing.
+
+        A tensor, not the variable: under a strategy that is a MirroredVariable, which `float()` refuses."""
+        return tf.convert_to_tensor(self._beta)
 
     @beta.setter
     def beta(self, value):
@@ -576,7 +577,12 @@ class VAE(keras.Model):
 
     def save(self, filepath, overwrite=True, **kwargs):
         """Like `keras.Model.save`, atomically: a save that fails part-way leaves the previous file as
-        it was (or none), never a truncated one. The temporary file sits beside `filepath`."""
+        it was (or none), never a truncated one. The temporary file sits beside `filepath`.
+
+        Under a multi-worker strategy only the chief writes (`strategy.extended.should_checkpoint`):
+        the workers hold the same weights, and their writes to one path would race."""
+        if not self.distribute_strategy.extended.should_checkpoint:
+            return None
         if not isinstance(filepath, (str, os.PathLike)):
             return super().save(filepath, overwrite=overwrite, **kwargs)
         filepath = os.fspath(filepath)

@@ -1,0 +1,52 @@
+"""One process's training for tests/test_distribute.py: a worker of a MultiWorkerMirroredStrategy
+cluster when run with TF_CONFIG (`python distributed_worker.py OUT`), or imported for the
+single-process run it is compared with.
+
+The run covers what can make distributed training drift from one device: 75 examples per global
+batch (38 + 37 over two replicas), a partial last batch (400 = 5 * 75 + 25), `make_dataset`'s
+per-epoch shuffles, and a KL warm-up callback that sets beta (a mirrored variable) every epoch.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tfvae  # noqa: E402
+
+BATCH_SIZE = 75
+EPOCHS = 2
+
+
+def digits():
+    """The first 400 of the `digits` fixture's images (tests/conftest.py)."""
+    from sklearn.datasets import load_digits
+
+    return (load_digits().data[:400] / 16.0 > 0.5).astype(np.float32)
+
+
+def train(strategy):
+    """The model and its history after `EPOCHS` epochs under `strategy`."""
+    keras.utils.set_random_seed(7)
+    with strategy.scope():
+        model = tfvae.VAE(input_shape=(64,), latent_dim=3)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    data = tfvae.data.make_dataset(digits(), BATCH_SIZE, seed=3)
+    history = model.fit(data, epochs=EPOCHS, verbose=0, callbacks=[tfvae.callbacks.KLWarmup(epochs=2)])
+    return model, history.history
+
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    index = strategy.cluster_resolver.task_id
+    model, history = train(strategy)
+    model.save(os.path.join(out, "model.keras"))  # the chief's alone
+    np.savez(os.path.join(out, f"weights-{index}.npz"), *model.get_weights())
+    with open(os.path.join(out, f"history-{index}.json"), "w", encoding="utf-8") as f:
+        json.dump({"history": history, "replicas": strategy.num_replicas_in_sync}, f)

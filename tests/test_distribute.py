@@ -1,0 +1,157 @@
+"""tf.distribute: MirroredStrategy and MultiWorkerMirroredStrategy train as one device does, draw for draw.
+
+Multi-worker runs are real processes on localhost (`tfvae.launch`): a MultiWorkerMirroredStrategy
+needs its own process. The Keras internals tfvae relies on (see `tfvae.distribute`) are tested last.
+"""
+
+import inspect
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import distributed_worker
+import tfvae
+from tfvae import launch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _env():
+    """This environment, with this tfvae first on the workers' path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+@pytest.fixture(scope="module")
+def one_device():
+    model, history = distributed_worker.train(tf.distribute.get_strategy())
+    return model.get_weights(), history
+
+
+def test_two_workers_train_as_one_process_with_the_same_global_batch(tmp_path, one_device):
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    logs.mkdir()
+    out.mkdir()
+    workers = launch.start([sys.executable, os.path.join(HERE, "distributed_worker.py"), str(out)], 2, logs=logs,
+                           env=_env())
+    for i, worker in enumerate(workers):
+        assert worker.wait(timeout=240) == 0, (logs / f"worker-{i}.log").read_text()[-3000:]
+    tmp_path = out
+
+    weights = [np.load(tmp_path / f"weights-{i}.npz") for i in range(2)]
+    for a, b in zip(*(w.values() for w in weights)):
+        np.testing.assert_array_equal(a, b)  # the workers hold one model
+    single_weights, single_history = one_device
+    for a, b in zip(weights[0].values(), single_weights):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+    logs = [json.loads((tmp_path / f"history-{i}.json").read_text()) for i in range(2)]
+    assert logs[0]["replicas"] == 2
+    assert logs[0]["history"] == logs[1]["history"]
+    assert logs[0]["history"].keys() == single_history.keys()
+    for name, values in single_history.items():
+        np.testing.assert_allclose(logs[0]["history"][name], values, rtol=1e-5, err_msg=name)
+
+    # The chief alone wrote the model, which is the trained one.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "history-0.json", "history-1.json", "model.keras", "weights-0.npz", "weights-1.npz"]
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    for a, b in zip(loaded.get_weights(), weights[0].values()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def trained_mirrored(mirrored):
+    return distributed_worker.train(mirrored)
+
+
+def test_mirrored_strategy_trains_as_one_device(trained_mirrored, one_device):
+    """make_dataset's shuffles (no batch drawn before the first epoch), 38 + 37 examples per replica,
+    a last batch of 25 (13 + 12) and a KL warm-up: the same numbers as one device."""
+    model, history = trained_mirrored
+    single_weights, single_history = one_device
+    assert model.distribute_strategy.num_replicas_in_sync == 2
+    assert history.keys() == single_history.keys() and history["beta"] == [0.0, 0.5]
+    for name, values in single_history.items():
+        np.testing.assert_allclose(history[name], values, rtol=1e-5, err_msg=name)
+    for a, b in zip(model.get_weights(), single_weights):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_model_trained_under_mirrored_saves_loads_and_exports(trained_mirrored, tmp_path):
+    model, _ = trained_mirrored
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.optimizer.iterations.numpy() == model.optimizer.iterations.numpy() == 2 * 6
+    assert float(loaded.beta) == float(model.beta) == 0.5
+    x = distributed_worker.digits()[:8]
+    np.testing.assert_array_equal(loaded.encode(x).mean(), model.encode(x).mean())
+
+    manifest = tfvae.export.save(model, tmp_path / "export", tflite=False, sample_inputs=x)
+    served = tf.saved_model.load(str(tmp_path / "export" / "saved_model"))
+    assert manifest["parity"]["inputs"] and served.signatures
+
+
+# The Keras (3.15) internals that tfvae.distribute relies on.
+
+
+def test_keras_fit_builds_a_model_made_under_a_strategy_by_maybe_symbolic_build(mirrored, digits):
+    """tfvae.VAE._maybe_symbolic_build replaces Keras's: fit calls it once, with the epoch iterator, under
+    that name and signature; tfvae's draws no batch and builds the optimizer."""
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    assert list(inspect.signature(TensorFlowTrainer._maybe_symbolic_build).parameters) == [
+        "self", "iterator", "data_batch"]
+    with mirrored.scope():
+        model = tfvae.VAE(input_shape=(64,), latent_dim=2)
+        model.compile()
+    calls = []
+    original = model._maybe_symbolic_build
+    model._maybe_symbolic_build = lambda **kwargs: (calls.append(kwargs), original(**kwargs))[1]
+    model.fit(digits[0][:100], batch_size=50, verbose=0)
+    assert len(calls) == 1 and calls[0]["iterator"] is not None
+    assert model.optimizer.built
+
+
+def test_keras_fit_calls_the_train_function_with_a_distributed_iterator(mirrored, digits):
+    with mirrored.scope():
+        model = tfvae.VAE(input_shape=(64,), latent_dim=2)
+        model.compile()
+    model.make_train_function()
+    step, seen = model.train_function, []
+    model.train_function = lambda iterator: (seen.append(iterator), step(iterator))[1]
+    model.fit(digits[0][:100], batch_size=50, verbose=0)
+    assert len(seen) == 2 and all(isinstance(i, tf.distribute.DistributedIterator) for i in seen)
+
+
+def test_keras_metric_variables_are_summed_across_replicas_on_read(mirrored):
+    """A Mean's total and count made under a strategy are per-replica and summed when read outside a
+    replica: the global mean of every replica's examples, which tfvae.distribute.step_function logs."""
+    with mirrored.scope():
+        mean = keras.metrics.Mean()
+    for variable in mean.variables:
+        assert variable.value.synchronization == tf.VariableSynchronization.ON_READ
+        assert variable.value.aggregation == tf.VariableAggregation.SUM
+
+    def update(values):
+        mean.update_state(values)
+
+    data = mirrored.experimental_distribute_values_from_function(
+        lambda context: tf.constant([1.0, 2.0, 3.0][: 2 if context.replica_id_in_sync_group == 0 else 1]))
+    mirrored.run(update, args=(data,))
+    assert float(mean.result()) == pytest.approx((1 + 2 + 1) / 3)
+
+
+def test_a_users_steps_per_execution_runs_every_batch_under_several_replicas(mirrored, digits):
+    with mirrored.scope():
+        model = tfvae.VAE(input_shape=(64,), latent_dim=2)
+        model.compile(steps_per_execution=4)
+    model.fit(digits[0][:500], batch_size=50, epochs=1, verbose=0)
+    assert model.optimizer.iterations.numpy() == 10  # int() of a MirroredVariable fails in Keras 3.15
