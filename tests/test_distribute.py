@@ -4,10 +4,12 @@ Multi-worker runs are real processes on localhost (`tfvae.launch`): a MultiWorke
 needs its own process. The Keras internals tfvae relies on (see `tfvae.distribute`) are tested last.
 """
 
+import csv
 import inspect
 import json
 import os
 import sys
+import time
 
 import keras
 import numpy as np
@@ -155,3 +157,37 @@ def test_a_users_steps_per_execution_runs_every_batch_under_several_replicas(mir
         model.compile(steps_per_execution=4)
     model.fit(digits[0][:500], batch_size=50, epochs=1, verbose=0)
     assert model.optimizer.iterations.numpy() == 10  # int() of a MirroredVariable fails in Keras 3.15
+
+
+@pytest.mark.slow  # ~45 s; by default the chief-only writes and `--resume` are tested apart (above, test_cli.py)
+def test_a_killed_worker_and_resume_finish_the_run_with_one_history_row_per_epoch(tmp_path):
+    """`tfvae train` as the two workers of a cluster; worker 1 is killed after the first epoch's checkpoint
+    (mid-epoch), the chief, then left waiting for it, too; both restarted with --resume finish the run."""
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    logs.mkdir()
+    train = [sys.executable, "-m", "tfvae", "train", "--dataset", "digits", "--out", str(run), "--batch-size", "100",
+             "--latent-dim", "2", "--diagnostics-every", "0"]
+    workers = launch.start([*train, "--epochs", "4"], 2, logs=logs, env=_env())
+    first = run / "checkpoints" / "epoch-0001.keras"
+    for _ in range(600):
+        if first.exists() or any(worker.poll() is not None for worker in workers):
+            break
+        time.sleep(0.1)
+    workers[1].kill()
+    assert first.exists(), (logs / "worker-0.log").read_text()[-3000:]
+    time.sleep(1)
+    workers[0].kill()
+    for worker in workers:
+        worker.wait()
+    assert not (run / "model.keras").exists()
+    done = [int(p.name[6:10]) for p in (run / "checkpoints").glob("epoch-*.keras")]
+    assert len(done) == 1 and done[0] < 4
+
+    workers = launch.start([*train, "--resume"], 2, logs=logs, env=_env())
+    for i, worker in enumerate(workers):
+        assert worker.wait(timeout=240) == 0, (logs / f"worker-{i}.log").read_text()[-3000:]
+    with open(run / "history.csv", encoding="utf-8") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2", "3"]
+    model = keras.models.load_model(run / "model.keras")
+    assert int(model.optimizer.iterations) == 4 * 15  # 1,500 training digits in global batches of 100
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0004.keras"]

@@ -87,3 +87,13 @@ def step_function(model, step):
         return logs
 
     return function
+
+
+def cluster_strategy():
+    """A MultiWorkerMirroredStrategy when TF_CONFIG names several tasks, else None.
+
+    Made before anything else of TensorFlow runs, as the strategy requires.
+    """
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    tasks = sum(len(addresses) for addresses in resolver.cluster_spec().as_dict().values())
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver) if tasks > 1 else None
