@@ -30,14 +30,17 @@ def digits():
     return (load_digits().data[:400] / 16.0 > 0.5).astype(np.float32)
 
 
-def train(strategy):
-    """The model and its history after `EPOCHS` epochs under `strategy`."""
+def train(strategy, backup_dir=None):
+    """The model and its history after `EPOCHS` epochs under `strategy` (backed up in `backup_dir`)."""
     keras.utils.set_random_seed(7)
     with strategy.scope():
         model = tfvae.VAE(input_shape=(64,), latent_dim=3)
         model.compile(optimizer=keras.optimizers.Adam(1e-2))
     data = tfvae.data.make_dataset(digits(), BATCH_SIZE, seed=3)
-    history = model.fit(data, epochs=EPOCHS, verbose=0, callbacks=[tfvae.callbacks.KLWarmup(epochs=2)])
+    callbacks = [tfvae.callbacks.KLWarmup(epochs=2)]
+    if backup_dir is not None:
+        callbacks.append(tfvae.callbacks.BackupAndRestore(backup_dir, delete_on_end=False))
+    history = model.fit(data, epochs=EPOCHS, verbose=0, callbacks=callbacks)
     return model, history.history
 
 
@@ -45,7 +48,7 @@ if __name__ == "__main__":
     out = sys.argv[1]
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     index = strategy.cluster_resolver.task_id
-    model, history = train(strategy)
+    model, history = train(strategy, os.path.join(out, "backup"))
     model.save(os.path.join(out, "model.keras"))  # the chief's alone
     np.savez(os.path.join(out, f"weights-{index}.npz"), *model.get_weights())
     with open(os.path.join(out, f"history-{index}.json"), "w", encoding="utf-8") as f:

@@ -59,9 +59,10 @@ def test_two_workers_train_as_one_process_with_the_same_global_batch(tmp_path, o
     for name, values in single_history.items():
         np.testing.assert_allclose(logs[0]["history"][name], values, rtol=1e-5, err_msg=name)
 
-    # The chief alone wrote the model, which is the trained one.
+    # The chief alone wrote the model and the backup of the last epoch, which hold the trained weights.
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "history-0.json", "history-1.json", "model.keras", "weights-0.npz", "weights-1.npz"]
+        "backup", "history-0.json", "history-1.json", "model.keras", "weights-0.npz", "weights-1.npz"]
+    assert [p.name for p in (tmp_path / "backup").iterdir()] == ["epoch-0002.weights.h5"]
     loaded = keras.models.load_model(tmp_path / "model.keras")
     for a, b in zip(loaded.get_weights(), weights[0].values()):
         np.testing.assert_array_equal(a, b)
@@ -191,3 +192,61 @@ def test_a_killed_worker_and_resume_finish_the_run_with_one_history_row_per_epoc
     model = keras.models.load_model(run / "model.keras")
     assert int(model.optimizer.iterations) == 4 * 15  # 1,500 training digits in global batches of 100
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0004.keras"]
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAt(keras.callbacks.Callback):
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.epoch, self.batch = epoch, batch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self._epoch, batch) == (self.epoch, self.batch):
+            raise _Killed
+
+
+def test_backup_and_restore_goes_on_from_the_last_epoch_with_its_state(digits, tmp_path):
+    backup = tmp_path / "backup"
+    x = digits[0][:400]
+
+    def vae():
+        model = tfvae.VAE(input_shape=(64,), latent_dim=2)
+        model.compile(steps_per_execution=1)
+        return model
+
+    model, saved = vae(), {}
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: saved.update(
+        {epoch: (model.get_weights(), [v.numpy() for v in model.optimizer.variables])}))
+    with pytest.raises(_Killed):
+        model.fit(x, epochs=4, batch_size=100, verbose=0,
+                  callbacks=[tfvae.callbacks.BackupAndRestore(backup), record, _KillAt(epoch=2, batch=1)])
+    assert [p.name for p in backup.iterdir()] == ["epoch-0002.weights.h5"]
+
+    model, restored = vae(), []
+    check = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: restored.append(
+        (model.get_weights(), [v.numpy() for v in model.optimizer.variables])))
+    history = model.fit(x, epochs=4, batch_size=100, verbose=0,
+                        callbacks=[tfvae.callbacks.BackupAndRestore(backup), check])
+    weights, slots = restored[0]
+    for a, b in zip([*weights, *slots], [*saved[1][0], *saved[1][1]]):
+        np.testing.assert_array_equal(a, b)
+    assert slots[0] == 2 * 4  # the optimizer's step count: two epochs of 4 batches
+    assert history.epoch == [2, 3] and model.optimizer.iterations.numpy() == 4 * 4
+    assert not backup.exists()
+    assert model.fit(x, epochs=1, batch_size=100, verbose=0).epoch == [0]  # the next fit starts afresh
+
+
+def test_a_worker_other_than_the_chief_writes_nothing(digits, tmp_path, monkeypatch):
+    model = tfvae.VAE(input_shape=(64,), latent_dim=2)
+    monkeypatch.setattr(type(model.distribute_strategy.extended), "should_checkpoint", property(lambda self: False))
+    model.fit(digits[0][:200], epochs=1, batch_size=100, verbose=0,
+              callbacks=[tfvae.callbacks.BackupAndRestore(tmp_path / "backup", delete_on_end=False)])
+    model.save(tmp_path / "m.keras")
+    assert tfvae.export.save(model, tmp_path / "export", tflite=False) is None
+    assert list(tmp_path.iterdir()) == []
