@@ -24,6 +24,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
+def _tails(logs):
+    """The end of each worker's log, for a failure's message."""
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in sorted(logs.glob("worker-*.log")))
+
+
 def _env():
     """This environment, with this tfvae first on the workers' path."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -41,8 +46,8 @@ def test_two_workers_train_as_one_process_with_the_same_global_batch(tmp_path, o
     out.mkdir()
     workers = launch.start([sys.executable, os.path.join(HERE, "distributed_worker.py"), str(out)], 2, logs=logs,
                            env=_env())
-    for i, worker in enumerate(workers):
-        assert worker.wait(timeout=240) == 0, (logs / f"worker-{i}.log").read_text()[-3000:]
+    codes = [worker.wait(timeout=240) for worker in workers]
+    assert codes == [0, 0], _tails(logs)
     tmp_path = out
 
     weights = [np.load(tmp_path / f"weights-{i}.npz") for i in range(2)]
@@ -185,8 +190,7 @@ def test_a_killed_worker_and_resume_finish_the_run_with_one_history_row_per_epoc
     assert len(done) == 1 and done[0] < 4
 
     workers = launch.start([*train, "--resume"], 2, logs=logs, env=_env())
-    for i, worker in enumerate(workers):
-        assert worker.wait(timeout=240) == 0, (logs / f"worker-{i}.log").read_text()[-3000:]
+    assert [worker.wait(timeout=240) for worker in workers] == [0, 0], _tails(logs)
     with open(run / "history.csv", encoding="utf-8") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2", "3"]
     model = keras.models.load_model(run / "model.keras")
