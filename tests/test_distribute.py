@@ -91,6 +91,25 @@ def test_mirrored_strategy_trains_as_one_device(trained_mirrored, one_device):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_an_empty_replica_share_and_free_bits_train_as_one_device(mirrored, digits):
+    """401 examples in batches of 100: the last batch, of 1, leaves the second replica nothing; the free
+    bits floor the KL's mean over the global batch, whatever the shares."""
+    def fit(strategy):
+        keras.utils.set_random_seed(7)
+        with strategy.scope():
+            model = tfvae.VAE(input_shape=(64,), latent_dim=3, kl_schedule="free_bits:nats=0.5")
+            model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        history = model.fit(tfvae.data.make_dataset(digits[0][:401], 100, seed=1), epochs=2, verbose=0).history
+        return history, model.get_weights()
+
+    (single_history, single_weights), (history, weights) = fit(tf.distribute.get_strategy()), fit(mirrored)
+    assert history.keys() == single_history.keys()
+    for name, values in single_history.items():
+        np.testing.assert_allclose(history[name], values, rtol=1e-5, err_msg=name)
+    for a, b in zip(weights, single_weights):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_a_model_trained_under_mirrored_saves_loads_and_exports(trained_mirrored, tmp_path):
     model, _ = trained_mirrored
     model.save(tmp_path / "m.keras")

@@ -49,6 +49,7 @@ def global_mean(values):
 
 
 def several_replicas(model):
+    """Whether the model trains under a strategy with more than one replica (in all workers)."""
     return model.distribute_strategy.num_replicas_in_sync > 1
 
 

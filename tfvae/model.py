@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfvae import atomic, checks, distribute, distributions, inference, networks, noise, objectives, resources, schedules, training
+from tfvae import atomic, checks, distribute, distributions, inference, networks, noise, objectives, resources
+from tfvae import schedules, training
 from tfvae import precision as tfvae_precision
 from tfvae import data as tfvae_data
 from tfvae.callbacks import RestoreOnNaN
