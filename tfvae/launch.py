@@ -75,7 +75,7 @@ def main(argv=None):
         os.makedirs(args.logs, exist_ok=True)
     processes = start(command, args.workers, logs=args.logs)
     try:
-        while any(process.poll() is None for process in processes):
+        while None in [process.poll() for process in processes]:  # every one polled, none skipped
             failed = [process.returncode for process in processes if process.returncode]
             if failed:
                 # A worker that failed leaves the others waiting in collectives: stop them too.
