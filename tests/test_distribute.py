@@ -147,15 +147,22 @@ def test_keras_fit_builds_a_model_made_under_a_strategy_by_maybe_symbolic_build(
     assert model.optimizer.built
 
 
-def test_keras_fit_calls_the_train_function_with_a_distributed_iterator(mirrored, digits):
+def test_keras_fit_and_evaluate_call_their_step_functions_with_a_distributed_iterator(mirrored, digits):
+    """Keras calls `make_train_function`/`make_test_function`, then the function they set with each
+    epoch's iterator: tfvae.VAE's versions return tfvae.distribute.step_function there."""
     with mirrored.scope():
         model = tfvae.VAE(input_shape=(64,), latent_dim=2)
         model.compile()
+    seen = {"train": [], "test": []}
     model.make_train_function()
-    step, seen = model.train_function, []
-    model.train_function = lambda iterator: (seen.append(iterator), step(iterator))[1]
-    model.fit(digits[0][:100], batch_size=50, verbose=0)
-    assert len(seen) == 2 and all(isinstance(i, tf.distribute.DistributedIterator) for i in seen)
+    model.make_test_function()
+    train_step, test_step = model.train_function, model.test_function
+    model.train_function = lambda iterator: (seen["train"].append(iterator), train_step(iterator))[1]
+    model.test_function = lambda iterator: (seen["test"].append(iterator), test_step(iterator))[1]
+    model.fit(digits[0][:100], batch_size=50, verbose=0, validation_data=digits[1][:50])
+    model.evaluate(digits[1][:100], batch_size=50, verbose=0)
+    assert [len(seen["train"]), len(seen["test"])] == [2, 1 + 2]
+    assert all(isinstance(i, tf.distribute.DistributedIterator) for i in seen["train"] + seen["test"])
 
 
 def test_keras_metric_variables_are_summed_across_replicas_on_read(mirrored):
@@ -235,6 +242,8 @@ class _KillAt(keras.callbacks.Callback):
 
 
 def test_backup_and_restore_goes_on_from_the_last_epoch_with_its_state(digits, tmp_path):
+    """Also the Keras internal it relies on: `fit` starts from `model._initial_epoch` when a callback's
+    `on_train_begin` sets it, as Keras's own BackupAndRestore does."""
     backup = tmp_path / "backup"
     x = digits[0][:400]
 
