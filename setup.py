@@ -10,7 +10,9 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.20",
-        "keras>=3.10",
+        # tfvae.distribute replaces pieces of Keras's TensorFlow trainer (tests/test_distribute.py tests
+        # each one it relies on); tested with 3.15.
+        "keras>=3.15,<3.16",
         # The [tf] extra brings tf_keras, which TFP 0.25 imports at import time.
         "tensorflow-probability[tf]>=0.25",
         "numpy",

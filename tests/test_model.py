@@ -200,10 +200,9 @@ def _train(strategy, x):
     return history.history, model.get_weights()
 
 
-def test_mirrored_strategy_matches_one_device(digits):
+def test_mirrored_strategy_matches_one_device(digits, mirrored):
     x = digits[0][:160]
     single_history, single_weights = _train(tf.distribute.get_strategy(), x)
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert mirrored.num_replicas_in_sync == 2
     mirrored_history, mirrored_weights = _train(mirrored, x)
     for name, values in single_history.items():

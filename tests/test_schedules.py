@@ -271,13 +271,6 @@ def test_the_command_line_trains_with_a_schedule_keeps_it_on_resume_and_refuses_
     assert int(model.optimizer.iterations) == 2 * 15  # 1,500 training digits in batches of 100, 2 epochs
 
 
-@pytest.fixture(scope="module")
-def mirrored():
-    """Two CPU replicas that reduce without collective ops: every MirroredStrategy's collectives start
-    from the same keys (TF 2.21), which another strategy in the process may have used with other shapes."""
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
-
-
 def fit_under(strategy, schedule, x):
     keras.utils.set_random_seed(7)
     with strategy.scope():

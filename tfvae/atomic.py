@@ -6,17 +6,19 @@ import tempfile
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, suffix=None):
     """Yields a temporary path beside `path` (same suffix) that replaces `path` if the block succeeds.
 
     The data is flushed to disk before the rename; on an error the temporary file is removed and
-    `path` is left as it was.
+    `path` is left as it was. `suffix`: the temporary file's, when more than the last extension
+    matters (Keras's `save_weights` takes only paths ending in ".weights.h5").
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     # Keras and numpy pick the format by the suffix, so the temporary file keeps it.
     # The writer's pid in the name: once it is gone, its leftover can be told from a live write.
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=os.path.splitext(path)[1], dir=directory)
+    suffix = suffix or os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=suffix, dir=directory)
     os.close(fd)
     try:
         yield tmp

@@ -3,13 +3,14 @@
 import importlib.util
 import math
 import os
+import shutil
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
-from tfvae import checks, evaluate, noise, plots, resources
+from tfvae import atomic, checks, evaluate, noise, plots, resources
 
 
 class RestoreOnNaN(keras.callbacks.Callback):
@@ -72,6 +73,79 @@ class KLWarmup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["beta"] = float(self.model.beta)
+
+
+class BackupAndRestore(keras.callbacks.Callback):
+    """Backs up the training state (weights, optimizer state) after every epoch and, when a `fit` that
+    was cut short is started again with it, restores the state and goes on from the next epoch.
+
+    Unlike `keras.callbacks.BackupAndRestore`, it is made for several workers: under a multi-worker
+    strategy only the chief writes (`strategy.extended.should_checkpoint`), and every worker restores
+    from the same directory (which must be shared: a network filesystem, or copied to each machine).
+    Each backup is one file, `epoch-NNNN.weights.h5` after epoch NNNN, written to a temporary file and
+    renamed into place; the older one is removed after, so a process killed at any moment leaves a
+    complete backup. Training that ends normally removes the directory.
+
+    Args:
+        backup_dir: the directory of the backups, made if missing.
+        delete_on_end: remove the directory when `fit` ends without an error.
+
+    Example:
+        >>> backup = tfvae.callbacks.BackupAndRestore("backup/run-1")
+        >>> model.fit(dataset, epochs=20, callbacks=[backup])  # killed in epoch 7? Run it again.
+    """
+
+    def __init__(self, backup_dir, delete_on_end=True):
+        super().__init__()
+        if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir):
+            raise ValueError(f"backup_dir: expected a directory path; got {backup_dir!r}.")
+        self.backup_dir = os.fspath(backup_dir)
+        self.delete_on_end = bool(delete_on_end)
+
+    def backups(self):
+        """(epochs done, path) of each complete backup, oldest first."""
+        if not os.path.isdir(self.backup_dir):
+            return []
+        found = []
+        for name in os.listdir(self.backup_dir):
+            stem = name[: -len(_BACKUP_SUFFIX)] if name.endswith(_BACKUP_SUFFIX) else ""
+            if stem.startswith("epoch-") and stem[6:].isdigit():
+                found.append((int(stem[6:]), os.path.join(self.backup_dir, name)))
+        return sorted(found)
+
+    def on_train_begin(self, logs=None):
+        backups = self.backups()
+        if not backups:
+            return
+        done, path = backups[-1]
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:  # its slots must exist to be loaded
+            optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(path)
+        # Where Keras's own BackupAndRestore puts the epoch to go on from (Keras 3.15): `fit` reads it.
+        self.model._initial_epoch = done
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._writes():
+            return
+        os.makedirs(self.backup_dir, exist_ok=True)
+        path = os.path.join(self.backup_dir, f"epoch-{epoch + 1:04d}{_BACKUP_SUFFIX}")
+        with atomic.atomic_path(path, suffix=_BACKUP_SUFFIX) as tmp:
+            self.model.save_weights(tmp)
+        for done, older in self.backups():
+            if done != epoch + 1:
+                os.remove(older)
+
+    def on_train_end(self, logs=None):
+        self.model._initial_epoch = None  # a later fit starts where it is told, as without the callback
+        if self.delete_on_end and self._writes() and os.path.isdir(self.backup_dir):
+            shutil.rmtree(self.backup_dir)
+
+    def _writes(self):
+        return self.model.distribute_strategy.extended.should_checkpoint
+
+
+_BACKUP_SUFFIX = ".weights.h5"
 
 
 class ImageGrids(keras.callbacks.Callback):

@@ -253,6 +253,10 @@ def _untuned_options():
     """
     options = tf.data.Options()
     options.autotune.enabled = False
+    # Under MultiWorkerMirroredStrategy every worker runs the whole pipeline (same seeds, same global
+    # batches) and keeps its replicas' shares: an in-memory source has no files to shard by, which
+    # TF's default policy would try first and warn about.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return options
 
 

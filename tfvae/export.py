@@ -79,9 +79,12 @@ def save(
             x), or of the model's own draws without them; None draws them uniformly in [0, 1).
 
     Returns:
-        The manifest: shapes, likelihood, signatures, versions, file sizes and measured parity.
+        The manifest: shapes, likelihood, signatures, versions, file sizes and measured parity; None
+        on a worker of a multi-worker strategy other than the chief, which writes the export alone.
     """
     _check_model(model, allow_untrained)
+    if not model.distribute_strategy.extended.should_checkpoint:
+        return None
     log_prob_samples = checks.positive_int(log_prob_samples, "log_prob_samples")
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize: expected None or one of {list(QUANTIZE_MODES)}; got {quantize!r}.")

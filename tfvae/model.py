@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfvae import atomic, checks, distributions, inference, networks, noise, objectives, resources, schedules, training
+from tfvae import atomic, checks, distribute, distributions, inference, networks, noise, objectives, resources
+from tfvae import schedules, training
 from tfvae import precision as tfvae_precision
 from tfvae import data as tfvae_data
 from tfvae.callbacks import RestoreOnNaN
@@ -129,8 +130,7 @@ class VAE(keras.Model):
             "encoder": serialize(self.encoder),
             "decoder": serialize(self.decoder),
             **heads,
-            # The variable's own value: float() of `.value` fails for a MirroredVariable.
-            "beta": float(keras.ops.convert_to_numpy(self._beta)),
+            "beta": float(self.beta),
             "num_samples": self.num_samples,
             "objective": self.objective,
             "seed": self.seed,
@@ -158,8 +158,10 @@ class VAE(keras.Model):
 
     @property
     def beta(self):
-        """The KL weight; a variable, so callbacks can change it without retracing."""
-        return self._beta.value
+        """The KL weight, read from a variable, so callbacks can change it without retracing.
+
+        A tensor, not the variable: under a strategy that is a MirroredVariable, which `float()` refuses."""
+        return tf.convert_to_tensor(self._beta)
 
     @beta.setter
     def beta(self, value):
@@ -225,15 +227,12 @@ class VAE(keras.Model):
 
         Drawn for the whole global batch and sliced per replica: under a tf.distribute strategy
         each replica sees the noise a single device would give the same examples, so distributed
-        training matches single-device training draw for draw.
+        training matches single-device training draw for draw (also for uneven shares).
         """
-        context = tf.distribute.get_replica_context()
-        replicas, replica = 1, 0
-        if context is not None:
-            replicas, replica = context.num_replicas_in_sync, context.replica_id_in_sync_group
+        offset, total = distribute.batch_share(tf.convert_to_tensor(batch_size, tf.int32))
         seed = tf.cast(self.seed_generator.next(), tf.int64)
-        eps = noise.standard_normal((num_samples, batch_size * replicas, self.latent_dim), seed)
-        return eps[:, replica * batch_size : (replica + 1) * batch_size]
+        eps = noise.standard_normal((num_samples, total, self.latent_dim), seed)
+        return eps[:, offset : offset + batch_size]
 
     def as_input(self, x, name="x"):
         """x checked (dtype, shape (batch, *input_shape), finite, in the likelihood's support) as a float32 tensor."""
@@ -400,14 +399,18 @@ class VAE(keras.Model):
         terms = self.bound(
             x, self.num_samples, self.objective, self.beta, step=self.optimizer.iterations, condition=condition
         )
-        # Gradients are summed over replicas: each one's mean is scaled so that the sum is the
-        # gradient of the global batch's mean loss. Layers' own losses (add_loss, regularizers)
-        # count as Keras counts them.
+        # Gradients are summed over replicas: each one's sum is divided by the global batch size, so
+        # that the sum is the gradient of the global batch's mean loss, whatever each replica's share.
+        # Layers' own losses (add_loss, regularizers) count as Keras counts them.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        loss = -tf.reduce_mean(terms["bound"]) / replicas
+        _, total = distribute.batch_share(tf.shape(x)[0])
+        per_example = -terms["bound"]
+        loss = tf.math.divide_no_nan(tf.reduce_sum(per_example), tf.cast(total, tf.float32))
         if self.losses:
-            loss += tf.add_n([tf.cast(extra, tf.float32) for extra in self.losses]) / replicas
-        self.trackers["loss"].update_state(loss * replicas)
+            extra = tf.add_n([tf.cast(extra, tf.float32) for extra in self.losses])
+            loss += extra / replicas
+            per_example += extra
+        self.trackers["loss"].update_state(per_example)
         for name in ("elbo", "reconstruction", "kl"):
             self.trackers[name].update_state(terms[name])
         # What the KL schedule applied at this step (beta, kl_term): logged as the last step's, not as means.
@@ -433,6 +436,35 @@ class VAE(keras.Model):
         x, condition = tf.cast(x, tf.float32), self._condition_of(y)
         z = self.posterior(x, condition).mean()
         return distributions.point_estimate(self.likelihood_head, self.likelihood(z, condition))
+
+    # Under several replicas Keras's distributed loop is replaced where it fails (see tfvae.distribute).
+
+    def make_train_function(self, force=False):
+        if not distribute.several_replicas(self):
+            return super().make_train_function(force)
+        if self.train_function is None or force:
+            self.train_function = distribute.step_function(self, self.train_step)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        if not distribute.several_replicas(self):
+            return super().make_test_function(force)
+        if self.test_function is None or force:
+            self.test_function = distribute.step_function(self, self.test_step)
+        return self.test_function
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (3.15) builds a model made under a strategy from a batch it draws from the data and
+        # reduces across replicas. This model is built when made: only the optimizer may need building,
+        # which takes no data, and drawing none keeps the data's epochs where a single device has them.
+        built = all(layer.built for layer in self._flatten_layers())
+        compiled_built = all(part is None or part.built for part in (self._compile_metrics, self._compile_loss))
+        if not (built and compiled_built):
+            return super()._maybe_symbolic_build(iterator, data_batch)
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+        return None
 
     def _condition_of(self, y):
         """The condition a step's labels y carry: y itself for a conditional model; None (labels ignored) otherwise."""
@@ -549,7 +581,12 @@ class VAE(keras.Model):
 
     def save(self, filepath, overwrite=True, **kwargs):
         """Like `keras.Model.save`, atomically: a save that fails part-way leaves the previous file as
-        it was (or none), never a truncated one. The temporary file sits beside `filepath`."""
+        it was (or none), never a truncated one. The temporary file sits beside `filepath`.
+
+        Under a multi-worker strategy only the chief writes (`strategy.extended.should_checkpoint`):
+        the workers hold the same weights, and their writes to one path would race."""
+        if not self.distribute_strategy.extended.should_checkpoint:
+            return None
         if not isinstance(filepath, (str, os.PathLike)):
             return super().save(filepath, overwrite=overwrite, **kwargs)
         filepath = os.fspath(filepath)

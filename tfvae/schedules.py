@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
-from tfvae import checks, objectives
+from tfvae import checks, distribute, objectives
 
 
 class Schedule:
@@ -167,7 +167,7 @@ class FreeBits(_Term):
         return tf.fill(tf.shape(_as_step(step)), tf.constant(self.nats, tf.float32))
 
     def term(self, sample, step):
-        kl = _batch_mean(_kl_per_dimension(sample.q, sample.p))  # [latent_dim]
+        kl = distribute.global_mean(_kl_per_dimension(sample.q, sample.p))  # [latent_dim]
         return {"kl_term": tf.reduce_sum(tf.maximum(self(step), kl))}
 
     def check(self, model):
@@ -208,7 +208,7 @@ class Capacity(_Term):
 
     def term(self, sample, step):
         capacity = self(step)
-        kl = _batch_mean(objectives.kl_divergence(sample))
+        kl = distribute.global_mean(objectives.kl_divergence(sample))
         return {"kl_term": self.gamma * tf.abs(kl - capacity), "capacity": capacity}
 
 
@@ -294,16 +294,6 @@ def _number(text, key):
         except ValueError:
             pass
     raise ValueError(f"kl_schedule: {key}: expected a number; got {text!r}.")
-
-
-def _batch_mean(values):
-    """The mean over the batch (axis 0); under a tf.distribute strategy, over the global batch: a term
-    that is not linear in it (a floor, an absolute value) must not see each replica's share alone."""
-    mean = tf.reduce_mean(values, axis=0)
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return mean
-    return context.all_reduce(tf.distribute.ReduceOp.MEAN, mean)
 
 
 def _as_step(step):

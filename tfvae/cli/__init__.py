@@ -91,7 +91,9 @@ def _parser():
         description="Train a VAE. Writes RUN/model.keras, config.json, history.csv, samples.png, "
         "reconstructions.png, TensorBoard logs (RUN/logs) and a checkpoint after every epoch (RUN/checkpoints). "
         "With --resume, training continues from the last checkpoint with the run's config.json: flags that "
-        "contradict it are refused, except a larger --epochs, which trains longer.",
+        "contradict it are refused, except a larger --epochs, which trains longer. When TF_CONFIG names several "
+        "workers, this process is one of them (MultiWorkerMirroredStrategy; --batch-size is the global batch, "
+        "worker 0 writes the run): start N on this machine with python -m tfvae.launch --workers N -- tfvae train ...",
     )
     train.set_defaults(command="train:train")
     add = train.add_argument

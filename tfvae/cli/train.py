@@ -9,6 +9,7 @@ Nothing is written until the run's lock is held and everything (config, dataset,
 been checked, so a refused `train` leaves the run as it was and two at once cannot mix their files.
 """
 
+import contextlib
 import csv
 import importlib.util
 import io
@@ -18,7 +19,7 @@ import sys
 import keras
 import numpy as np
 
-from tfvae import VAE, callbacks, data, distributions, plots, resources, schedules, training
+from tfvae import VAE, callbacks, data, distribute, distributions, plots, resources, schedules, training
 from tfvae.cli import TRAIN_DEFAULTS as DEFAULTS
 from tfvae.cli import commands, runs
 
@@ -29,6 +30,9 @@ KL_SCHEDULE = {"kl_schedule": "--kl-schedule"}  # the library's argument name ->
 
 def train(args):
     runs.check_out(args.out)
+    strategy = distribute.cluster_strategy()
+    if strategy is not None:
+        return _train_in_cluster(args, strategy)
     if args.resume:
         if args.out is None:
             raise ValueError("--resume: name the run to resume with --out RUN.")
@@ -45,7 +49,41 @@ def train(args):
         return _train(run, config, 0, *prepared)
 
 
-def _resume(run, args):
+def _train_in_cluster(args, strategy):
+    """One worker of the cluster TF_CONFIG describes: every worker trains the same model on its share of
+    each global batch of --batch-size; the chief (worker 0) alone writes the run, as without a cluster.
+    The others read the run (to resume) from the same path, which must be shared or copied to them."""
+    if args.out is None:
+        raise ValueError("--out: name the run when training in a cluster (TF_CONFIG): every worker must use the same.")
+    if strategy.extended.should_checkpoint:
+        if args.resume:
+            runs.read_config(args.out)
+            with runs.locked(args.out):
+                return _resume(args.out, args, strategy)
+        _check_new_run(args.out)
+        config = _new_config(args)
+        prepared = _prepare(config, 0, None, strategy)
+        os.makedirs(args.out, exist_ok=True)
+        with runs.locked(args.out):
+            _check_new_run(args.out)
+            return _train(args.out, config, 0, *prepared)
+    if args.resume:
+        done, checkpoint = runs.latest_checkpoint(args.out)
+        config = _resume_config(runs.read_config(args.out), args, done)
+    else:
+        done, checkpoint, config = 0, None, _new_config(args)
+    _, train_data, validation_data, model = _prepare(config, done, checkpoint, strategy)
+    resolver = strategy.cluster_resolver
+    tasks = sum(len(addresses) for addresses in resolver.cluster_spec().as_dict().values())
+    print(f"{resolver.task_type} {resolver.task_id} of a cluster of {tasks}: training epochs {done + 1} to "
+          f"{config['epochs']} with the others; the chief writes {args.out}.", flush=True)
+    if done < config["epochs"]:
+        model.fit(train_data, epochs=config["epochs"], initial_epoch=done, validation_data=validation_data,
+                  shuffle=False, verbose=0)
+    return 0
+
+
+def _resume(run, args, strategy=None):
     done, checkpoint = runs.latest_checkpoint(run)
     config = _resume_config(runs.read_config(run), args, done)
     if done == 0 and os.path.exists(os.path.join(run, runs.MODEL)):
@@ -53,7 +91,7 @@ def _resume(run, args):
     if done >= config["epochs"] and os.path.exists(os.path.join(run, runs.MODEL)):
         print(f"{run}: already trained for {done} epochs; nothing to do (--epochs N > {done} trains longer).")
         return 0
-    return _train(run, config, done, *_prepare(config, done, checkpoint))
+    return _train(run, config, done, *_prepare(config, done, checkpoint, strategy))
 
 
 def _check_new_run(run):
@@ -64,8 +102,10 @@ def _check_new_run(run):
     raise FileExistsError(f"--out: {run} already exists and is neither empty nor a run; choose another --out.")
 
 
-def _prepare(config, done, checkpoint):
+def _prepare(config, done, checkpoint, strategy=None):
     """Everything training needs, checked before anything is written: a refused run is left as it was.
+
+    The model is made (or loaded) in `strategy`'s scope, if given; it then trains under it.
 
     Returns:
         (dataset, training batches, validation batches, model); completes config["input_shape"].
@@ -91,6 +131,16 @@ def _prepare(config, done, checkpoint):
                                    labels=train_conditions)
     x_test = runs.evaluation_images(config, dataset)
     validation_data = data.make_dataset(x_test, VALIDATION_BATCH, shuffle=False, labels=test_conditions)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = _model(config, checkpoint, image_shape, train_conditions)
+    # fit checks a tf.data dataset's shape only; the values must lie where the likelihood has density.
+    for split, x in (("train", dataset.x_train), ("test", x_test)):
+        commands.check_support(x, f"--dataset {config['dataset']} ({split} split)", model.likelihood_head)
+    return dataset, train_data, validation_data, model
+
+
+def _model(config, checkpoint, image_shape, train_conditions):
+    """The checkpoint's model, or a new one as config says, compiled."""
     if checkpoint is not None:
         model = _load_checkpoint(checkpoint, config)
     else:
@@ -109,10 +159,7 @@ def _prepare(config, done, checkpoint):
                 condition_shape=None if train_conditions is None else train_conditions.shape[1:],
             )
         model.compile(optimizer=training.Adam(config["learning_rate"]))
-    # fit checks a tf.data dataset's shape only; the values must lie where the likelihood has density.
-    for split, x in (("train", dataset.x_train), ("test", x_test)):
-        commands.check_support(x, f"--dataset {config['dataset']} ({split} split)", model.likelihood_head)
-    return dataset, train_data, validation_data, model
+    return model
 
 
 def _conditions(config, dataset):
