@@ -96,5 +96,9 @@ def cluster_strategy():
     Made before anything else of TensorFlow runs, as the strategy requires.
     """
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    tasks = sum(len(addresses) for addresses in resolver.cluster_spec().as_dict().values())
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver) if tasks > 1 else None
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver) if cluster_size(resolver) > 1 else None
+
+
+def cluster_size(resolver):
+    """The number of tasks, of every type, in the cluster a resolver describes."""
+    return sum(len(addresses) for addresses in resolver.cluster_spec().as_dict().values())

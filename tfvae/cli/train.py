@@ -74,7 +74,7 @@ def _train_in_cluster(args, strategy):
         done, checkpoint, config = 0, None, _new_config(args)
     _, train_data, validation_data, model = _prepare(config, done, checkpoint, strategy)
     resolver = strategy.cluster_resolver
-    tasks = sum(len(addresses) for addresses in resolver.cluster_spec().as_dict().values())
+    tasks = distribute.cluster_size(resolver)
     print(f"{resolver.task_type} {resolver.task_id} of a cluster of {tasks}: training epochs {done + 1} to "
           f"{config['epochs']} with the others; the chief writes {args.out}.", flush=True)
     if done < config["epochs"]:
