@@ -189,9 +189,11 @@ def test_exports_to_saved_model_and_tflite_with_parity(trained, tmp_path):
     log_prob = interpreter.get_signature_runner("log_prob")(x=x)["log_prob"]  # K = 200, unseeded
     keras.utils.set_random_seed(2)
     reference = model.log_prob(x, num_samples=5000).numpy()
-    # Within 5 standard errors of K = 200, estimated from 5000 weights (see tests/test_models.py).
+    # Within 6 standard errors of K = 200, estimated from 5000 weights, as in tests/test_models.py: the
+    # draws are unseeded, and for heavy-tailed weights (the two-parameter head's) the delta-method
+    # standard error is itself an underestimate; one clean-clone CI run saw 5.2 of them at 5.
     stderr = math.sqrt(5000 / 200) * importance_sampling_stderr(model, x, 5000)
-    np.testing.assert_array_less(np.abs(log_prob - reference), 5 * stderr + 0.01)
+    np.testing.assert_array_less(np.abs(log_prob - reference), 6 * stderr + 0.01)
     samples = interpreter.get_signature_runner("sample")(num_samples=np.int32(5))["x_mean"]
     assert samples.shape == (5, 64) and np.all(np.isfinite(samples))
 
