@@ -239,6 +239,43 @@ class StandardNormal(keras.layers.Layer):
         return tfd.Independent(tfd.Normal(zeros, tf.ones_like(zeros)), reinterpreted_batch_ndims=1)
 
 
+class GaussianMixture(tfd.MixtureSameFamily):
+    """A TFP `MixtureSameFamily` whose `log_prob`, when its components are diagonal Gaussians, is one
+    matrix product instead of TFP's broadcast over components.
+
+    With precisions P = 1 / scale^2 [C, D], the quadratic form of z under every component c is
+
+        sum_d (z_d - loc_cd)^2 P_cd = [z^2, z] @ [P, -2 loc P]^T + sum_d loc_cd^2 P_cd,
+
+    so log p(z) for N samples is an [N, 2D] x [2D, C] GEMM and a log-sum-exp. TFP's form writes
+    N x C x D elements: a VampPrior's 500 components made importance-sampled evaluation (K = 5000)
+    spend ~80% of its time in log p(z). Other components (full covariance) keep TFP's form.
+    """
+
+    def _log_prob(self, z):
+        components = self.components_distribution
+        if not (isinstance(components, tfd.Independent) and isinstance(components.distribution, tfd.Normal)):
+            return super()._log_prob(z)
+        normal = components.distribution
+        loc = tf.convert_to_tensor(normal.loc)
+        scale = tf.convert_to_tensor(normal.scale)
+        if loc.shape.rank != 2 or scale.shape.rank != 2:  # components with batch dimensions of their own
+            return super()._log_prob(z)
+        precision = tf.math.reciprocal(tf.square(scale))
+        weights = tf.concat([-0.5 * precision, loc * precision], axis=-1)  # [C, 2D]
+        log_normalizer = (
+            tf.nn.log_softmax(self.mixture_distribution.logits_parameter())
+            - 0.5 * tf.reduce_sum(tf.square(loc) * precision, axis=-1)
+            - tf.reduce_sum(tf.math.log(scale), axis=-1)
+            - 0.5 * math.log(2.0 * math.pi) * tf.cast(tf.shape(loc)[-1], loc.dtype)
+        )  # [C]
+        z = tf.convert_to_tensor(z, loc.dtype)
+        features = tf.concat([tf.square(z), z], axis=-1)
+        flat = tf.reshape(features, [-1, tf.shape(features)[-1]])
+        log_components = tf.matmul(flat, weights, transpose_b=True) + log_normalizer  # [N, C]
+        return tf.reshape(tf.reduce_logsumexp(log_components, axis=-1), tf.shape(z)[:-1])
+
+
 @keras.saving.register_keras_serializable(package="tfvae")
 class MixtureOfGaussians(keras.layers.Layer):
     """A learned prior p(z) = sum_c pi_c N(mu_c, diag(sigma_c^2)).
@@ -275,7 +312,7 @@ class MixtureOfGaussians(keras.layers.Layer):
     def distribution(self):
         scale = tf.nn.softplus(self.raw_scale) + self.min_scale
         components = tfd.Independent(tfd.Normal(self.loc, scale), reinterpreted_batch_ndims=1)
-        return tfd.MixtureSameFamily(tfd.Categorical(logits=self.logits), components)
+        return GaussianMixture(tfd.Categorical(logits=self.logits), components)
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -327,7 +364,7 @@ class VampPrior(keras.layers.Layer):
 
     def distribution(self, model):
         uniform = tfd.Categorical(logits=tf.zeros([self.num_components]))
-        return tfd.MixtureSameFamily(uniform, model.posterior(self.pseudo_inputs))
+        return GaussianMixture(uniform, model.posterior(self.pseudo_inputs))
 
 
 class Likelihood(keras.layers.Layer):
