@@ -160,6 +160,35 @@ def test_nan_conditions_in_a_dataset_fail_fit_with_a_value_error(labelled_digits
         model.fit(tf.data.Dataset.from_tensor_slices((x[:50], c)).batch(10), epochs=1, verbose=0)
 
 
+def test_image_grids_draw_a_conditional_model_under_the_conditions_given(labelled_digits, tmp_path):
+    from PIL import Image
+
+    x, c, x_test, c_test, _ = labelled_digits
+    model = VAE(input_shape=(64,), latent_dim=2, condition_shape=(CLASSES,))
+    weights = [w.copy() for w in model.get_weights()]
+    missing = tfvae.callbacks.ImageGrids(tmp_path, num_samples=20)
+    with pytest.raises(ValueError, match=r"sample_condition: this model is conditional"):
+        model.fit(x[:100], c[:100], epochs=1, verbose=0, callbacks=[missing])
+    wrong = tfvae.callbacks.ImageGrids(tmp_path, x=x_test[:4], condition=c_test[:3], sample_condition=c[0])
+    with pytest.raises(ValueError, match=r"condition: expected one condition per example \(4 rows\); got 3"):
+        model.fit(x[:100], c[:100], epochs=1, verbose=0, callbacks=[wrong])
+    assert os.listdir(tmp_path) == [] and all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
+
+    two_per_class = np.repeat(np.eye(CLASSES, dtype=np.float32), 2, axis=0)
+    grids = tfvae.callbacks.ImageGrids(
+        tmp_path, x=x_test[:4], condition=c_test[:4], num_samples=20, ncols=10, sample_condition=two_per_class
+    )
+    model.fit(x[:100], c[:100], epochs=1, verbose=0, callbacks=[grids])
+    samples = model.sample(20, seed=0, condition=two_per_class).numpy()
+    reconstructions = model.reconstruct(x_test[:4], c_test[:4]).numpy()
+    tfvae.plots.image_grid(samples, tmp_path / "expected_samples.png", ncols=10)
+    expected = tfvae.plots.interleave(x_test[:4], reconstructions, 10)
+    tfvae.plots.image_grid(expected, tmp_path / "expected_reconstructions.png", ncols=10)
+    for name in ("samples", "reconstructions"):
+        with Image.open(tmp_path / f"{name}.png") as drawn, Image.open(tmp_path / f"expected_{name}.png") as expected:
+            assert np.array_equal(np.asarray(drawn), np.asarray(expected))
+
+
 def test_an_unconditional_model_refuses_a_condition(labelled_digits):
     x, c, *_ = labelled_digits
     model = VAE(input_shape=(64,), latent_dim=2)

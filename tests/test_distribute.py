@@ -282,3 +282,8 @@ def test_a_worker_other_than_the_chief_writes_nothing(digits, tmp_path, monkeypa
     model.save(tmp_path / "m.keras")
     assert tfvae.export.save(model, tmp_path / "export", tflite=False) is None
     assert list(tmp_path.iterdir()) == []
+    # ... but checks its arguments as the chief does, so a bad one stops every worker.
+    with pytest.raises(ValueError, match=r"quantize: expected None or one of"):
+        tfvae.export.save(model, tmp_path / "export", quantize="int4")
+    with pytest.raises(ValueError, match=r"log_prob_samples"):
+        tfvae.export.save(model, tmp_path / "export", log_prob_samples=0)

@@ -164,15 +164,25 @@ class ImageGrids(keras.callbacks.Callback):
         seed: the samples' seed.
         log_dir: if given, the grids also go to TensorBoard, as images `samples` and
             `reconstructions` under `log_dir/images`, stepped by epoch like `keras.callbacks.TensorBoard`.
+        condition: for a conditional model, the conditions of `x`, one per image.
+        sample_condition: for a conditional model, the condition the samples are drawn for: one
+            (shape `condition_shape`) for every sample, or one per sample.
 
     Example:
         >>> model.fit(x, epochs=20, callbacks=[tfvae.callbacks.ImageGrids("runs/a", x=x_test[:32])])
+        >>> # a model conditioned on one-hot labels: eight samples of each of ten classes
+        >>> ImageGrids("runs/b", sample_condition=np.repeat(np.eye(10), 8, axis=0), num_samples=80)
     """
 
-    def __init__(self, directory, x=None, num_samples=64, ncols=8, every=1, seed=0, log_dir=None):
+    def __init__(
+        self, directory, x=None, num_samples=64, ncols=8, every=1, seed=0, log_dir=None, condition=None,
+        sample_condition=None,
+    ):
         super().__init__()
         self.directory = os.fspath(directory)
         self.x = x
+        self.condition = condition
+        self.sample_condition = sample_condition
         self.num_samples = checks.positive_int(num_samples, "num_samples")
         self.ncols = checks.positive_int(ncols, "ncols")
         self.every = checks.positive_int(every, "every")
@@ -182,6 +192,12 @@ class ImageGrids(keras.callbacks.Callback):
         self.log_dir = log_dir
         self._writer = None
         self._epoch = self._drawn = None
+
+    def on_train_begin(self, logs=None):
+        # The conditions are checked against the model before the first epoch, not after it.
+        self.model.as_sample_condition(self.sample_condition, self.num_samples, name="sample_condition")
+        if self.x is not None:
+            self.model.as_condition(self.condition, len(self.x), name="condition")
 
     def on_epoch_end(self, epoch, logs=None):
         self._epoch = epoch
@@ -197,9 +213,11 @@ class ImageGrids(keras.callbacks.Callback):
 
     def draw(self, epoch=None):
         """Writes the grids for the model as it is now; `epoch` (0-based) is the TensorBoard step."""
-        grids = {"samples": np.asarray(self.model.sample(self.num_samples, seed=self.seed))}
+        samples = self.model.sample(self.num_samples, seed=self.seed, condition=self.sample_condition)
+        grids = {"samples": np.asarray(samples)}
         if self.x is not None:
-            grids["reconstructions"] = plots.interleave(self.x, self.model.reconstruct(self.x), self.ncols)
+            reconstructions = self.model.reconstruct(self.x, self.condition)
+            grids["reconstructions"] = plots.interleave(self.x, reconstructions, self.ncols)
         for name, images in grids.items():
             plots.image_grid(images, os.path.join(self.directory, f"{name}.png"), ncols=self.ncols)
         if self.log_dir is not None and epoch is not None:

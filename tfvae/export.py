@@ -83,13 +83,14 @@ def save(
         on a worker of a multi-worker strategy other than the chief, which writes the export alone.
     """
     _check_model(model, allow_untrained)
-    if not model.distribute_strategy.extended.should_checkpoint:
-        return None
+    # Every worker checks the arguments, so a bad one fails the whole cluster, not only the chief.
     log_prob_samples = checks.positive_int(log_prob_samples, "log_prob_samples")
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize: expected None or one of {list(QUANTIZE_MODES)}; got {quantize!r}.")
     if quantize is not None and not tflite:
         raise ValueError(f"quantize: {quantize!r} needs tflite=True.")
+    if not model.distribute_strategy.extended.should_checkpoint:
+        return None
     directory = os.path.abspath(directory if directory is not None else os.path.join("export", model.name))
     check_directory(directory, overwrite)
     x, inputs_source = _parity_inputs(model, sample_inputs, sample_conditions)

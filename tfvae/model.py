@@ -56,7 +56,7 @@ class VAE(keras.Model):
     `posterior(x)`, `likelihood(z)`, `log_likelihood(x, z)`, `noise(num_samples, batch_size)`,
     `as_input(x)` and `prior`. Unlike `encode`/`decode` they take tensors as they are, unchecked.
     The hooks of x or z take `condition=` too (None for an unconditional model), and
-    `as_condition(condition, rows)` checks one.
+    `as_condition(condition, rows)` checks one (`as_sample_condition(condition, num_samples)` one for `sample`).
     """
 
     def __init__(
@@ -256,6 +256,19 @@ class VAE(keras.Model):
             raise ValueError(f"{name}: expected one condition per example ({rows} rows); got {c.shape[0]} rows.")
         return c
 
+    def as_sample_condition(self, condition, num_samples, name="condition"):
+        """`as_condition` for `sample`: one condition (shape `condition_shape`) for every draw, or one per draw."""
+        if self.condition_shape is not None and condition is not None:
+            if checks.as_array(condition, name).shape == self.condition_shape:
+                condition = [condition]  # one condition, drawn from num_samples times
+        condition = self.as_condition(condition, name=name)
+        if condition is not None and condition.shape[0] not in (1, num_samples):
+            raise ValueError(
+                f"{name}: expected one condition of shape {self.condition_shape} or one per draw "
+                f"({num_samples} rows); got {condition.shape[0]} rows."
+            )
+        return condition
+
     # The user's API: checked inputs.
 
     def encode(self, x, condition=None):
@@ -288,15 +301,7 @@ class VAE(keras.Model):
                 draw, or one per draw (num_samples, *condition_shape).
         """
         num_samples = checks.positive_int(num_samples, "num_samples")
-        if self.condition_shape is not None and condition is not None:
-            if checks.as_array(condition, "condition").shape == self.condition_shape:
-                condition = [condition]  # one condition, drawn from num_samples times
-        condition = self.as_condition(condition)
-        if condition is not None and condition.shape[0] not in (1, num_samples):
-            raise ValueError(
-                f"condition: expected one condition of shape {self.condition_shape} or one per draw "
-                f"({num_samples} rows); got {condition.shape[0]} rows."
-            )
+        condition = self.as_sample_condition(condition, num_samples)
         event_size = math.prod(self.event_shape)
         resources.check_step(num_samples * event_size, "num_samples")
         resources.check_memory(resources.sampling_bytes(num_samples, self.event_shape, self.latent_dim), "num_samples")
