@@ -32,3 +32,24 @@ def importance_sampling_stderr(model, x, num_samples):
     log_weights = objectives.log_weights(sample).numpy().astype(np.float64)
     weights = np.exp(log_weights - log_weights.max(axis=0))
     return weights.std(axis=0) / (weights.mean(axis=0) * math.sqrt(num_samples))
+
+
+def assert_same_estimator(run, model, x, num_samples, repeats=30, sigmas=5.0):
+    """Holds an unseeded K-sample estimator of log p(x) (an exported `log_prob` signature) to
+    `model.log_prob(x, K)`: the means of `repeats` runs of each agree within `sigmas` standard errors
+    of their difference, measured from the runs' own spread.
+
+    Two runs of the same estimator share its bias (an IWAE bound of K samples is below log p(x)) and
+    its skewed spread, so the comparison needs neither a delta-method standard error, which is too
+    small for heavy-tailed weights, nor a K = 5000 reference.
+
+    Args:
+        run: `run() -> [B]`, one fresh estimate from the estimator under test.
+        model: the `tfvae.VAE` it was exported from.
+        x: the batch [B, ...] both score.
+    """
+    tested = np.stack([np.asarray(run(), np.float64) for _ in range(repeats)])
+    keras_runs = np.stack([model.log_prob(x, num_samples=num_samples).numpy().astype(np.float64) for _ in range(repeats)])
+    stderr = np.sqrt((tested.var(axis=0, ddof=1) + keras_runs.var(axis=0, ddof=1)) / repeats)
+    difference = np.abs(tested.mean(axis=0) - keras_runs.mean(axis=0))
+    np.testing.assert_array_less(difference, sigmas * stderr + 1e-3)
