@@ -425,7 +425,8 @@ def cli_run(tmp_path_factory):
 
 
 def test_cli_trains_a_conditional_run_and_samples_a_class(cli_run, classifier):
-    workdir, _, results = cli_run
+    workdir, trained, results = cli_run
+    assert "samples.png has a column per class" in trained.stdout
     for name, result in results.items():
         assert result.returncode == 0, (name, result.stderr)
     config = json.loads((workdir / "cvae" / "config.json").read_text())
@@ -444,6 +445,14 @@ def test_cli_trains_a_conditional_run_and_samples_a_class(cli_run, classifier):
     assert [value != "NA" for value in diagnosed] == [(epoch + 1) % 5 == 0 for epoch in range(15)]
     assert float(diagnosed[-1]) > report["elbo"] - 1
     assert "sample_conditions" in manifest["parity"]["inputs"]
+    # samples.png: six rows of one sample per class, a column per class.
+    from PIL import Image
+
+    tile = 8 * tfvae.plots.default_scale(8, 8) + 1
+    with Image.open(workdir / "cvae" / "samples.png") as png:
+        assert png.size == (CLASSES * tile + 1, 6 * tile + 1)
+    with Image.open(workdir / "cvae" / "reconstructions.png") as png:
+        assert png.size == (CLASSES * tile + 1, 8 * tile + 1)  # 32 images in rows of 10: 4 rows, each reconstructed
 
 
 @pytest.mark.parametrize(

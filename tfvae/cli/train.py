@@ -24,6 +24,7 @@ from tfvae.cli import TRAIN_DEFAULTS as DEFAULTS
 from tfvae.cli import commands, runs
 
 RECONSTRUCTED_IMAGES = 32
+SAMPLED_IMAGES = 64  # about; a conditional run's are a whole number of rows of one sample per class
 VALIDATION_BATCH = 500
 KL_SCHEDULE = {"kl_schedule": "--kl-schedule"}  # the library's argument name -> the flag
 
@@ -174,6 +175,20 @@ def _conditions(config, dataset):
     return tuple(commands.one_hot_labels(y, classes, source) for y in (dataset.y_train, dataset.y_test))
 
 
+def _image_grids(run, model, config, dataset, shown, log_dir):
+    """The pictures' callback for the test images at indices `shown`. A conditional run's samples.png
+    has a column per class, and its reconstructions are of the images under their own classes."""
+    if model.condition_shape is None:
+        return callbacks.ImageGrids(run, x=dataset.x_test[shown], num_samples=SAMPLED_IMAGES, log_dir=log_dir)
+    classes = model.condition_shape[0]
+    rows = max(1, SAMPLED_IMAGES // classes)
+    _, test_conditions = _conditions(config, dataset)
+    return callbacks.ImageGrids(run, x=dataset.x_test[shown], condition=test_conditions[shown],
+                                num_samples=rows * classes, ncols=classes,
+                                sample_condition=np.tile(np.eye(classes, dtype=np.float32), (rows, 1)),
+                                log_dir=log_dir)
+
+
 def _train(run, config, done, dataset, train_data, validation_data, model):
     """Writes the run and fits; the caller holds the run's lock.
 
@@ -189,10 +204,8 @@ def _train(run, config, done, dataset, train_data, validation_data, model):
     log_dir = os.path.join(run, "logs")
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     image_shape = tuple(config["input_shape"])
-    shown = dataset.x_test[np.linspace(0, len(dataset.x_test) - 1, RECONSTRUCTED_IMAGES).astype(int)]
-    # tfvae.callbacks.ImageGrids draws without conditions: a conditional run's samples come from `tfvae sample`.
-    conditional = model.condition_shape is not None
-    pictures = _drawable(shown) and not conditional
+    shown = np.linspace(0, len(dataset.x_test) - 1, RECONSTRUCTED_IMAGES).astype(int)  # test images' indices
+    pictures = _drawable(dataset.x_test[shown])
     # Order matters: diagnostics first, so that their numbers reach history.csv and TensorBoard; the
     # checkpoint last (see the module docstring).
     fit_callbacks = []
@@ -206,16 +219,16 @@ def _train(run, config, done, dataset, train_data, validation_data, model):
     if tensorboard:
         fit_callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0))
     if pictures:
-        fit_callbacks.append(callbacks.ImageGrids(run, x=shown, log_dir=log_dir if tensorboard else None))
+        fit_callbacks.append(_image_grids(run, model, config, dataset, shown, log_dir if tensorboard else None))
     fit_callbacks.append(Checkpoint(run))
 
     _describe(run, config, dataset, done)
     if not tensorboard:
         print("TensorBoard is not installed, so no logs/ are written (pip install tensorboard).")
     if model.condition_shape is not None:
-        print(f"A conditional VAE on {model.condition_shape[0]} classes: no samples.png or reconstructions.png; "
+        print(f"A conditional VAE on {model.condition_shape[0]} classes: samples.png has a column per class; "
               f"draw a class C with: tfvae sample {run} --condition C")
-    elif not pictures:
+    if not pictures:
         print(f"x of shape {image_shape} is not a grey or RGB image: no samples.png or reconstructions.png.")
     if done < config["epochs"]:
         try:
