@@ -175,14 +175,13 @@ def _conditions(config, dataset):
     return tuple(commands.one_hot_labels(y, classes, source) for y in (dataset.y_train, dataset.y_test))
 
 
-def _image_grids(run, model, config, dataset, shown, log_dir):
+def _image_grids(run, model, dataset, test_conditions, shown, log_dir):
     """The pictures' callback for the test images at indices `shown`. A conditional run's samples.png
     has a column per class, and its reconstructions are of the images under their own classes."""
     if model.condition_shape is None:
         return callbacks.ImageGrids(run, x=dataset.x_test[shown], num_samples=SAMPLED_IMAGES, log_dir=log_dir)
     classes = model.condition_shape[0]
     rows = max(1, SAMPLED_IMAGES // classes)
-    _, test_conditions = _conditions(config, dataset)
     return callbacks.ImageGrids(run, x=dataset.x_test[shown], condition=test_conditions[shown],
                                 num_samples=rows * classes, ncols=classes,
                                 sample_condition=np.tile(np.eye(classes, dtype=np.float32), (rows, 1)),
@@ -209,8 +208,8 @@ def _train(run, config, done, dataset, train_data, validation_data, model):
     # Order matters: diagnostics first, so that their numbers reach history.csv and TensorBoard; the
     # checkpoint last (see the module docstring).
     fit_callbacks = []
+    _, test_conditions = _conditions(config, dataset)
     if config["diagnostics_every"]:
-        _, test_conditions = _conditions(config, dataset)
         fit_callbacks.append(callbacks.Diagnostics(runs.evaluation_images(config, dataset), condition=test_conditions,
                                                    every=config["diagnostics_every"],
                                                    num_samples=config["diagnostics_samples"]))
@@ -219,7 +218,7 @@ def _train(run, config, done, dataset, train_data, validation_data, model):
     if tensorboard:
         fit_callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0))
     if pictures:
-        fit_callbacks.append(_image_grids(run, model, config, dataset, shown, log_dir if tensorboard else None))
+        fit_callbacks.append(_image_grids(run, model, dataset, test_conditions, shown, log_dir if tensorboard else None))
     fit_callbacks.append(Checkpoint(run))
 
     _describe(run, config, dataset, done)
