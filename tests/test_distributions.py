@@ -111,6 +111,23 @@ def test_gaussian_mixture_log_prob_as_one_matrix_product_equals_tfps(smallest_sc
     assert abs(error.mean()) < 1e-4 and np.abs(error).max() < 1e-2
 
 
+def test_diagonal_normal_reads_independent_normals_over_one_dimension_only():
+    loc, scale = tf.constant([0.5, -1.0]), tf.constant([[1.0, 2.0], [0.5, 0.25], [3.0, 1.0]])
+    normal = distributions.diagonal_normal(tfd.Independent(tfd.Normal(loc, scale), 1))
+    # loc [2] is broadcast against scale [3, 2], as the mixture's GEMM form needs one [C, D] of each.
+    np.testing.assert_array_equal(normal.loc, np.broadcast_to(loc, (3, 2)))
+    np.testing.assert_array_equal(normal.scale, scale)
+    assert distributions.diagonal_normal(tfd.Normal(loc, 1.0)) is None
+    assert distributions.diagonal_normal(tfd.Independent(tfd.Normal(scale, 1.0), 2)) is None
+    assert distributions.diagonal_normal(tfd.MultivariateNormalDiag(loc, [1.0, 1.0])) is None
+    # A mixture of components with one shared loc takes the GEMM form and equals TFP's.
+    components = tfd.Independent(tfd.Normal(loc, scale), 1)
+    mixture = distributions.GaussianMixture(tfd.Categorical(logits=[0.0, 1.0, -1.0]), components)
+    z = tf.random.stateless_normal([7, 2], seed=[3, 4])
+    reference = tfd.MixtureSameFamily(tfd.Categorical(logits=[0.0, 1.0, -1.0]), components).log_prob(z)
+    np.testing.assert_allclose(mixture.log_prob(z), reference, atol=1e-5)
+
+
 def test_the_mixture_priors_log_prob_is_the_matrix_product_form():
     for prior in ("mixture", "vamp"):
         model = VAE(input_shape=(64,), latent_dim=3, prior=prior)

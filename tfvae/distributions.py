@@ -218,6 +218,20 @@ def _log_abs_det(tril):
     return tf.reduce_sum(tf.math.log(tf.abs(diagonal)), axis=-1)
 
 
+def diagonal_normal(distribution):
+    """The `tfd.Normal` of a diagonal Gaussian, `Independent(Normal)` over one event dimension, with its
+    loc and scale broadcast to one shape; None for any other distribution. The GEMM mixture density,
+    the diagonal-to-full KL, export's prior sampling and the per-dimension KL read Gaussians through it."""
+    if not (
+        isinstance(distribution, tfd.Independent)
+        and isinstance(distribution.distribution, tfd.Normal)
+        and tf.get_static_value(distribution.reinterpreted_batch_ndims) == 1
+    ):
+        return None
+    normal = distribution.distribution
+    return tfd.Normal(normal.mean(), normal.stddev())
+
+
 @keras.saving.register_keras_serializable(package="tfvae")
 class StandardNormal(keras.layers.Layer):
     """p(z) = N(0, I), without weights.
@@ -253,14 +267,10 @@ class GaussianMixture(tfd.MixtureSameFamily):
     """
 
     def _log_prob(self, z):
-        components = self.components_distribution
-        if not (isinstance(components, tfd.Independent) and isinstance(components.distribution, tfd.Normal)):
+        normal = diagonal_normal(self.components_distribution)
+        if normal is None or normal.loc.shape.rank != 2:  # not diagonal, or components batched themselves
             return super()._log_prob(z)
-        normal = components.distribution
-        loc = tf.convert_to_tensor(normal.loc)
-        scale = tf.convert_to_tensor(normal.scale)
-        if loc.shape.rank != 2 or scale.shape.rank != 2:  # components with batch dimensions of their own
-            return super()._log_prob(z)
+        loc, scale = normal.loc, normal.scale
         precision = tf.math.reciprocal(tf.square(scale))
         weights = tf.concat([-0.5 * precision, loc * precision], axis=-1)  # [C, 2D]
         log_normalizer = (
@@ -758,9 +768,10 @@ def _kl_multivariate_normal_independent_normal(a, b, name=None):
     normal prior mixes them, and without this it would fall back to a noisier Monte Carlo KL.
     Written without a triangular solve or MatrixDiagPart, so it also runs on TFLite's builtins.
     """
-    if not (isinstance(b.distribution, tfd.Normal) and tf.get_static_value(b.reinterpreted_batch_ndims) == 1):
+    normal = diagonal_normal(b)
+    if normal is None:
         raise NotImplementedError("KL(MultivariateNormal || Independent) needs an Independent Normal.")
-    loc, scale = b.distribution.loc, b.distribution.scale
+    loc, scale = normal.loc, normal.scale
     tril = a.scale.to_dense()
     trace = tf.reduce_sum(tf.square(tril / scale[..., :, None]), axis=[-2, -1])
     mahalanobis = tf.reduce_sum(tf.square((a.mean() - loc) / scale), axis=-1)

@@ -291,13 +291,13 @@ def _prior_sample_from_seed(prior, num_samples, latent_dim, seed):
 
 
 def _normal(distribution):
-    if not (isinstance(distribution, tfd.Independent) and isinstance(distribution.distribution, tfd.Normal)):
+    normal = distributions.diagonal_normal(distribution)
+    if normal is None:
         raise TypeError(
             "export: sampling supports an Independent Normal prior or a mixture of them (the priors tfvae "
             f"ships); got {type(distribution).__name__}."
         )
-    normal = distribution.distribution
-    return tfd.Normal(tf.convert_to_tensor(normal.loc), tf.convert_to_tensor(normal.scale))
+    return normal
 
 
 def _uniform(seed, shape):
