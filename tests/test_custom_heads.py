@@ -6,18 +6,22 @@ pseudo-inputs, a small VampPrior). Each follows the head protocol of `tfvae.dist
 """
 
 import math
-import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
-from sklearn.datasets import load_digits
 from tensorflow_probability import distributions as tfd
 
 import tfvae
-from quadrature import assert_same_estimator, exact_log_prob, importance_sampling_stderr
+from digits_models import (
+    assert_exports_with_parity,
+    assert_round_trips_through_keras_files,
+    assert_trained_and_log_prob_is_exact,
+    digits_as,
+    train,
+    two_d_model,
+)
 
 # log k! for the counts a Poisson head accepts: a table lookup is a TFLite builtin, lgamma is not.
 _MAX_COUNT = 255
@@ -102,31 +106,8 @@ class PseudoInputMixture(keras.layers.Layer):
         return tfd.MixtureSameFamily(tfd.Categorical(logits=tf.zeros([self.num_components])), posteriors)
 
 
-def _model(likelihood=None, prior=None):
-    body = lambda: tfvae.networks.MLP([64])  # noqa: E731
-    return tfvae.VAE(
-        input_shape=(64,),
-        latent_dim=2,
-        encoder=body(),
-        decoder=body(),
-        likelihood=likelihood or "bernoulli",
-        prior=prior or "normal",
-        seed=0,
-    )
-
-
-def _data(kind):
-    counts = load_digits().data.astype(np.float32)  # 1797 x 64 counts 0..16
-    if kind == "counts":
-        # Coarser counts 0..4: a Poisson posterior that a Gaussian q fits well enough for K = 5000
-        # importance samples to converge (with 0..16 their weights are heavy-tailed).
-        counts = np.floor(counts / 4)
-        return counts[:1500], counts[1500:]
-    if kind == "grey":
-        x = counts / 16.0
-    else:
-        x = (counts / 16.0 > 0.5).astype(np.float32)
-    return x[:1500], x[1500:]
+def _model(likelihood="bernoulli", prior="normal"):
+    return two_d_model(likelihood, prior)
 
 
 CASES = {
@@ -138,60 +119,19 @@ CASES = {
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def trained(request):
-    build, kind = CASES[request.param]
-    keras.utils.set_random_seed(0)
-    model = build()
-    model.compile(keras.optimizers.Adam(3e-3))
-    x_train, x_test = _data(kind)
-    history = model.fit(x_train, epochs=30, batch_size=100, verbose=0)
-    return request.param, model, x_test, history.history
+    return train(request.param, *CASES[request.param])
 
 
 def test_trains_and_log_prob_matches_quadrature(trained):
-    name, model, x_test, history = trained
-    assert history["elbo"][-1] > history["elbo"][0] + 1.0, name
-    x = x_test[:10]
-    # Centred on the posteriors: a learned prior moves z away from 0.
-    exact = exact_log_prob(model, x, limit=10.0, points=501, center=model.encode(x).mean().numpy().mean(axis=0))
-    keras.utils.set_random_seed(1)
-    estimate = model.log_prob(x, num_samples=5000).numpy()
-    # Within 4 standard errors of the estimator (delta method: std(w) / (mean(w) sqrt(K))), plus the
-    # quadrature's own error, a few thousandths here.
-    np.testing.assert_array_less(np.abs(estimate - exact), 4 * importance_sampling_stderr(model, x, 5000) + 0.01)
-    # log p(x) - ELBO = KL(q(z|x) || p(z|x)) >= 0: over ten examples the Monte Carlo ELBO lies below.
-    assert np.mean(model.elbo(x, num_samples=200).numpy()) < np.mean(exact)
+    assert_trained_and_log_prob_is_exact(trained)
 
 
 def test_round_trips_through_keras_files(trained, tmp_path):
-    name, model, x_test, _ = trained
-    path = tmp_path / f"{name}.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert type(loaded.likelihood_head) is type(model.likelihood_head)
-    assert type(loaded.prior_head) is type(model.prior_head)
-    np.testing.assert_allclose(loaded.reconstruct(x_test[:5]), model.reconstruct(x_test[:5]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(loaded.prior.log_prob(np.zeros((1, 2))), model.prior.log_prob(np.zeros((1, 2))), rtol=1e-6)
+    assert_round_trips_through_keras_files(trained, tmp_path)
 
 
 def test_exports_to_saved_model_and_tflite_with_parity(trained, tmp_path):
-    name, model, x_test, _ = trained
-    directory = str(tmp_path / name)
-    manifest = tfvae.export.save(model, directory, sample_inputs=x_test, log_prob_samples=200)
-    assert manifest["parity"]["max_abs_diff"]["encode"]["tflite"] < 1e-4
-    x = x_test[:8]
-    saved = tf.saved_model.load(os.path.join(directory, "saved_model")).signatures
-    interpreter = Interpreter(model_path=os.path.join(directory, "model.tflite"))
-    expected = tfvae.distributions.point_estimate(model.likelihood_head, model.likelihood(model.encode(x).mean()))
-    from_saved_model = saved["reconstruct"](x=tf.constant(x))["x_mean"].numpy()
-    from_tflite = interpreter.get_signature_runner("reconstruct")(x=x)["x_mean"]
-    for actual in (from_saved_model, from_tflite):
-        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
-    # The TFLite log_prob signature (K = 200, unseeded) is the estimator model.log_prob(x, 200) is.
-    runner = interpreter.get_signature_runner("log_prob")
-    keras.utils.set_random_seed(2)
-    assert_same_estimator(lambda: runner(x=x)["log_prob"], model, x, num_samples=200)
-    samples = interpreter.get_signature_runner("sample")(num_samples=np.int32(5))["x_mean"]
-    assert samples.shape == (5, 64) and np.all(np.isfinite(samples))
+    assert_exports_with_parity(trained, tmp_path)
 
 
 def test_a_users_head_refuses_data_outside_its_support():
@@ -212,7 +152,7 @@ class LgammaPoisson(Poisson):
 def test_a_head_with_ops_tflite_lacks_is_refused_and_nothing_is_written(tmp_path):
     keras.utils.set_random_seed(0)
     model = _model(likelihood=LgammaPoisson(64))
-    x_train, x_test = _data("counts")
+    x_train, x_test = digits_as("counts")
     model.fit(x_train[:200], epochs=1, batch_size=100, verbose=0)
     with pytest.raises(ValueError, match=r"tflite: the model uses TensorFlow ops that TFLite has no builtin for \(.*Lgamma"):
         tfvae.export.save(model, str(tmp_path / "export"), sample_inputs=x_test)

@@ -4,42 +4,27 @@ of each head on its own (normalizers, bin probabilities, lgamma in builtin ops).
 
 import json
 import math
-import os
 
 import keras
 import numpy as np
 import pytest
 import scipy.special
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
-from sklearn.datasets import load_digits
 
 import tfvae
-from quadrature import assert_same_estimator, exact_log_prob, importance_sampling_stderr
+from digits_models import (
+    assert_exports_with_parity,
+    assert_round_trips_through_keras_files,
+    assert_trained_and_log_prob_is_exact,
+    train,
+    two_d_model,
+)
 from test_cli import tfvae as tfvae_command
 from tfvae import distributions
 from tfvae.cli import main
 
-DIGITS = load_digits().data.astype(np.float32)  # 1797 x 64 counts 0..16
-
-
-def _data(kind):
-    if kind == "grey":
-        x = DIGITS / 16.0
-    elif kind == "levels":  # 8-bit levels k/255, what the discretized logistic models
-        x = np.round(DIGITS / 16.0 * 255.0) / 255.0
-    elif kind == "counts":
-        # Counts 0..4: a posterior that a Gaussian q fits well enough for K = 5000 importance samples
-        # to converge (with 0..16 the weights are heavy-tailed; see tests/test_custom_heads.py).
-        x = np.floor(DIGITS / 4.0)
-    else:
-        x = (DIGITS / 16.0 > 0.5).astype(np.float32)
-    return x[:1500], x[1500:]
-
-
-def _model(likelihood="bernoulli", prior="normal", body=lambda: tfvae.networks.MLP([64])):
-    return tfvae.VAE(input_shape=(64,), latent_dim=2, encoder=body(), decoder=body(), likelihood=likelihood,
-                     prior=prior, seed=0)
+# tfvae's heads by name, each on the digits as the data it models.
+_model = two_d_model
 
 
 def _vamp_prior():
@@ -59,77 +44,22 @@ DISCRETE = ("discretized_logistic", "poisson", "negative_binomial", "vamp")
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def trained(request):
-    build, kind = CASES[request.param]
-    keras.utils.set_random_seed(0)
-    model = build()
-    model.compile(keras.optimizers.Adam(3e-3))
-    x_train, x_test = _data(kind)
-    history = model.fit(x_train, epochs=30, batch_size=100, verbose=0)
-    return request.param, model, x_test, history.history
+    return train(request.param, *CASES[request.param])
 
 
 def test_trains_and_log_prob_matches_quadrature(trained):
-    name, model, x_test, history = trained
-    assert history["elbo"][-1] > history["elbo"][0] + 1.0, name
-    x = x_test[:10]
-    exact = exact_log_prob(model, x, **_grid_around_posteriors(model, x))
-    keras.utils.set_random_seed(1)
-    estimate = model.log_prob(x, num_samples=5000).numpy()
-    stderr = importance_sampling_stderr(model, x, 5000)
-    # Within 4 standard errors of the estimator, plus the quadrature's own error (a few thousandths).
-    np.testing.assert_array_less(np.abs(estimate - exact), 4 * stderr + 0.01)
-    assert np.mean(model.elbo(x, num_samples=200).numpy()) < np.mean(exact)
-    if name in DISCRETE:  # a probability: log p(x) <= 0, exactly and within the estimator's error
+    exact, estimate, stderr = assert_trained_and_log_prob_is_exact(trained)
+    if trained[0] in DISCRETE:  # a probability: log p(x) <= 0, exactly and within the estimator's error
         np.testing.assert_array_less(exact, 1e-3)
         np.testing.assert_array_less(estimate, 4 * stderr)
 
 
-def _grid_around_posteriors(model, x, spacing=0.04):
-    """A quadrature grid, spaced `spacing`, that holds 6 standard deviations of every q(z|x): where
-    p(x|z) p(z) has its mass. A learned prior lets the posteriors wander far from 0."""
-    q = model.encode(x)
-    mean, stddev = q.mean().numpy(), q.stddev().numpy()
-    center = (mean.min(axis=0) + mean.max(axis=0)) / 2
-    limit = float(np.max(np.abs(mean - center) + 6 * stddev))
-    return {"center": center, "limit": limit, "points": 2 * math.ceil(limit / spacing) + 1}
-
-
 def test_round_trips_through_keras_files(trained, tmp_path):
-    name, model, x_test, _ = trained
-    path = tmp_path / f"{name}.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert type(loaded.likelihood_head) is type(model.likelihood_head)
-    assert type(loaded.prior_head) is type(model.prior_head)
-    np.testing.assert_allclose(loaded.reconstruct(x_test[:5]), model.reconstruct(x_test[:5]), rtol=1e-5, atol=1e-6)
-    z = np.array([[0.0, 0.0], [1.0, -1.0]], np.float32)
-    np.testing.assert_allclose(loaded.prior.log_prob(z), model.prior.log_prob(z), rtol=1e-6)
-    np.testing.assert_allclose(loaded.decode(z).log_prob(x_test[:2]), model.decode(z).log_prob(x_test[:2]), rtol=1e-6)
+    assert_round_trips_through_keras_files(trained, tmp_path)
 
 
 def test_exports_to_saved_model_and_tflite_with_parity(trained, tmp_path):
-    name, model, x_test, _ = trained
-    directory = str(tmp_path / name)
-    manifest = tfvae.export.save(model, directory, sample_inputs=x_test, log_prob_samples=200)
-    assert manifest["parity"]["max_abs_diff"]["decode"]["tflite"] < 1e-4
-    x = x_test[:8]
-    saved = tf.saved_model.load(os.path.join(directory, "saved_model")).signatures
-    interpreter = Interpreter(model_path=os.path.join(directory, "model.tflite"))
-    expected = model.reconstruct(x).numpy()
-    from_saved_model = saved["reconstruct"](x=tf.constant(x))["x_mean"].numpy()
-    from_tflite = interpreter.get_signature_runner("reconstruct")(x=x)["x_mean"]
-    for actual in (from_saved_model, from_tflite):
-        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
-    # The TFLite log_prob signature (K = 200, unseeded) is the estimator model.log_prob(x, 200) is.
-    runner = interpreter.get_signature_runner("log_prob")
-    keras.utils.set_random_seed(2)
-    assert_same_estimator(lambda: runner(x=x)["log_prob"], model, x, num_samples=200)
-    for sampled in (saved["sample"](num_samples=tf.constant(5))["x_mean"].numpy(),
-                    interpreter.get_signature_runner("sample")(num_samples=np.int32(5))["x_mean"]):
-        assert sampled.shape == (5, 64) and np.all(np.isfinite(sampled))
-
-
-# The math of each head, on its own.
+    assert_exports_with_parity(trained, tmp_path)
 
 
 def test_continuous_bernoulli_normalizer_is_exact_near_one_half():
