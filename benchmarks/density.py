@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfvae  # noqa: E402
-from tfvae import atomic, callbacks, data, evaluate, networks  # noqa: E402
+from tfvae import atomic, callbacks, data, distributions, evaluate, networks  # noqa: E402
 
 # Setup-dependent defaults; a flag given on the command line overrides its entry.
 SETUPS = {
@@ -74,15 +74,18 @@ RESULT = "result.json"
 # Settings a run keeps for its whole life: resuming with another value would train a different model.
 RUN_SETTINGS = ("setup", "dataset", "prior", "objective", "num_samples", "latent_dim", "batch_size", "learning_rate",
                 "lr_schedule", "plateau_patience", "warmup_epochs", "bias_init", "train_examples",
-                "validation_examples", "seed")
+                "validation_examples", "seed", "posterior_log_variance_range", "he_init")
+# Settings added after runs were started with this script: such a run's state lacks them and had these values.
+SETTING_DEFAULTS = {"posterior_log_variance_range": None, "he_init": False}
 
 
 class UsageError(Exception):
     """A command-line mistake found after parsing; main() reports it as argparse does (exit 2)."""
 
 
-def build_model(setup, input_dim, latent_dim, prior, objective, num_samples, seed):
-    """The setup's one-stochastic-layer VAE on flat inputs of size `input_dim`."""
+def build_model(setup, input_dim, latent_dim, prior, objective, num_samples, seed, log_variance_range=None):
+    """The setup's one-stochastic-layer VAE on flat inputs of size `input_dim`; q(z|x)'s scale by softplus,
+    or by a log-variance clipped to `log_variance_range` (the VampPrior authors' Hardtanh(-6, 2))."""
     spec = SETUPS[setup]
 
     def body():
@@ -97,7 +100,7 @@ def build_model(setup, input_dim, latent_dim, prior, objective, num_samples, see
         decoder=body(),
         likelihood="bernoulli",
         prior=prior,  # "vamp": 500 pseudo-inputs, the VampPrior paper's and the Exemplar VAE's
-        posterior="diagonal",
+        posterior=distributions.DiagonalGaussian(latent_dim, log_variance_range=log_variance_range),
         objective=objective,
         num_samples=num_samples,
         seed=seed,
@@ -108,6 +111,16 @@ def set_output_bias(model, x_train):
     """Starts p(x|z) at the training pixels' marginal: bias = logit(mean pixel), as Burda et al. do."""
     mean = np.clip(x_train.mean(axis=0), _PIXEL_MEAN_FLOOR, 1.0 - _PIXEL_MEAN_FLOOR)
     model.likelihood_head.dense.bias.assign(np.log(mean / (1.0 - mean)).astype(np.float32))
+
+
+def he_init(model, seed):
+    """Draws every dense kernel from N(0, 2 / fan_in), as the VampPrior and Exemplar VAE authors' `he_init`
+    does for each of their linear layers (Keras's default is Glorot uniform); biases stay as they are."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        if weight.path.endswith("kernel") and len(weight.shape) == 2:
+            fan_in = weight.shape[0]
+            weight.assign(rng.normal(0.0, math.sqrt(2.0 / fan_in), size=weight.shape).astype(np.float32))
 
 
 def learning_rate(args, steps_per_epoch):
@@ -265,10 +278,11 @@ def check_settings(run_dir, stored, settings):
     budget too under a cosine schedule, whose decay length it sets)."""
     names = RUN_SETTINGS + (("epochs",) if settings["lr_schedule"] == "cosine" else ())
     for name in names:
-        if stored.get(name) != settings[name]:
+        if stored.get(name, SETTING_DEFAULTS.get(name)) != settings[name]:
             flag = "--no-bias-init" if name == "bias_init" else f"--{name.replace('_', '-')}"
             raise UsageError(
-                f"{flag}: the run in {run_dir} was started with {stored.get(name)!r}, this command gives "
+                f"{flag}: the run in {run_dir} was started with {stored.get(name, SETTING_DEFAULTS.get(name))!r}, "
+                f"this command gives "
                 f"{settings[name]!r}; re-run its own command to continue it, or choose another --run-dir."
             )
 
@@ -319,7 +333,9 @@ def split(args):
 
 def new_model(args, x_train):
     model = build_model(args.setup, x_train.shape[1], args.latent_dim, args.prior, args.objective, args.num_samples,
-                        args.seed)
+                        args.seed, args.posterior_log_variance_range)
+    if args.he_init:
+        he_init(model, args.seed)
     if args.bias_init:
         set_output_bias(model, x_train)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
@@ -439,6 +455,8 @@ def run(args, argv=None):
         "learning_rate": args.learning_rate,
         "lr_schedule": args.lr_schedule,
         "output_bias_init": args.bias_init,
+        "he_init": args.he_init,
+        "posterior_log_variance_range": args.posterior_log_variance_range,
         "train_examples": len(x_train),
         "validation_examples": 0 if x_validation is None else len(x_validation),
         "best_val_elbo": max(history["val_elbo"]) if "val_elbo" in history else None,
@@ -493,7 +511,10 @@ def run(args, argv=None):
 def default_run_dir(args):
     """benchmarks/runs/<the settings that tell runs apart>: the same command finds the same run."""
     name = f"{args.setup}-{args.dataset}-{args.prior}-{args.objective}-k{args.num_samples}-{args.lr_schedule}"
-    name += f"-warmup{args.warmup_epochs}{'' if args.bias_init else '-nobias'}-seed{args.seed}"
+    name += f"-warmup{args.warmup_epochs}{'' if args.bias_init else '-nobias'}{'-he' if args.he_init else ''}"
+    if args.posterior_log_variance_range is not None:
+        name += "-logvar{:g},{:g}".format(*args.posterior_log_variance_range)
+    name += f"-seed{args.seed}"
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs", name)
 
 
@@ -531,6 +552,12 @@ def make_parser():
                              "(default: the setup's, 50; needs validation data)")
     parser.add_argument("--no-bias-init", dest="bias_init", action="store_false",
                         help="leave the decoder's output bias at 0 instead of the logit of the mean training pixel")
+    parser.add_argument("--he-init", action="store_true",
+                        help="draw the dense kernels from N(0, 2 / fan_in), the authors' initialization (default: "
+                             "Keras's Glorot uniform)")
+    parser.add_argument("--posterior-log-variance-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="q(z|x)'s scale from a log-variance clipped to [LOW, HIGH], the authors' -6 2 (default: "
+                             "softplus with a 1e-4 floor)")
     parser.add_argument("--steps-per-execution", type=int, default=50, help="Keras steps per graph call (default 50)")
     parser.add_argument("--train-examples", type=int, default=None, help="first N training images (default all)")
     parser.add_argument("--validation-examples", type=int, default=None,
@@ -575,6 +602,9 @@ def parse_args(argv=None):
     for name in ("learning_rate", "infer_learning_rate"):
         if not (getattr(args, name) > 0 and math.isfinite(getattr(args, name))):
             parser.error(f"--{name.replace('_', '-')}: expected a finite number > 0; got {getattr(args, name)}")
+    bounds = args.posterior_log_variance_range
+    if bounds is not None and not (all(map(math.isfinite, bounds)) and bounds[0] < bounds[1]):
+        parser.error(f"--posterior-log-variance-range: expected finite LOW < HIGH; got {bounds[0]:g} {bounds[1]:g}")
     if args.validation_examples == 0:
         for flag, given in (("--lr-schedule plateau", args.lr_schedule == "plateau"), ("--patience", patience_given)):
             if given:

@@ -71,6 +71,9 @@ def test_tiny_run_prints_the_json_fields(tmp_path):
         (["--lr-schedule", "plateau"], "--lr-schedule plateau: needs validation data"),
         (["--patience", "5"], "--patience: needs validation data"),
         (["--validation-examples", "100"], "--patience: needed with validation data"),
+        (["--posterior-log-variance-range", "2", "-6"], "--posterior-log-variance-range: expected finite LOW < HIGH; "
+                                                        "got 2 -6"),
+        (["--posterior-log-variance-range", "nan", "2"], "--posterior-log-variance-range: expected finite LOW < HIGH"),
     ],
 )
 def test_bad_flags_are_clear_errors(flags, match, capsys):
@@ -102,6 +105,24 @@ def test_exemplar_vae_setup_builds_the_papers_model():
     plain = script.new_model(script.parse_args(["--setup", "exemplar-vae", "--no-bias-init"]), x_train)
     assert type(plain.prior_head).__name__ == "StandardNormal"
     np.testing.assert_array_equal(plain.likelihood_head.dense.bias.numpy(), 0.0)
+
+
+def test_the_authors_initialization_and_posterior_scale_are_levers():
+    script = load_script()
+    args = script.parse_args(["--setup", "exemplar-vae", "--he-init", "--posterior-log-variance-range", "-6", "2"])
+    model = script.new_model(args, np.full((10, 784), 0.25, np.float32))
+    assert model.posterior_head.log_variance_range == [-6.0, 2.0]
+    kernels = [w for w in model.weights if w.path.endswith("kernel")]
+    # Encoder 2 gated layers, decoder 2, and the two heads: each kernel ~ N(0, 2 / fan_in).
+    assert len(kernels) == 6
+    for kernel in kernels:
+        values = kernel.numpy()
+        expected = math.sqrt(2.0 / values.shape[0])
+        # The sample std of n >= 24,000 normal draws is within 1% of sigma (about 5 standard errors).
+        assert values.std() == pytest.approx(expected, rel=0.01) and abs(values.mean()) < 5 * expected / values.size**0.5
+    # The output bias is still set to the pixels' logit after the kernels are drawn.
+    np.testing.assert_allclose(model.likelihood_head.dense.bias.numpy(), math.log(0.25 / 0.75), rtol=1e-6)
+    assert "-he-logvar-6,2-seed0" in script.default_run_dir(args)
 
 
 def stopping_epoch(script, values, patience, warmup_epochs):
@@ -205,6 +226,9 @@ def test_a_killed_run_resumes_with_one_history_row_per_epoch(tmp_path):
     [
         ([], {"prior": "vamp"}, "--prior"),
         ([], {"bias_init": False}, "--no-bias-init"),
+        ([], {"he_init": True}, "--he-init"),
+        (["--posterior-log-variance-range", "-6", "2"], {"posterior_log_variance_range": None},
+         "--posterior-log-variance-range"),
         # The cosine schedule's decay length is the epoch budget it was built with.
         (["--lr-schedule", "cosine"], {"epochs": 5}, "--epochs"),
     ],
@@ -220,6 +244,17 @@ def test_resuming_with_other_settings_names_the_flag(tmp_path, capsys, flags, st
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"density.py: error: {flag}: the run in ") and err.count("\n") == 1
+
+
+def test_a_run_started_before_the_newer_settings_resumes_with_their_defaults(tmp_path):
+    script = load_script()
+    flags = [*TINY_EXEMPLAR, "--epochs", "1", "--run-dir", str(tmp_path)]
+    args = script.parse_args(flags)
+    older = {name: getattr(args, name) for name in (*script.RUN_SETTINGS, "epochs")
+             if name not in script.SETTING_DEFAULTS}
+    script.check_settings(str(tmp_path), older, {**older, **script.SETTING_DEFAULTS})
+    with pytest.raises(script.UsageError, match=r"^--he-init: the run in .* was started with False"):
+        script.check_settings(str(tmp_path), older, {**older, **script.SETTING_DEFAULTS, "he_init": True})
 
 
 def test_a_longer_budget_continues_a_constant_rate_run(tmp_path):

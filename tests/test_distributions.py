@@ -2,6 +2,7 @@
 
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -56,6 +57,25 @@ def test_posterior_scale_has_its_floor_and_mean_is_the_location():
     q = head.distribution(params)
     np.testing.assert_allclose(q.mean().numpy(), [[1.0, -2.0]])
     np.testing.assert_allclose(q.stddev().numpy(), [[1e-3, math.log(2.0) + 1e-3]], rtol=1e-5)
+
+
+def test_posterior_log_variance_form_is_clipped_like_a_hardtanh(tmp_path):
+    head = distributions.DiagonalGaussian(latent_dim=5, log_variance_range=(-6, 2))
+    raw = tf.constant([[-10.0, -6.0, 0.0, 2.0, 5.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(raw)
+        stddev = head.distribution(tf.concat([tf.zeros_like(raw), raw], axis=-1)).stddev()
+    # sigma = exp(clip(raw, -6, 2) / 2), with d sigma / d raw = sigma / 2 inside the range and 0 outside.
+    expected = np.exp(np.clip(raw.numpy(), -6, 2) / 2)
+    np.testing.assert_allclose(stddev, expected, rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(stddev, raw), [[0.0, expected[0, 1] / 2, 0.5, expected[0, 3] / 2, 0.0]],
+                               rtol=1e-6)
+    model = VAE(input_shape=(64,), latent_dim=5, posterior=head)
+    model.save(tmp_path / "model.keras")
+    assert keras.models.load_model(tmp_path / "model.keras").posterior_head.log_variance_range == [-6.0, 2.0]
+    for bad in ((2, -6), (0, float("nan")), (1, 2, 3), "ab", 5):
+        with pytest.raises(ValueError, match=r"log_variance_range: expected \(low, high\), finite numbers with low < high; got"):
+            distributions.DiagonalGaussian(latent_dim=2, log_variance_range=bad)
 
 
 def test_reparameterized_samples_have_the_posterior_moments():

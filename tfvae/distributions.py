@@ -134,35 +134,61 @@ def prior_distribution(head, model):
 
 @keras.saving.register_keras_serializable(package="tfvae")
 class DiagonalGaussian(keras.layers.Layer):
-    """q(z|x) = N(loc, diag(scale^2)), with scale = softplus(raw) + min_scale.
+    """q(z|x) = N(loc, diag(scale^2)), with scale = softplus(raw) + min_scale, or with the encoder's
+    raw output read as a log-variance clipped to `log_variance_range`.
 
-    The floor keeps log q finite when the encoder drives a scale towards zero.
+    The floor keeps log q finite when the encoder drives a scale towards zero. The clipped
+    log-variance, scale = exp(clip(raw, low, high) / 2), is the parameterization of the VampPrior and
+    Exemplar VAE authors' code (a Hardtanh(-6, 2) on log sigma^2): its gradient is 0 outside the range.
 
     Args:
         latent_dim: dimension of z.
-        min_scale: smallest standard deviation q may have.
+        min_scale: smallest standard deviation q may have (softplus form).
+        log_variance_range: (low, high) to use the clipped log-variance form instead, e.g. (-6, 2);
+            None for softplus.
 
     Example:
         >>> head = DiagonalGaussian(latent_dim=2)
         >>> q = head.distribution(head(features))  # Independent(Normal), event [2]
     """
 
-    def __init__(self, latent_dim, min_scale=1e-4, **kwargs):
+    def __init__(self, latent_dim, min_scale=1e-4, log_variance_range=None, **kwargs):
         super().__init__(**kwargs)
         self.latent_dim = int(latent_dim)
         self.min_scale = float(min_scale)
+        self.log_variance_range = _log_variance_range(log_variance_range)
         self.dense = keras.layers.Dense(2 * self.latent_dim, name="params")
 
     def get_config(self):
-        return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}
+        return {
+            **super().get_config(),
+            "latent_dim": self.latent_dim,
+            "min_scale": self.min_scale,
+            "log_variance_range": self.log_variance_range,
+        }
 
     def call(self, h):
         return _float32(self.dense(_flatten_features(h)))
 
     def distribution(self, params):
         loc, raw_scale = tf.split(params, 2, axis=-1)
-        scale = tf.nn.softplus(raw_scale) + self.min_scale
+        if self.log_variance_range is None:
+            scale = tf.nn.softplus(raw_scale) + self.min_scale
+        else:
+            scale = tf.exp(0.5 * tf.clip_by_value(raw_scale, *self.log_variance_range))
         return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+
+
+def _log_variance_range(value):
+    if value is None:
+        return None
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        low = high = None
+    if low is None or not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"log_variance_range: expected (low, high), finite numbers with low < high; got {value!r}.")
+    return [low, high]
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
