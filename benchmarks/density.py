@@ -278,11 +278,11 @@ def check_settings(run_dir, stored, settings):
     budget too under a cosine schedule, whose decay length it sets)."""
     names = RUN_SETTINGS + (("epochs",) if settings["lr_schedule"] == "cosine" else ())
     for name in names:
-        if stored.get(name, SETTING_DEFAULTS.get(name)) != settings[name]:
+        started = stored.get(name, SETTING_DEFAULTS.get(name))
+        if started != settings[name]:
             flag = "--no-bias-init" if name == "bias_init" else f"--{name.replace('_', '-')}"
             raise UsageError(
-                f"{flag}: the run in {run_dir} was started with {stored.get(name, SETTING_DEFAULTS.get(name))!r}, "
-                f"this command gives "
+                f"{flag}: the run in {run_dir} was started with {started!r}, this command gives "
                 f"{settings[name]!r}; re-run its own command to continue it, or choose another --run-dir."
             )
 
