@@ -13,7 +13,9 @@ import time
 import numpy as np
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "density.py")
+import benchmark_scripts
+
+SCRIPT = benchmark_scripts.path("density.py")
 
 
 def load_script():
@@ -31,9 +33,7 @@ def test_tiny_run_prints_the_json_fields(tmp_path):
         "--gap-elbo-samples", "5", "--steps-per-execution", "1", "--verbose", "0", "--output", str(output),
         "--run-dir", str(tmp_path / "run"),
     ]
-    completed = subprocess.run(
-        [sys.executable, SCRIPT, *flags], capture_output=True, text=True, timeout=300, check=False
-    )
+    completed = benchmark_scripts.run("density.py", *flags)
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(completed.stdout)
 
@@ -156,8 +156,7 @@ TINY_EXEMPLAR = [
 
 
 def run_script(flags, timeout=300):
-    completed = subprocess.run([sys.executable, SCRIPT, *flags], capture_output=True, text=True, timeout=timeout,
-                               check=False)
+    completed = benchmark_scripts.run("density.py", *flags, timeout=timeout)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout)
 

@@ -3,22 +3,15 @@
 No timing is asserted: the numbers are only checked to be positive and finite.
 """
 
+import functools
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "distribute.py")
+import benchmark_scripts
 
-
-def _run(*args, timeout=300):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env=env)
+_run = functools.partial(benchmark_scripts.run, "distribute.py")
 
 
 @pytest.mark.parametrize("args, message", [

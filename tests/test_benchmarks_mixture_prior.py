@@ -1,22 +1,16 @@
 """benchmarks/mixture_prior.py: bad arguments exit 2 at once; --quick prints valid JSON whose two
 contenders give the same log p(x) on the same noise. No timing is asserted."""
 
+import functools
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "mixture_prior.py")
+import benchmark_scripts
 
-
-def _run(*args, timeout=300):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env=env)
+_run = functools.partial(benchmark_scripts.run, "mixture_prior.py")
 
 
 @pytest.mark.parametrize("args, message", [

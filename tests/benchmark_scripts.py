@@ -1,0 +1,21 @@
+"""The scripts of benchmarks/ as a user runs them: `python benchmarks/NAME ...` in a real subprocess from
+the repository's root. Shared by the tests of each script."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def path(name):
+    """The path of benchmarks/NAME."""
+    return os.path.join(ROOT, "benchmarks", name)
+
+
+def run(name, *args, timeout=300):
+    """The finished `python benchmarks/NAME *args`, its output captured as text. TensorFlow's C++ start-up
+    lines are kept out of stderr, so a failing test shows the script's own."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, path(name), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env=env)
