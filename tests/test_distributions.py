@@ -206,19 +206,22 @@ def test_bernoulli_log_likelihood_hook_is_tfps_log_prob():
     np.testing.assert_allclose(fused, expected, rtol=1e-6, atol=1e-4)
 
 
-def test_fused_bernoulli_sum_is_exact_to_float32_rounding_on_image_sized_events():
-    # 784 logits per image, from N(0, 6^2) with tails to |l| = 100, where 1 + exp(-|l|) rounds to 1.
+@pytest.mark.parametrize("event_shape", [(784,), (3, 263)])  # 49 groups of 16; 789 elements padded to 50 groups
+def test_fused_bernoulli_sum_is_exact_to_float32_rounding_on_image_sized_events(event_shape):
+    # 784-789 logits per image, from N(0, 6^2) with tails to |l| = 100, where 1 + exp(-|l|) rounds to 1.
     rng = np.random.default_rng(1)
-    logits = rng.normal(scale=6.0, size=(400, 784))
+    size = math.prod(event_shape)
+    logits = rng.normal(scale=6.0, size=(400, size))
     logits[:, :10] = [-100, -40, -20, -17, -16, 16, 17, 20, 40, 100]
-    x = (rng.uniform(size=(400, 784)) < 0.3).astype(np.float64)
+    x = (rng.uniform(size=(400, size)) < 0.3).astype(np.float64)
     exact = np.sum(x * logits - np.logaddexp(0.0, logits), axis=-1)
-    head = distributions.Bernoulli(event_shape=(784,))
-    p = head.distribution(tf.constant(logits, tf.float32))
+    head = distributions.Bernoulli(event_shape=event_shape)
+    p = head.distribution(tf.constant(logits.reshape(400, *event_shape), tf.float32))
+    x = tf.constant(x.reshape(400, *event_shape), tf.float32)
     with distributions.fused_sums():
-        error = distributions.log_likelihood(head, p, tf.constant(x, tf.float32)).numpy() - exact
-    plain = distributions.log_likelihood(head, p, tf.constant(x, tf.float32)).numpy() - exact
-    # Both are float32 sums of 784 terms of size ~5 (rounding ~1e-4 each way). Over 400 images the
+        error = distributions.log_likelihood(head, p, x).numpy() - exact
+    plain = distributions.log_likelihood(head, p, x).numpy() - exact
+    # Both are float32 sums of ~800 terms of size ~5 (rounding ~1e-4 each way). Over 400 images the
     # rounding averages out: the mean error is float32's (1e-5 here; XLA's own softplus gave 2e-5).
     assert np.abs(error).max() < 1e-3 and np.abs(plain).max() < 1e-3
     assert abs(error.mean()) < 3e-5 and abs(plain.mean()) < 3e-5
