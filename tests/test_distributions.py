@@ -189,15 +189,17 @@ def test_full_covariance_forms_without_matrix_diagonal_or_solve_equal_tfps(digit
     np.testing.assert_allclose(tfd.kl_divergence(q, model.prior), tfd.kl_divergence(q, reference), rtol=1e-5, atol=1e-5)
 
 
-def test_bernoulli_log_likelihood_hook_is_tfps_log_prob():
+@pytest.mark.parametrize("event_shape", [(4, 3, 1), ()])  # 12 elements padded to one group of 16; scalar events
+def test_bernoulli_log_likelihood_hook_is_tfps_log_prob(event_shape):
     # The head's fast sum (x * l - softplus(l) over the event) against TFP's Bernoulli, for logits
     # [K, B, *event_shape], grey and binary x broadcast over K, and logits far in both tails.
-    head = distributions.Bernoulli(event_shape=(4, 3, 1))
+    head = distributions.Bernoulli(event_shape=event_shape)
     rng = np.random.default_rng(0)
-    logits = tf.constant(rng.normal(scale=8.0, size=(5, 2, 4, 3, 1)), tf.float32)
-    x = tf.constant(np.concatenate([rng.uniform(size=(1, 4, 3, 1)), rng.uniform(size=(1, 4, 3, 1)) < 0.5]), tf.float32)
+    logits = tf.constant(rng.normal(scale=8.0, size=(5, 2, *event_shape)), tf.float32)
+    x = np.concatenate([rng.uniform(size=(1, *event_shape)), rng.uniform(size=(1, *event_shape)) < 0.5])
+    x = tf.constant(x, tf.float32)
     p = head.distribution(logits)
-    expected = tfd.Independent(tfd.Bernoulli(logits=logits), 3).log_prob(x)
+    expected = tfd.Independent(tfd.Bernoulli(logits=logits), len(event_shape)).log_prob(x)
     fast = distributions.log_likelihood(head, p, x)
     assert fast.shape == (5, 2)
     np.testing.assert_allclose(fast, expected, rtol=1e-6, atol=1e-4)
