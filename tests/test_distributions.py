@@ -206,6 +206,13 @@ def test_bernoulli_log_likelihood_hook_is_tfps_log_prob(event_shape):
     with distributions.fused_sums():  # the XLA-compiled sum that evaluation traces
         fused = distributions.log_likelihood(head, p, x)
     np.testing.assert_allclose(fused, expected, rtol=1e-6, atol=1e-4)
+    # The other way round: K x B values of x broadcast against one [B] set of logits.
+    xs = tf.constant(rng.uniform(size=(5, 2, *event_shape)) < 0.5, tf.float32)
+    expected = tfd.Independent(tfd.Bernoulli(logits=logits[0]), len(event_shape)).log_prob(xs)
+    with distributions.fused_sums():
+        fused = distributions.log_likelihood(head, head.distribution(logits[0]), xs)
+    assert fused.shape == (5, 2)
+    np.testing.assert_allclose(fused, expected, rtol=1e-6, atol=1e-4)
 
 
 @pytest.mark.parametrize("event_shape", [(784,), (3, 263)])  # 49 groups of 16; 789 elements padded to 50 groups

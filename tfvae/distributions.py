@@ -478,20 +478,28 @@ _FACTORS_PER_LOG = 16
 def _bernoulli_sum_by_products(x, logits, event_ndims):
     """`_bernoulli_sum` with softplus(l) = max(l, 0) + log(1 + exp(-|l|)) and the logs summed as the log of
     products: sum_i log(1 + e_i) = sum_g log prod_{i in g} (1 + e_i) over groups g of 16 elements of the
-    event, one log per 16 exps. In importance-sampled `log_prob` (K = 1000, 784 pixels) this took 0.95 of
-    the time of one log1p per element (faster in each of 11 interleaved rounds), as accurate (float64
-    reference, tests/test_distributions.py): an e_i that 1 + e_i rounds away is below 6e-8 nats. An event
-    whose size is not a multiple of 16 is padded with factors of 1."""
-    axes = list(range(-event_ndims, 0))
-    batch_ndims = logits.shape.rank - event_ndims  # by the static rank: event_ndims may be 0
-    event_size = math.prod(logits.shape[batch_ndims:])
+    event, one log per 16 exps. An e_i that 1 + e_i rounds away is below 6e-8 nats (float64 reference,
+    tests/test_distributions.py).
+
+    The event is laid out as 16 rows of G = ceil(D / 16) elements, a group being a column, and both
+    terms are reduced over the rows first: XLA on CPU vectorizes that reduction across the G columns,
+    while a reduction along the event's contiguous elements runs one element at a time. Reducing over
+    the rows took 0.47 of the time of the two sums along the event (K = 1000, 1,000 images x 784
+    logits, interleaved rounds). An event whose size is not a multiple of 16 is padded with factors
+    of 1 and linear terms of 0."""
+    event_size = math.prod(logits.shape[logits.shape.rank - event_ndims:])  # by the static rank: event_ndims may be 0
     groups = -(-event_size // _FACTORS_PER_LOG)
-    batch_shape = tf.shape(logits)[:batch_ndims]
-    factors = tf.reshape(1.0 + tf.exp(-tf.abs(logits)), tf.concat([batch_shape, [event_size]], 0))
-    padding = tf.ones(tf.concat([batch_shape, [groups * _FACTORS_PER_LOG - event_size]], 0))
-    factors = tf.reshape(tf.concat([factors, padding], -1), tf.concat([batch_shape, [groups, _FACTORS_PER_LOG]], 0))
-    log1p_sum = tf.reduce_sum(tf.math.log(tf.reduce_prod(factors, -1)), -1)
-    return tf.reduce_sum(x * logits - tf.nn.relu(logits), axis=axes) - log1p_sum
+
+    def as_rows(elementwise, pad_value):
+        batch_shape = tf.shape(elementwise)[: elementwise.shape.rank - event_ndims]
+        flat = tf.reshape(elementwise, tf.concat([batch_shape, [event_size]], 0))
+        padding = tf.fill(tf.concat([batch_shape, [groups * _FACTORS_PER_LOG - event_size]], 0), pad_value)
+        return tf.reshape(tf.concat([flat, padding], -1), tf.concat([batch_shape, [_FACTORS_PER_LOG, groups]], 0))
+
+    # x may broadcast against the logits (x [B, D] against K x B logits), so each term has its own batch shape.
+    linear = as_rows(x * logits - tf.nn.relu(logits), 0.0)
+    factors = as_rows(1.0 + tf.exp(-tf.abs(logits)), 1.0)
+    return tf.reduce_sum(tf.reduce_sum(linear, -2) - tf.math.log(tf.reduce_prod(factors, -2)), -1)
 
 
 _bernoulli_sum_fused = tf.function(_bernoulli_sum_by_products, jit_compile=True)
