@@ -66,6 +66,36 @@ def test_help_version_and_usage_errors_do_not_import_tensorflow(args, status, tm
         assert messages == [] and result.stdout.startswith(("usage: tfvae", "tfvae "))
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [(["evaluate", "no-such-run"], "no-such-run: no such run directory."),
+     (["sample", "empty"], "empty: no model.keras in this run directory; train one with tfvae train --out empty."),
+     (["encode", "empty", "--input", "x.npy", "-o", "z.npy"], "empty: no model.keras"),
+     (["train", "--dataset", "mnits"], "--dataset: expected one of digits, mnist-5k, fashion_mnist, mnist or an"),
+     (["train", "--dataset", "missing.npz"], "--dataset: no such file 'missing.npz'."),
+     (["train", "--resume", "--out", "no-such-run"], "no-such-run: no such run directory.")],
+)
+def test_a_mistyped_run_dataset_or_input_is_refused_before_tensorflow_is_imported(args, message, tmp_path):
+    # The mistakes users make most, answered in a fraction of a second instead of after TensorFlow's 5-10 s.
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "tfvae", *args], cwd=tmp_path, env=USER_ENV,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert "tfvae.cli.early" in imported
+    assert not [m for m in imported if m.split(".")[0] in ("tensorflow", "keras", "tensorflow_probability")]
+    messages = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(messages) == 1 and messages[0].startswith(f"tfvae: error: {message}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # nothing written
+
+
+def test_the_command_lines_dataset_names_are_the_librarys():
+    from tfvae import data
+    from tfvae.cli import runs
+
+    assert runs.DATASETS == data.DATASETS
+
+
 def test_verbose_is_accepted_before_and_after_the_command():
     parse = _parser().parse_args
     assert parse(["sample", "RUN"]).verbose is False
@@ -187,13 +217,15 @@ def test_throughput_benchmark_times_the_command_start_up():
     result = json.loads(result.stdout)
     commands = result["cli_startup"]["commands"]
     assert [row["command"] for row in commands.values()] == [
-        "tfvae --help", "tfvae train --epochs 0", "tfvae sample RUN -n 1 -o sample.png --seed 0"]
+        "tfvae --help", "tfvae train --epochs 0", "tfvae sample RNU -n 1 -o sample.png",
+        "tfvae sample RUN -n 1 -o sample.png --seed 0"]
     for row in commands.values():
         assert len(row["runs"]) == 2 and 0 < row["seconds_min"] <= row["seconds_median"] <= row["seconds_max"]
     assert commands["help"]["stdout_lines"] > 10 and commands["help"]["stderr_lines"] == 0
-    assert commands["argument_error"]["stdout_lines"] == 0 and commands["argument_error"]["stderr_lines"] == 1
+    for name in ("argument_error", "mistyped_run"):
+        assert commands[name]["stdout_lines"] == 0 and commands[name]["stderr_lines"] == 1
     assert commands["sample"]["stdout_lines"] == 1 and commands["sample"]["stderr_lines"] == 0
-    assert set(result["targets"]) == {"cli_help_seconds", "cli_argument_error_seconds"}
+    assert set(result["targets"]) == {"cli_help_seconds", "cli_argument_error_seconds", "cli_mistyped_run_seconds"}
     assert "training" not in result
 
 

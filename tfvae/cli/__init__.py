@@ -55,6 +55,9 @@ def main(argv=None):
     # Before TensorFlow is imported, which reads it once: 0 logs everything, 2 only errors.
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if args.verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        from tfvae.cli import early  # numpy, not TensorFlow: here, after --help and usage errors have answered
+
+        early.check(args)
         _start_tensorflow()
         module, _, function = args.command.partition(":")
         return getattr(importlib.import_module(f"tfvae.cli.{module}"), function)(args) or 0

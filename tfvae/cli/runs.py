@@ -35,6 +35,8 @@ LOCK = ".lock"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Binarized test sets are one fixed draw, so every evaluation of a run scores the same binary images.
 TEST_BINARIZATION_SEED = 1234
+# The names `tfvae.data.load` takes (tfvae.data.DATASETS, which imports TensorFlow; a test keeps them equal).
+DATASETS = ("digits", "mnist-5k", "fashion_mnist", "mnist")
 _CHECKPOINT = re.compile(r"epoch-(\d+)\.keras")
 _TEMPORARY = re.compile(r"\.tmp-(\d+)-.*")
 
@@ -135,19 +137,24 @@ def check_run_directory(run):
         raise NotADirectoryError(f"{run}: expected a run directory written by tfvae train; got a file.")
 
 
+def check_trained(run):
+    """Refuses a run directory that holds no trained model, saying how to get one."""
+    check_run_directory(run)
+    if not os.path.isfile(os.path.join(run, MODEL)):
+        hint = f"train one with tfvae train --out {run}"
+        if latest_checkpoint(run)[0]:
+            hint = f"its training did not finish; finish it with tfvae train --resume --out {run}"
+        raise FileNotFoundError(f"{run}: no {MODEL} in this run directory; {hint}.")
+
+
 def load_model(run):
     """The run's trained model (without its optimizer), after checking the run holds one."""
     import keras
 
     import tfvae.model  # noqa: F401  (registers the model's classes for deserialization)
 
-    check_run_directory(run)
+    check_trained(run)
     path = os.path.join(run, MODEL)
-    if not os.path.isfile(path):
-        hint = f"train one with tfvae train --out {run}"
-        if latest_checkpoint(run)[0]:
-            hint = f"its training did not finish; finish it with tfvae train --resume --out {run}"
-        raise FileNotFoundError(f"{run}: no {MODEL} in this run directory; {hint}.")
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # a damaged zip, a foreign .keras file, ...: the user's file, not our bug
@@ -188,12 +195,21 @@ def evaluation_images(config, dataset):
     return x
 
 
+def check_dataset(name):
+    """Refuses a --dataset that is neither a dataset's name nor an existing .npz/.npy file."""
+    if name in DATASETS:
+        return
+    if not str(name).endswith((".npz", ".npy")):
+        raise ValueError(f"--dataset: expected one of {', '.join(DATASETS)} or an .npz/.npy file; got {name!r}.")
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"--dataset: no such file {name!r}.")
+
+
 def load_dataset(name, data_dir=None):
     """`tfvae.data.load` with the error naming the command-line flag."""
     from tfvae import data
 
-    if name not in data.DATASETS and not str(name).endswith((".npz", ".npy")):
-        raise ValueError(f"--dataset: expected one of {', '.join(data.DATASETS)} or an .npz/.npy file; got {name!r}.")
+    check_dataset(name)
     return data.load(name, data_dir=data_dir)
 
 
@@ -210,13 +226,10 @@ def read_input(path, event_shape):
         (x float32 of shape (N, *event_shape), labels or None, file names or None).
     """
     path = os.fspath(path)
+    check_input(path)
     if os.path.isdir(path):
         x, names = _read_image_folder(path, event_shape)
         return x, None, names
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--input: no such file or folder {path!r}.")
-    if not path.endswith((".npy", ".npz")):
-        raise ValueError(f"--input: expected a .npy or .npz file or a folder of PNG/JPEG images; got {path!r}.")
     labels = None
     try:
         if path.endswith(".npy"):
@@ -228,6 +241,16 @@ def read_input(path, event_shape):
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read it as a numpy file ({e}).") from None
     return as_model_input(x, event_shape, path), labels, None
+
+
+def check_input(path):
+    """Refuses an --input that is neither a folder nor an existing .npy/.npz file."""
+    if os.path.isdir(path):
+        return
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--input: no such file or folder {path!r}.")
+    if not path.endswith((".npy", ".npz")):
+        raise ValueError(f"--input: expected a .npy or .npz file or a folder of PNG/JPEG images; got {path!r}.")
 
 
 def _pick_arrays(arrays):

@@ -1,0 +1,25 @@
+"""What the command line refuses before TensorFlow is imported, which takes 5-10 s on two cores.
+
+A mistyped run directory, dataset or input file is the most common mistake, and it is refused at
+once, in the words of the command's own checks, which run again after the import (so nothing here
+is the only guard). Only what reads the disk and cannot change under the command is checked: a new
+run's --out is checked by `tfvae train` itself, because the workers of a cluster start together and
+the chief may create the folder meanwhile.
+"""
+
+from tfvae.cli import runs
+
+
+def check(args):
+    """Raises the error the command would raise later for args' run, --input, --dataset or --resume."""
+    run = getattr(args, "run", None)
+    if run is not None:
+        runs.check_trained(run)
+    if getattr(args, "input", None) is not None:
+        runs.check_input(args.input)
+    if getattr(args, "dataset", None) is not None:
+        runs.check_dataset(args.dataset)
+    if getattr(args, "resume", False):
+        runs.check_out(args.out)
+        if args.out is not None:
+            runs.read_config(args.out)
