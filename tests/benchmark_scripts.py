@@ -1,6 +1,8 @@
 """The scripts of benchmarks/ as a user runs them: `python benchmarks/NAME ...` in a real subprocess from
-the repository's root. Shared by the tests of each script."""
+the repository's root, or imported as a module to call its argument parsing. Shared by the tests of each
+script."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -19,3 +21,11 @@ def run(name, *args, timeout=300):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run([sys.executable, path(name), *args], capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT, env=env)
+
+
+def load(name):
+    """benchmarks/NAME imported as a module (its argument checks answer without a subprocess's start-up)."""
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py") + "_benchmark", path(name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,7 +1,7 @@
 """Smoke tests of benchmarks/density.py: tiny runs through the real command line (one killed and resumed),
 the Exemplar VAE setup's model, early stopping, and the argument checks."""
 
-import importlib.util
+import functools
 import json
 import math
 import os
@@ -16,13 +16,7 @@ import pytest
 import benchmark_scripts
 
 SCRIPT = benchmark_scripts.path("density.py")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("density_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+load_script = functools.partial(benchmark_scripts.load, "density.py")
 
 
 def test_tiny_run_prints_the_json_fields(tmp_path):
