@@ -82,7 +82,7 @@ def benchmark_evaluation(model, x_train, x_test, num_samples, rounds, torch_thre
     if bf16:
         contenders["tfvae_evaluate_bfloat16"] = lambda: tfvae.evaluate.log_likelihood(
             model, x_test, num_samples, batch_size, verbose=0, precision="bfloat16")
-    versions, torch_estimate = {}, None
+    versions = {}
     if torch_threads is not None:
         import torch
 
