@@ -73,7 +73,8 @@ def test_help_version_and_usage_errors_do_not_import_tensorflow(args, status, tm
      (["encode", "empty", "--input", "x.npy", "-o", "z.npy"], "empty: no model.keras"),
      (["train", "--dataset", "mnits"], "--dataset: expected one of digits, mnist-5k, fashion_mnist, mnist or an"),
      (["train", "--dataset", "missing.npz"], "--dataset: no such file 'missing.npz'."),
-     (["train", "--resume", "--out", "no-such-run"], "no-such-run: no such run directory.")],
+     (["train", "--resume", "--out", "no-such-run"], "no-such-run: no such run directory."),
+     (["train", "--out", ""], "--out: expected a run directory; got ''.")],
 )
 def test_a_mistyped_run_dataset_or_input_is_refused_before_tensorflow_is_imported(args, message, tmp_path):
     # The mistakes users make most, answered in a fraction of a second instead of after TensorFlow's 5-10 s.

@@ -19,7 +19,7 @@ def check(args):
         runs.check_input(args.input)
     if getattr(args, "dataset", None) is not None:
         runs.check_dataset(args.dataset)
-    if getattr(args, "resume", False):
+    if hasattr(args, "resume"):  # tfvae train, which checks --out first too
         runs.check_out(args.out)
-        if args.out is not None:
+        if args.resume and args.out is not None:
             runs.read_config(args.out)
