@@ -102,6 +102,18 @@ def test_training_draws_the_same_noise_with_diagnostics_as_without(digits):
         np.testing.assert_array_equal(with_diagnostics, without)
 
 
+def test_the_progress_bar_leaves_out_the_per_dimension_kls_that_history_keeps(digits, capsys):
+    model = small_vae()
+    history = model.fit(digits[0][:200], epochs=1, batch_size=100, validation_data=digits[1][:100], verbose=2,
+                        callbacks=[callbacks.Diagnostics(digits[1][:100], num_samples=5)])
+
+    epoch_line = capsys.readouterr().out.strip().splitlines()[-1]
+    for shown in ("loss", "val_kl", "val_log_likelihood", "val_active_units"):
+        assert f" {shown}: " in epoch_line, shown
+    assert "val_kl_" not in epoch_line
+    assert [key for key in history.history if key.startswith("val_kl_")] == [f"val_kl_{d}" for d in range(LATENT_DIM)]
+
+
 def test_every_2_logs_on_epochs_2_and_4_to_history_and_tensorboard(fitted):
     _, history, seen, log_dir = fitted
     scalars, histograms = {}, set()

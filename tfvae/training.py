@@ -5,6 +5,7 @@ Keras's loop run it. Each default is measured by `python benchmarks/throughput.p
 """
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -129,12 +130,24 @@ def _batches_per_epoch(data, batch_size):
     return math.ceil(len(data) / (batch_size or 32)) if hasattr(data, "__len__") else None
 
 
+# `tfvae.callbacks.Diagnostics`'s per-dimension KLs: one key per latent dimension.
+_PER_DIMENSION_KEY = re.compile(r"val_kl_\d+")
+
+
 class Progbar(keras.callbacks.ProgbarLogger):
-    """Keras's progress bar, never counting past the end of the epoch.
+    """Keras's progress bar, never counting past the end of the epoch, and without the
+    per-dimension KLs.
 
     With several steps per execution Keras reports the last step of each execution, also of the
     last one that the data cut short: 100 steps per execution over 125 batches showed "200/125".
+    `Diagnostics` logs `val_kl_0` ... `val_kl_{latent_dim-1}`; Keras prints every key of the logs, and
+    50 of them would bury the epoch's losses. They stay in the logs: `History`, `CSVLogger` and
+    `TensorBoard` have them.
     """
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = {key: value for key, value in (logs or {}).items() if not _PER_DIMENSION_KEY.fullmatch(key)}
+        super().on_epoch_end(epoch, shown)
 
     def _clamp(self, batch):
         return batch if not self.target else min(batch, self.target - 1)
