@@ -74,9 +74,13 @@ def test_help_version_and_usage_errors_do_not_import_tensorflow(args, status, tm
      (["train", "--dataset", "mnits"], "--dataset: expected one of digits, mnist-5k, fashion_mnist, mnist or an"),
      (["train", "--dataset", "missing.npz"], "--dataset: no such file 'missing.npz'."),
      (["train", "--resume", "--out", "no-such-run"], "no-such-run: no such run directory."),
-     (["train", "--out", ""], "--out: expected a run directory; got ''.")],
+     (["train", "--out", ""], "--out: expected a run directory; got ''."),
+     (["train", "--kl-schedule", "cyclical:period=0", "--out", "run"],
+      "--kl-schedule: cyclical:period=0: period: expected an integer >= 1; got 0."),
+     (["train", "--kl-schedule", "warmup:steps=5"],
+      "--kl-schedule: expected NAME or NAME:ARG=VALUE,... with NAME one of linear, cyclical, free_bits, capacity;")],
 )
-def test_a_mistyped_run_dataset_or_input_is_refused_before_tensorflow_is_imported(args, message, tmp_path):
+def test_a_mistyped_run_dataset_input_or_schedule_is_refused_before_tensorflow_is_imported(args, message, tmp_path):
     # The mistakes users make most, answered in a fraction of a second instead of after TensorFlow's 5-10 s.
     (tmp_path / "empty").mkdir()
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "tfvae", *args], cwd=tmp_path, env=USER_ENV,

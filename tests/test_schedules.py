@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import tfvae
-from tfvae import schedules
+from tfvae import schedule_specs, schedules
 from tfvae.cli import main
 from test_cli import check_error
 
@@ -190,6 +190,16 @@ def test_a_schedule_as_a_spec_string_is_the_schedule():
     assert schedules.get(spec).get_config() == {"max_capacity": 2.5, "steps": 10, "gamma": 100.0}
     assert schedules.get(None) is None
     assert tfvae.VAE(input_shape=(4,), latent_dim=2).get_config()["kl_schedule"] is None
+
+
+def test_each_named_schedule_takes_its_arguments_from_the_spec_class_the_command_line_checks():
+    # tfvae train refuses a malformed --kl-schedule with schedule_specs before importing TensorFlow:
+    # it must accept and refuse what the schedules do.
+    assert list(schedules.SCHEDULES) == list(schedule_specs.ARGUMENTS)
+    for name, schedule in schedules.SCHEDULES.items():
+        assert issubclass(schedule, schedule_specs.ARGUMENTS[name])
+        assert "__init__" not in vars(schedule) and "get_config" not in vars(schedule)
+    assert type(schedule_specs.parse("cyclical:period=10")) is schedule_specs.Cyclical
 
 
 @pytest.mark.parametrize("make, message", [

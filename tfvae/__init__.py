@@ -26,7 +26,8 @@ __version__ = "0.1.0"
 
 # Every submodule, the public ones and those an eager import of the public ones made attributes too.
 _SUBMODULES = frozenset(__all__[1:]) | {
-    "atomic", "checks", "cli", "distribute", "launch", "model", "noise", "plots", "resources", "signatures"}
+    "arguments", "atomic", "checks", "cli", "distribute", "launch", "model", "noise", "plots", "resources",
+    "schedule_specs", "signatures"}
 
 
 def __getattr__(name):

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
-from tfvae import atomic, checks, distributions, evaluate, noise, plots, resources
+from tfvae import arguments, atomic, distributions, evaluate, noise, plots, resources
 
 
 class RestoreOnNaN(keras.callbacks.Callback):
@@ -64,7 +64,7 @@ class KLWarmup(keras.callbacks.Callback):
 
     def __init__(self, epochs, target=1.0):
         super().__init__()
-        self.epochs = checks.positive_int(epochs, "epochs")
+        self.epochs = arguments.positive_int(epochs, "epochs")
         self.target = float(target)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -183,9 +183,9 @@ class ImageGrids(keras.callbacks.Callback):
         self.x = x
         self.condition = condition
         self.sample_condition = sample_condition
-        self.num_samples = checks.positive_int(num_samples, "num_samples")
-        self.ncols = checks.positive_int(ncols, "ncols")
-        self.every = checks.positive_int(every, "every")
+        self.num_samples = arguments.positive_int(num_samples, "num_samples")
+        self.ncols = arguments.positive_int(ncols, "ncols")
+        self.every = arguments.positive_int(every, "every")
         self.seed = int(seed)
         if log_dir is not None and importlib.util.find_spec("tensorboard") is None:
             raise ImportError("log_dir: TensorBoard images need the tensorboard package (pip install tensorboard).")
@@ -280,10 +280,10 @@ class Diagnostics(keras.callbacks.Callback):
             raise ValueError("x: expected held-out examples, an array of shape (n, *input_shape); got None.")
         self.x = x
         self.condition = condition
-        self.every = checks.positive_int(every, "every")
-        self.num_samples = checks.positive_int(num_samples, "num_samples")
-        self.threshold = checks.finite_float(threshold, "threshold", inclusive=True)
-        self.batch_size = checks.positive_int(batch_size, "batch_size")
+        self.every = arguments.positive_int(every, "every")
+        self.num_samples = arguments.positive_int(num_samples, "num_samples")
+        self.threshold = arguments.finite_float(threshold, "threshold", inclusive=True)
+        self.batch_size = arguments.positive_int(batch_size, "batch_size")
         if log_dir is not None and importlib.util.find_spec("tensorboard") is None:
             raise ImportError("log_dir: TensorBoard scalars need the tensorboard package (pip install tensorboard).")
         self.log_dir = log_dir

@@ -13,11 +13,6 @@ import tensorflow as tf
 from tfvae import distributions
 
 
-def positive_int(value, name):
-    """Returns `value` as an int, or raises unless it is a whole number >= 1."""
-    return _int_at_least(value, 1, name)
-
-
 def keras_batch_size(value):
     """`batch_size` of fit/evaluate/predict: None (Keras's default) or an int in [1, 2**31), the
     range of the int32 batch dimension Keras and TensorFlow keep it in."""
@@ -26,28 +21,6 @@ def keras_batch_size(value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value < 2**31:
         raise ValueError(f"batch_size: expected None or an integer in [1, 2**31); got {value!r}.")
     return int(value)
-
-
-def non_negative_int(value, name):
-    """Returns `value` as an int, or raises unless it is a whole number >= 0."""
-    return _int_at_least(value, 0, name)
-
-
-def _int_at_least(value, low, name):
-    # bool is an Integral, but `True` for a count is a mistake.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}; got {value!r}.")
-    return int(value)
-
-
-def finite_float(value, name, minimum=0.0, inclusive=False):
-    """Returns `value` as a float, or raises unless it is a finite number above `minimum` (or equal, if inclusive)."""
-    number = not isinstance(value, bool) and isinstance(value, numbers.Real)
-    above = number and (value >= minimum if inclusive else value > minimum)
-    if not above or not np.isfinite(value):
-        bound = ">=" if inclusive else ">"
-        raise ValueError(f"{name}: expected a finite number {bound} {minimum:g}; got {value!r}.")
-    return float(value)
 
 
 def _shape_error(name, event_shape, shape):

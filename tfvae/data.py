@@ -27,7 +27,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfvae import checks
+from tfvae import arguments, checks
 
 DATASETS = ("digits", "mnist-5k", "fashion_mnist", "mnist")
 BINARIZATIONS = (None, "dynamic", "static")
@@ -165,7 +165,7 @@ def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labe
     """
     if binarization not in BINARIZATIONS:
         raise ValueError(f"binarization: expected one of {BINARIZATIONS}; got {binarization!r}.")
-    batch_size = checks.positive_int(batch_size, "batch_size")
+    batch_size = arguments.positive_int(batch_size, "batch_size")
     seed = _seed(seed)
     x = _unit_interval(x, "x") if binarization else _finite(x, "x")
     if labels is not None and len(labels) != len(x):

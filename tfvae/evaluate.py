@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfvae import checks, inference, resources
+from tfvae import arguments, checks, inference, resources
 from tfvae import precision as tfvae_precision
 
 
@@ -48,7 +48,7 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
         (-log_likelihood / (D ln 2), D = prod(event_shape)), "elbo", "reconstruction" (E_q log p(x|z)),
         "kl", "gap" (log_likelihood - elbo), and the ints "num_examples" and "num_samples".
     """
-    num_samples = checks.positive_int(num_samples, "num_samples")
+    num_samples = arguments.positive_int(num_samples, "num_samples")
     precision = tfvae_precision.check(precision)
     dimensions = math.prod(model.event_shape)
     batch_size = _bounded_batch(num_samples, dimensions, batch_size, f"num_samples={num_samples}")
@@ -102,7 +102,7 @@ def active_units(model, data, threshold=0.01, batch_size=1000, return_variances=
     Returns:
         The count (int), or (count, variances [latent_dim] numpy) with `return_variances`.
     """
-    threshold = checks.finite_float(threshold, "threshold", inclusive=True)
+    threshold = arguments.finite_float(threshold, "threshold", inclusive=True)
     batches, _ = _batches(model, data, batch_size, condition)
     count, total, total_squares = 0, 0.0, 0.0
     for x, c in batches:
@@ -140,11 +140,11 @@ def amortization_gap(
         A dict: "amortized_elbo", "refined_elbo" (means, nats), "amortization_gap" (their mean
         difference, refined - amortized), "amortization_gap_stderr", "num_examples", "steps".
     """
-    elbo_samples = checks.positive_int(elbo_samples, "elbo_samples")
+    elbo_samples = arguments.positive_int(elbo_samples, "elbo_samples")
     dimensions = math.prod(model.event_shape)
     batch_size = _bounded_batch(elbo_samples, dimensions, batch_size, f"elbo_samples={elbo_samples}")
     # refine's steps run in one graph per batch: their samples count like the ELBO's.
-    steps_samples = checks.non_negative_int(steps, "steps") * checks.positive_int(num_samples, "num_samples")
+    steps_samples = arguments.non_negative_int(steps, "steps") * arguments.positive_int(num_samples, "num_samples")
     batch_size = _bounded_batch(max(steps_samples, 1), dimensions, batch_size,
                                 f"steps={steps} with num_samples={num_samples}")
     batches, _ = _batches(model, data, batch_size, condition)
@@ -175,7 +175,7 @@ def amortization_gap(
 def _bounded_batch(num_samples, dimensions, batch_size, request):
     """The batch size, at most `batch_size`, whose step of `num_samples` samples per example stays within
     tfvae.resources' work rule, or a ResourceError if one example's samples alone would exceed it."""
-    batch_size = checks.positive_int(batch_size, "batch_size")
+    batch_size = arguments.positive_int(batch_size, "batch_size")
     resources.check_step(num_samples * dimensions, f"{request} (per example)")
     return resources.examples_per_step(num_samples, dimensions, batch_size)
 
@@ -193,7 +193,7 @@ def _stderr(values):
 def _batches(model, data, batch_size, condition=None, name="data"):
     """Checks `data` (and the conditions) and returns (an iterable of float32 batches (x, condition), the
     number of examples or None); the condition is None for an unconditional model."""
-    batch_size = checks.positive_int(batch_size, "batch_size")
+    batch_size = arguments.positive_int(batch_size, "batch_size")
     if isinstance(data, tf.data.Dataset):
         if condition is not None:
             raise ValueError(

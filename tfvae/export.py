@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae import checks, distributions
+from tfvae import arguments, distributions
 from tfvae import signatures as signatures_lib
 from tfvae.atomic import process_alive
 from tfvae.model import VAE
@@ -84,7 +84,7 @@ def save(
     """
     _check_model(model, allow_untrained)
     # Every worker checks the arguments, so a bad one fails the whole cluster, not only the chief.
-    log_prob_samples = checks.positive_int(log_prob_samples, "log_prob_samples")
+    log_prob_samples = arguments.positive_int(log_prob_samples, "log_prob_samples")
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize: expected None or one of {list(QUANTIZE_MODES)}; got {quantize!r}.")
     if quantize is not None and not tflite:

@@ -18,7 +18,7 @@ import math
 
 import tensorflow as tf
 
-from tfvae import checks, noise, objectives, resources
+from tfvae import arguments, checks, noise, objectives, resources
 
 # Adam's moment decay rates and its denominator's floor (Kingma & Ba 2015 defaults).
 _BETA_1, _BETA_2, _EPSILON = 0.9, 0.999, 1e-8
@@ -41,9 +41,9 @@ def refine(model, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None, co
     Returns:
         A TFP distribution like `model.encode(x)` returns: batch shape [B], event [latent_dim].
     """
-    steps = checks.non_negative_int(steps, "steps")
-    learning_rate = checks.finite_float(learning_rate, "learning_rate")
-    num_samples = checks.positive_int(num_samples, "num_samples")
+    steps = arguments.non_negative_int(steps, "steps")
+    learning_rate = arguments.finite_float(learning_rate, "learning_rate")
+    num_samples = arguments.positive_int(num_samples, "num_samples")
     seed = checks.seed(seed)
     # All steps run in one graph without progress: their work is one step of the resource rule.
     event_size = math.prod(model.event_shape)
@@ -80,7 +80,7 @@ def elbo(model, x, q, num_samples=1, seed=None, condition=None):
         seed: an int for reproducible noise; None takes the model's next seed.
         condition: the conditions of x for a conditional model, else None.
     """
-    num_samples = checks.positive_int(num_samples, "num_samples")
+    num_samples = arguments.positive_int(num_samples, "num_samples")
     seed = checks.seed(seed)
     x = model.as_input(x)
     condition = model.as_condition(condition, x.shape[0])

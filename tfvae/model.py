@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfvae import atomic, checks, distribute, distributions, inference, networks, noise, objectives, resources
+from tfvae import arguments, atomic, checks, distribute, distributions, inference, networks, noise, objectives, resources
 from tfvae import schedules, training
 from tfvae import precision as tfvae_precision
 from tfvae import data as tfvae_data
@@ -78,9 +78,9 @@ class VAE(keras.Model):
     ):
         super().__init__(**kwargs)
         self.condition_shape = _condition_shape(condition_shape)
-        self.event_shape = tuple(checks.positive_int(d, "input_shape") for d in _as_tuple(input_shape))
-        self.latent_dim = checks.positive_int(latent_dim, "latent_dim")
-        self.num_samples = checks.positive_int(num_samples, "num_samples")
+        self.event_shape = tuple(arguments.positive_int(d, "input_shape") for d in _as_tuple(input_shape))
+        self.latent_dim = arguments.positive_int(latent_dim, "latent_dim")
+        self.num_samples = arguments.positive_int(num_samples, "num_samples")
         if objective not in objectives.OBJECTIVES:
             raise ValueError(f"objective: expected one of {sorted(objectives.OBJECTIVES)}; got {objective!r}.")
         self.objective = objective
@@ -300,7 +300,7 @@ class VAE(keras.Model):
             condition: for a conditional model, one condition (shape `condition_shape`) for every
                 draw, or one per draw (num_samples, *condition_shape).
         """
-        num_samples = checks.positive_int(num_samples, "num_samples")
+        num_samples = arguments.positive_int(num_samples, "num_samples")
         condition = self.as_sample_condition(condition, num_samples)
         event_size = math.prod(self.event_shape)
         resources.check_step(num_samples * event_size, "num_samples")
@@ -311,7 +311,7 @@ class VAE(keras.Model):
 
     def elbo(self, x, num_samples=1, condition=None):
         """The ELBO of each x (of log p(x|c) given the condition), in nats: [B]. More samples lower its variance, not its bias."""
-        num_samples = checks.positive_int(num_samples, "num_samples")
+        num_samples = arguments.positive_int(num_samples, "num_samples")
         resources.check_step(num_samples * math.prod(self.event_shape), "num_samples")  # all K at once
         x = self.as_input(x)
         return self._compiled_bound(x, num_samples, self.as_condition(condition, x.shape[0]))["elbo"]
@@ -325,7 +325,7 @@ class VAE(keras.Model):
         precision: "float32", or "bfloat16" for the decoder's matrix products (about twice as
             fast on CPUs with avx512_bf16 or AMX; see `tfvae.precision`).
         """
-        num_samples = checks.positive_int(num_samples, "num_samples")
+        num_samples = arguments.positive_int(num_samples, "num_samples")
         precision = tfvae_precision.check(precision)
         # Chunked, so memory is bounded; without a progress bar, one example's K samples are one step.
         resources.check_step(num_samples * math.prod(self.event_shape), "num_samples")
@@ -517,7 +517,7 @@ class VAE(keras.Model):
         `validation_split` kept (a conditional model's conditions travel with their x).
         """
         batch_size = checks.keras_batch_size(batch_size)
-        epochs = checks.positive_int(epochs, "epochs")
+        epochs = arguments.positive_int(epochs, "epochs")
         x = self._check_data(x, "x")
         y = self._check_conditions(x, y, "condition (y)")
         if kwargs.get("validation_data") is not None:
@@ -702,7 +702,7 @@ def _condition_shape(value):
     shape = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
     if not isinstance(shape, (tuple, list)) or not shape:
         raise ValueError(f"condition_shape: expected None or a non-empty tuple of positive ints such as (10,); got {value!r}.")
-    return tuple(checks.positive_int(d, "condition_shape") for d in shape)
+    return tuple(arguments.positive_int(d, "condition_shape") for d in shape)
 
 
 def _condition_error(condition_shape, condition, name="condition"):
@@ -718,7 +718,7 @@ def _condition_error(condition_shape, condition, name="condition"):
 
 
 def _beta(value):
-    return checks.finite_float(value, "beta", inclusive=True)
+    return arguments.finite_float(value, "beta", inclusive=True)
 
 
 def _as_tuple(shape):

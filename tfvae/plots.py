@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from tfvae import checks
+from tfvae import arguments
 
 # Small images are enlarged by whole pixels (nearest neighbour) until a tile is about this wide.
 _TILE_PIXELS = 56
@@ -62,8 +62,8 @@ def tile(images, ncols=8, scale=None, padding=1):
     """
     images = np.clip(as_images(images), 0.0, 1.0)
     n, h, w, c = images.shape
-    ncols = checks.positive_int(ncols, "ncols")
-    scale = default_scale(h, w) if scale is None else checks.positive_int(scale, "scale")
+    ncols = arguments.positive_int(ncols, "ncols")
+    scale = default_scale(h, w) if scale is None else arguments.positive_int(scale, "scale")
     rows = -(-n // ncols)
     images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     th, tw = h * scale + padding, w * scale + padding
@@ -115,7 +115,7 @@ def interleave(originals, reconstructions, ncols=8):
         raise ValueError(
             f"reconstructions: expected the originals' shape {originals.shape}; got {reconstructions.shape}."
         )
-    ncols = checks.positive_int(ncols, "ncols")
+    ncols = arguments.positive_int(ncols, "ncols")
     blank = (-len(originals)) % ncols
     pad = np.zeros((blank, *originals.shape[1:]), np.float32)
     rows = [np.concatenate([a, pad]).reshape(-1, ncols, *a.shape[1:]) for a in (originals, reconstructions)]

@@ -19,13 +19,11 @@ Example:
     >>> model = tfvae.VAE(input_shape=(784,), kl_schedule="free_bits:nats=0.25")
 """
 
-import inspect
-
 import keras
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
-from tfvae import checks, distribute, objectives
+from tfvae import distribute, objectives, schedule_specs
 
 
 class Schedule:
@@ -89,7 +87,7 @@ class _Term(Schedule):
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
-class Linear(_Weight):
+class Linear(schedule_specs.Linear, _Weight):
     """beta(t) = max_beta * min(1, t / steps): a warm-up from 0 over the first `steps` steps.
 
     Args:
@@ -100,19 +98,12 @@ class Linear(_Weight):
         >>> tfvae.VAE(input_shape=(784,), kl_schedule=tfvae.schedules.Linear(steps=10000))
     """
 
-    def __init__(self, steps, max_beta=1.0):
-        self.steps = checks.positive_int(steps, "steps")
-        self.max_beta = checks.finite_float(max_beta, "max_beta")
-
-    def get_config(self):
-        return {"steps": self.steps, "max_beta": self.max_beta}
-
     def __call__(self, step):
         return self.max_beta * _fraction(step, self.steps)
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
-class Cyclical(_Weight):
+class Cyclical(schedule_specs.Cyclical, _Weight):
     """Cyclical annealing (Fu et al. 2019): beta rises linearly from 0 over the first `ratio` of each
     cycle of `period` steps, then stays at `max_beta` until the cycle ends.
 
@@ -127,23 +118,13 @@ class Cyclical(_Weight):
         >>> tfvae.VAE(input_shape=(784,), kl_schedule=tfvae.schedules.Cyclical(period=2500))
     """
 
-    def __init__(self, period, ratio=0.5, max_beta=1.0):
-        self.period = checks.positive_int(period, "period")
-        self.ratio = checks.finite_float(ratio, "ratio")
-        if self.ratio > 1:
-            raise ValueError(f"ratio: expected a number in (0, 1]; got {ratio!r}.")
-        self.max_beta = checks.finite_float(max_beta, "max_beta")
-
-    def get_config(self):
-        return {"period": self.period, "ratio": self.ratio, "max_beta": self.max_beta}
-
     def __call__(self, step):
         tau = tf.cast(_as_step(step) % self.period, tf.float32) / self.period
         return self.max_beta * tf.minimum(1.0, tau / self.ratio)
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
-class FreeBits(_Term):
+class FreeBits(schedule_specs.FreeBits, _Term):
     """Free bits (Kingma et al. 2016): the KL term is sum_d max(nats, KL_d), with KL_d the batch mean
     of latent dimension d's KL, so no dimension is pushed below `nats` onto the prior.
 
@@ -156,12 +137,6 @@ class FreeBits(_Term):
     Example:
         >>> tfvae.VAE(input_shape=(784,), kl_schedule=tfvae.schedules.FreeBits(nats=0.25))
     """
-
-    def __init__(self, nats):
-        self.nats = checks.finite_float(nats, "nats")
-
-    def get_config(self):
-        return {"nats": self.nats}
 
     def __call__(self, step):
         return tf.fill(tf.shape(_as_step(step)), tf.constant(self.nats, tf.float32))
@@ -182,7 +157,7 @@ class FreeBits(_Term):
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
-class Capacity(_Term):
+class Capacity(schedule_specs.Capacity, _Term):
     """Controlled capacity (Burgess et al. 2018): the KL term is gamma * |KL - C(t)|, with KL the batch
     mean and C(t) = max_capacity * min(1, t / steps) rising from 0, so the KL is led to C(t).
 
@@ -194,14 +169,6 @@ class Capacity(_Term):
     Example:
         >>> tfvae.VAE(input_shape=(784,), kl_schedule=tfvae.schedules.Capacity(max_capacity=25, steps=100000))
     """
-
-    def __init__(self, max_capacity, steps, gamma=1000.0):
-        self.max_capacity = checks.finite_float(max_capacity, "max_capacity", inclusive=True)
-        self.steps = checks.positive_int(steps, "steps")
-        self.gamma = checks.finite_float(gamma, "gamma")
-
-    def get_config(self):
-        return {"max_capacity": self.max_capacity, "steps": self.steps, "gamma": self.gamma}
 
     def __call__(self, step):
         return self.max_capacity * _fraction(step, self.steps)
@@ -229,7 +196,7 @@ def get(spec, model=None):
     if isinstance(spec, dict):
         spec = keras.saving.deserialize_keras_object(spec)
     elif isinstance(spec, str):
-        spec = _parse(spec)
+        spec = schedule_specs.parse(spec, SCHEDULES)
     if not isinstance(spec, Schedule):
         raise TypeError(
             f"kl_schedule: expected None, a tfvae.schedules schedule or a string such as 'cyclical:period=1000'; "
@@ -260,40 +227,6 @@ def _kl_per_dimension(q, p):
         return tfd.kl_divergence(q.distribution, p.distribution)
     except NotImplementedError:
         return None
-
-
-def _parse(text):
-    """The schedule of a spec string NAME or NAME:ARG=VALUE,... (see `get`)."""
-    names = ", ".join(SCHEDULES)
-    name, _, arguments = text.partition(":")
-    name = name.strip()
-    if name not in SCHEDULES:
-        raise ValueError(f"kl_schedule: expected NAME or NAME:ARG=VALUE,... with NAME one of {names}; got {text!r}.")
-    cls = SCHEDULES[name]
-    parameters = inspect.signature(cls).parameters
-    kwargs = {}
-    for argument in filter(None, (a.strip() for a in arguments.split(","))):
-        key, equals, value = (part.strip() for part in argument.partition("="))
-        if not equals or key not in parameters:
-            raise ValueError(f"kl_schedule: {name} takes {', '.join(parameters)} as ARG=VALUE; got {argument!r}.")
-        kwargs[key] = _number(value, key)
-    missing = [key for key, p in parameters.items() if p.default is inspect.Parameter.empty and key not in kwargs]
-    if missing:
-        example = ",".join(f"{key}=..." for key in missing)
-        raise ValueError(f"kl_schedule: {name} needs {', '.join(missing)} ({name}:{example}); got {text!r}.")
-    try:
-        return cls(**kwargs)
-    except ValueError as error:
-        raise ValueError(f"kl_schedule: {text}: {error}") from None
-
-
-def _number(text, key):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    raise ValueError(f"kl_schedule: {key}: expected a number; got {text!r}.")
 
 
 def _as_step(step):

@@ -2,16 +2,19 @@
 
 A mistyped run directory, dataset or input file is the most common mistake, and it is refused at
 once, in the words of the command's own checks, which run again after the import (so nothing here
-is the only guard). Only what reads the disk and cannot change under the command is checked: a new
+is the only guard); so is a malformed --kl-schedule spec, whose arguments `tfvae.schedule_specs`
+checks without TensorFlow. Of the disk, only what cannot change under the command is checked: a new
 run's --out is checked by `tfvae train` itself, because the workers of a cluster start together and
 the chief may create the folder meanwhile.
 """
 
+from tfvae import schedule_specs
 from tfvae.cli import runs
 
 
 def check(args):
-    """Raises the error the command would raise later for args' run, --input, --dataset or --resume."""
+    """Raises the error the command would raise later for args' run, --input, --dataset, --resume or
+    --kl-schedule."""
     run = getattr(args, "run", None)
     if run is not None:
         runs.check_trained(run)
@@ -23,3 +26,8 @@ def check(args):
         runs.check_out(args.out)
         if args.resume and args.out is not None:
             runs.read_config(args.out)
+    if getattr(args, "kl_schedule", None) is not None:
+        try:
+            schedule_specs.parse(args.kl_schedule)
+        except ValueError as error:  # the command names the flag where the library names its argument
+            raise ValueError("--kl-schedule" + str(error).removeprefix("kl_schedule")) from None
