@@ -1,4 +1,8 @@
+import fcntl
+import json
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,3 +38,37 @@ def mirrored():
     MirroredStrategy's collective ops start from the same keys, so a second one in the process can
     meet the first's with other shapes ("Shape mismatch in collective instance")."""
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+# The run `digits_run` trains: scikit-learn's digits, 2 epochs, as the command-line tests read it.
+DIGITS_RUN_LATENT_DIM = 3
+DIGITS_RUN_TRAIN = ("train", "--dataset", "digits", "--latent-dim", str(DIGITS_RUN_LATENT_DIM), "--epochs", "2",
+                    "--batch-size", "100", "--out", "runs/digits")
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """(the run directory, the `tfvae train` CompletedProcess) of one small run trained by the command
+    in a user's environment (no TF_CPP_MIN_LOG_LEVEL), shared by every test that only reads it.
+
+    Training it takes 10-20 s, once per session: under xdist the first worker to ask trains it,
+    under a lock, and the others read what it wrote.
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # this session's, above each worker's own
+    workdir, record = shared / "digits-run", shared / "digits-run.json"
+    with open(shared / "digits-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            workdir.mkdir()
+            user_env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+            train = subprocess.run([sys.executable, "-m", "tfvae", *DIGITS_RUN_TRAIN], cwd=workdir, env=user_env,
+                                   capture_output=True, text=True, timeout=300)
+            record.write_text(json.dumps({"returncode": train.returncode, "stdout": train.stdout,
+                                          "stderr": train.stderr}))
+    result = json.loads(record.read_text())
+    train = subprocess.CompletedProcess(["tfvae", *DIGITS_RUN_TRAIN], result["returncode"], result["stdout"],
+                                        result["stderr"])
+    assert train.returncode == 0, train.stderr
+    return workdir / "runs" / "digits", train

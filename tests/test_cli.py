@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import DIGITS_RUN_LATENT_DIM as LATENT_DIM
 from tfvae import plots
 from tfvae.cli import main
 
 TILE = 8 * plots.default_scale(8, 8) + 1  # a digit's tile in a grid, with its padding
-LATENT_DIM = 3
 # Lines TensorFlow's C++ start-up writes through absl before logging is configured, while
 # `import tfvae` imports TensorFlow, before the command can keep them out (see tfvae.cli).
 ABSL_START_UP = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ")
@@ -77,13 +77,11 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run(workdir):
-    """One small trained run shared by the tests that only read it."""
-    result = tfvae("train", "--dataset", "digits", "--latent-dim", LATENT_DIM, "--epochs", 2, "--batch-size", 100,
-                   "--out", "runs/digits", cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return workdir / "runs" / "digits"
+def run(digits_run):
+    """The small trained run the session shares (conftest's `digits_run`); the tests here only read it."""
+    path, train = digits_run
+    assert "Traceback" not in train.stderr
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from conftest import DIGITS_RUN_LATENT_DIM
 from tfvae.cli import _parser
 
 # What TensorFlow writes at start-up and in its converter, none of which a user of the command needs.
@@ -141,32 +142,21 @@ print(json.dumps({
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A one-epoch run, trained by the command (its output checked below)."""
-    workdir = tmp_path_factory.mktemp("startup")
-    train = subprocess.run(
-        tfvae_command("train", "--dataset", "digits", "--latent-dim", 2, "--epochs", 1, "--batch-size", 100,
-                      "--out", "runs/digits"),
-        cwd=workdir, env=USER_ENV, capture_output=True, text=True, timeout=300)
-    assert train.returncode == 0, train.stderr
-    return workdir, train
-
-
-@pytest.fixture(scope="module")
-def results(run):
-    workdir, train = run
-    model = workdir / "runs" / "digits" / "model.keras"
+def results(digits_run, tmp_path_factory):
+    """The session's small run, trained by the command (its output checked below), and commands that read it."""
+    run, train = digits_run
+    model = run / "model.keras"
     results = run_all(
         {
             # -W default shows the warnings Python hides by default, e.g. TFP's DeprecationWarnings at import.
-            "sample": [sys.executable, "-W", "default", "-m", "tfvae", "sample", "runs/digits", "-n", "1", "-o",
+            "sample": [sys.executable, "-W", "default", "-m", "tfvae", "sample", run, "-n", "1", "-o",
                        "sample.png", "--seed", "1"],
-            "export": tfvae_command("export", "runs/digits", "--out", "export/digits"),
-            "verbose sample": tfvae_command("--verbose", "sample", "runs/digits", "-n", 1, "-o", "verbose.png"),
+            "export": tfvae_command("export", run, "--out", "export/digits"),
+            "verbose sample": tfvae_command("--verbose", "sample", run, "-n", 1, "-o", "verbose.png"),
             "import tfvae": [*python(NAMES), model],
             "import tfvae.data": [*python(LOAD.format(imports="import tfvae.data")), model],
         },
-        cwd=workdir,
+        cwd=tmp_path_factory.mktemp("startup"),
     )
     return {"train": train, **results}
 
@@ -184,7 +174,7 @@ def test_train_keeps_the_progress_bar_and_its_own_lines(results):
     out = results["train"].stdout
     assert out.startswith("Training runs/digits: digits")
     assert "15/15" in out and "elbo" in out  # 1,500 images in batches of 100
-    assert "Epoch 1: test ELBO" in out
+    assert "Epoch 2: test ELBO" in out  # the summary of the last of its 2 epochs
 
 
 def test_verbose_lets_tensorflow_logs_through(results):
@@ -208,7 +198,7 @@ def test_keras_loads_a_saved_model_after_a_bare_import(results, name):
     """`import tfvae` (or a submodule that imports TensorFlow first), then keras.models.load_model."""
     result = results[name]
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.splitlines()[0].split() == ["tfvae.model", "VAE", "2"]
+    assert result.stdout.splitlines()[0].split() == ["tfvae.model", "VAE", str(DIGITS_RUN_LATENT_DIM)]
 
 
 BENCHMARK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "throughput.py")
