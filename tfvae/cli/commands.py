@@ -4,7 +4,6 @@ Each checks its request against the resource rule (`tfvae.resources`) before any
 reports errors of the library in the words of the command line: flags, not parameter names.
 """
 
-import contextlib
 import csv
 import io
 import json
@@ -16,7 +15,7 @@ import keras
 import numpy as np
 
 from tfvae import plots, resources
-from tfvae.cli import quiet_native_logs, runs
+from tfvae.cli import flags, quiet_native_logs, runs
 
 BATCH = 500  # examples per forward pass for encode/reconstruct
 
@@ -41,7 +40,7 @@ def check_support(x, name, likelihood):
     """`tfvae.checks.check_values` of training data, its advice naming the command's flags."""
     from tfvae import checks
 
-    with _flags({}):
+    with flags.named({}):
         checks.check_values(x, name, likelihood)
 
 
@@ -53,12 +52,12 @@ def evaluate(args):
     name = args.dataset or config.get("dataset")
     if name is None:
         raise ValueError(f"{args.run}: has no {runs.CONFIG} to name its dataset; pass --dataset.")
-    with _flags({"name_or_path": "--dataset"}):
+    with flags.named({"name_or_path": "--dataset"}):
         dataset = runs.load_dataset(name, config.get("data_dir"))
     x = runs.as_model_input(runs.evaluation_images(config, dataset), model.event_shape, f"--dataset {name}")
     batch_size = _batch_for_progress(model, args.num_samples, args.batch_size)
     condition = labels_as_conditions(model, dataset.y_test, f"--dataset {name}")
-    with _flags({"data": f"--dataset {name}"}):
+    with flags.named({"data": f"--dataset {name}"}):
         result = evaluation.log_likelihood(model, x, num_samples=args.num_samples, batch_size=batch_size,
                                            verbose=0 if args.json else 1, precision=args.precision,
                                            condition=condition)
@@ -122,7 +121,7 @@ def export(args):
                          f"{parity_examples} examples)")
     names = {"directory": "--out", "log_prob_samples": "--log-prob-samples", "quantize": "--quantize",
              "sample_inputs": f"the test images of the run's dataset {config.get('dataset')}"}
-    with _flags(names), quiet_native_logs():  # the TFLite converter's "Ignored output_format." and the like
+    with flags.named(names), quiet_native_logs():  # the TFLite converter's "Ignored output_format." and the like
         manifest = exporting.save(model, directory, tflite=not args.no_tflite, quantize=quantize,
                                   log_prob_samples=args.log_prob_samples, overwrite=args.overwrite,
                                   sample_inputs=sample_inputs, sample_conditions=sample_conditions)
@@ -193,7 +192,7 @@ def reconstruct(args):
     x, _, _ = runs.read_input(args.input, model.event_shape)
     if output.lower().endswith(".png"):
         x = x[: args.num]
-    with _flags({"x": f"--input {args.input}"}):
+    with flags.named({"x": f"--input {args.input}"}):
         reconstructions = _batched(lambda b: np.asarray(model.reconstruct(b)), x)
     if output.lower().endswith(".png"):
         plots.image_grid(plots.interleave(x, reconstructions), output)
@@ -213,7 +212,7 @@ def encode(args):
         q = model.encode(batch)
         return np.stack([q.mean(), q.stddev()], axis=1)
 
-    with _flags({"x": f"--input {args.input}"}):
+    with flags.named({"x": f"--input {args.input}"}):
         both = _batched(moments, x)
     mean, stddev = both[:, 0], both[:, 1]
     if output.lower().endswith(".npz"):
@@ -233,7 +232,7 @@ def score(args):
     batch_size = _batch_for_progress(model, args.num_samples, args.batch_size)
     progress = keras.utils.Progbar(len(x), unit_name="example")
     log_probs = []
-    with _flags({"x": f"--input {args.input}"}):
+    with flags.named({"x": f"--input {args.input}"}):
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size]
             log_probs.append(np.asarray(model.log_prob(batch, num_samples=args.num_samples), dtype=np.float64))
@@ -263,42 +262,12 @@ def plot_latent(args):
         dataset = runs.load_dataset(config["dataset"], config.get("data_dir"))
         x = runs.as_model_input(dataset.x_test, model.event_shape, f"the run's dataset {config['dataset']}")
         labels, source = dataset.y_test, f"{config['dataset']} test split"
-    with _flags({"x": f"--input {source}" if args.input is not None else source}):
+    with flags.named({"x": f"--input {source}" if args.input is not None else source}):
         z = _batched(lambda b: np.asarray(model.encode(b).mean()), x)
     how = "posterior means" if model.latent_dim <= 2 else f"posterior means, {model.latent_dim}-D projected by PCA"
     plots.latent_scatter(z, labels, output, title=f"{source}: {how}")
     print(f"Wrote a scatter plot of {len(z)} {how} to {output}.")
     return 0
-
-
-# Advice in the library's messages, in the command line's words.
-_API_ADVICE = {
-    "pass overwrite=True": "pass --overwrite",
-    "use likelihood='gaussian'": "train with --likelihood gaussian",
-    "needs tflite=True": "needs the TFLite model (drop --no-tflite)",
-}
-
-
-@contextlib.contextmanager
-def _flags(names):
-    """Re-raises the library's ValueError, TypeError and OSError naming the flags the user typed.
-
-    Args:
-        names: {parameter name: what to call it instead}; a message that starts with "parameter:"
-            starts with the flag instead, and advice such as "pass overwrite=True" names the flag.
-    """
-    try:
-        yield
-    except (ValueError, TypeError, OSError) as error:
-        message = str(error)
-        name, colon, rest = message.partition(":")
-        if colon and name in names:
-            message = names[name] + colon + rest
-        for advice, flag in _API_ADVICE.items():
-            message = message.replace(advice, flag)
-        if message == str(error):
-            raise
-        raise type(error)(message) from None
 
 
 def _batch_for_progress(model, num_samples, batch_size):

@@ -9,7 +9,7 @@ the chief may create the folder meanwhile.
 """
 
 from tfvae import schedule_specs
-from tfvae.cli import runs
+from tfvae.cli import flags, runs
 
 
 def check(args):
@@ -27,7 +27,5 @@ def check(args):
         if args.resume and args.out is not None:
             runs.read_config(args.out)
     if getattr(args, "kl_schedule", None) is not None:
-        try:
+        with flags.named(flags.KL_SCHEDULE):
             schedule_specs.parse(args.kl_schedule)
-        except ValueError as error:  # the command names the flag where the library names its argument
-            raise ValueError("--kl-schedule" + str(error).removeprefix("kl_schedule")) from None

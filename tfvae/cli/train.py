@@ -21,12 +21,11 @@ import numpy as np
 
 from tfvae import VAE, callbacks, data, distribute, distributions, plots, resources, schedules, training
 from tfvae.cli import TRAIN_DEFAULTS as DEFAULTS
-from tfvae.cli import commands, runs
+from tfvae.cli import commands, flags, runs
 
 RECONSTRUCTED_IMAGES = 32
 SAMPLED_IMAGES = 64  # about; a conditional run's are a whole number of rows of one sample per class
 VALIDATION_BATCH = 500
-KL_SCHEDULE = {"kl_schedule": "--kl-schedule"}  # the library's argument name -> the flag
 
 
 def train(args):
@@ -145,7 +144,7 @@ def _model(config, checkpoint, image_shape, train_conditions):
     if checkpoint is not None:
         model = _load_checkpoint(checkpoint, config)
     else:
-        with commands._flags(KL_SCHEDULE):  # a schedule the other flags rule out, e.g. free_bits with iwae
+        with flags.named(flags.KL_SCHEDULE):  # a schedule the other flags rule out, e.g. free_bits with iwae
             model = VAE(
                 input_shape=image_shape,
                 latent_dim=config["latent_dim"],
@@ -257,7 +256,7 @@ def _new_config(args):
 
 def _kl_schedule_spec(spec):
     """--kl-schedule with every argument spelled out (the form config.json keeps), or None."""
-    with commands._flags(KL_SCHEDULE):
+    with flags.named(flags.KL_SCHEDULE):
         schedule = schedules.get(spec)
     return None if schedule is None else schedules.to_spec(schedule)
 
