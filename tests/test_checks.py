@@ -81,6 +81,11 @@ def test_other_constructor_arguments_are_checked():
         VAE(input_shape=(784,), encoder="conv")
 
 
+def test_bound_names_an_unknown_objective(model):
+    with pytest.raises(ValueError, match=r"objective: expected one of \['elbo', 'iwae'\]; got 'iwa'"):
+        model.bound(np.zeros((1, 64), np.float32), 2, objective="iwa")
+
+
 @pytest.mark.parametrize("num_samples", [0, -1, 1.5])
 def test_sample_counts_must_be_positive_integers(model, num_samples):
     x = np.zeros((1, 64), np.float32)

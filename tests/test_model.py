@@ -1,5 +1,6 @@
 """tfvae.VAE: the bounds it computes, how it trains, and how it round-trips."""
 
+import re
 import warnings
 
 import keras
@@ -390,6 +391,14 @@ def test_fit_on_arrays_takes_the_gather_pipeline_with_keras_meanings(digits, mon
     assert made == []
     with pytest.raises(ValueError, match="validation_split: 0.999 of 300 examples leaves one of the two splits empty"):
         model.fit(x, validation_split=0.999, verbose=0)
+    # Outside (0, 1) Keras's cut at floor(N (1 - split)) would be another split: 1.5 trained on x[:-150].
+    steps = int(model.optimizer.iterations)
+    for split in (1.5, -0.5, float("nan"), True, "0.2"):
+        for path in ({}, {"sample_weight": weights}):  # make_dataset's path and Keras's own
+            with pytest.raises(ValueError, match=re.escape(f"validation_split: expected the fraction of x to hold "
+                                                           f"out, in [0, 1); got {split!r}.")):
+                model.fit(x, validation_split=split, verbose=0, **path)
+    assert int(model.optimizer.iterations) == steps
 
 
 def test_fit_on_arrays_reshuffles_every_epoch_reproducibly(digits):

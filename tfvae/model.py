@@ -81,8 +81,7 @@ class VAE(keras.Model):
         self.event_shape = tuple(arguments.positive_int(d, "input_shape") for d in _as_tuple(input_shape))
         self.latent_dim = arguments.positive_int(latent_dim, "latent_dim")
         self.num_samples = arguments.positive_int(num_samples, "num_samples")
-        if objective not in objectives.OBJECTIVES:
-            raise ValueError(f"objective: expected one of {sorted(objectives.OBJECTIVES)}; got {objective!r}.")
+        objectives.get(objective)  # refuses an unknown name here, not at the first step
         self.objective = objective
         self.seed = checks.seed(seed)
         # Heads given by name are saved by name; others as serialized layers.
@@ -382,14 +381,15 @@ class VAE(keras.Model):
         Given the optimizer's `step`, the model's `kl_schedule` makes the bound, and what it applied at
         that step (`beta`, or `kl_term`, ...) is returned beside, as scalars.
         """
+        objective = objectives.get(objective)
         q = self.posterior(x, condition)
         sample = objectives.posterior_sample(self, x, q, self.noise(num_samples, tf.shape(x)[0]), condition)
         elbo, reconstruction, kl = objectives.elbo(sample)
         applied = {}
         if step is None or self.kl_schedule is None:
-            bound = objectives.OBJECTIVES[objective](sample, beta)
+            bound = objective(sample, beta)
         else:
-            bound, applied = self.kl_schedule.bound(sample, objectives.OBJECTIVES[objective], beta, step)
+            bound, applied = self.kl_schedule.bound(sample, objective, beta, step)
         return {"bound": bound, "elbo": elbo, "reconstruction": reconstruction, "kl": kl, **applied}
 
     # Compiled once per batch shape and K: eager evaluation of many samples would be slow.
@@ -518,6 +518,10 @@ class VAE(keras.Model):
         """
         batch_size = checks.keras_batch_size(batch_size)
         epochs = arguments.positive_int(epochs, "epochs")
+        split = kwargs.get("validation_split")
+        # Keras holds out x[floor(N (1 - split)):], so a split outside (0, 1) would be another split, silently.
+        if split and (isinstance(split, bool) or not isinstance(split, numbers.Real) or not 0 < split < 1):
+            raise ValueError(f"validation_split: expected the fraction of x to hold out, in [0, 1); got {split!r}.")
         x = self._check_data(x, "x")
         y = self._check_conditions(x, y, "condition (y)")
         if kwargs.get("validation_data") is not None:

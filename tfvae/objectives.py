@@ -86,6 +86,13 @@ OBJECTIVES = {
 }
 
 
+def get(name):
+    """The training objective registered as `name`; a ValueError naming the choices otherwise."""
+    if not isinstance(name, str) or name not in OBJECTIVES:
+        raise ValueError(f"objective: expected one of {sorted(OBJECTIVES)}; got {name!r}.")
+    return OBJECTIVES[name]
+
+
 def register(name, objective):
     """Makes `objective(sample, beta) -> bound [B]` a training objective, `tfvae.VAE(objective=name)`.
 
