@@ -137,11 +137,41 @@ def test_diverging_training_stops_with_a_clear_error_and_finite_weights():
         # Keras keeps the batch dimension in int32: a larger batch_size is refused, not wrapped.
         ({"batch_size": 2**31}, r"batch_size: expected None or an integer in \[1, 2\*\*31\); got 2147483648"),
         ({"epochs": 0}, "epochs: expected an integer >= 1; got 0"),
+        # Keras reads 0 as "the whole epoch" and divides by validation_freq: each is refused, not trained on.
+        ({"steps_per_epoch": 0}, r"steps_per_epoch: expected None or an integer in \[1, 2\*\*31\); got 0"),
+        ({"validation_steps": -1}, r"validation_steps: expected None or an integer in \[1, 2\*\*31\); got -1"),
+        ({"validation_batch_size": 0}, r"validation_batch_size: expected None or an integer in \[1, 2\*\*31\); got 0"),
+        ({"validation_freq": 0}, "validation_freq: expected an integer >= 1; got 0"),
+        ({"shuffle": "yes"}, "shuffle: expected True, False or 'batch'; got 'yes'"),
     ],
 )
 def test_fit_arguments_are_checked(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         model.fit(np.zeros((4, 64), np.float32), verbose=0, **kwargs)
+
+
+def test_other_keras_counts_are_checked(model):
+    x = np.zeros((4, 64), np.float32)
+    with pytest.raises(ValueError, match=r"steps_per_execution: expected None or an integer in \[1, 2\*\*31\); got 0"):
+        VAE(input_shape=(64,), latent_dim=2).compile(steps_per_execution=0)
+    with pytest.raises(ValueError, match=r"steps: expected None or an integer in \[1, 2\*\*31\); got 0"):
+        model.evaluate(x, steps=0, verbose=0)
+    with pytest.raises(ValueError, match=r"steps: expected None or an integer in \[1, 2\*\*31\); got -2"):
+        model.predict(x, steps=-2, verbose=0)
+
+
+def test_a_training_step_beyond_the_step_limit_is_refused_before_it_runs_out_of_memory():
+    # 10^7 samples of each of the 32 examples of Keras's default batch: 2e10 decoder outputs in one
+    # step, which TensorFlow would attempt and fail with ResourceExhaustedError.
+    model = VAE(input_shape=(64,), latent_dim=2, num_samples=10**7)
+    with pytest.raises(ValueError, match=r"num_samples=10000000 with batch_size=32: one step without progress "
+                                         r"would compute 2e\+10 decoder outputs; the limit is 2.1e\+09"):
+        model.fit(np.zeros((4, 64), np.float32), verbose=0)
+    # A dataset's batch is unknown before it runs: at least one example's K samples must fit.
+    model = VAE(input_shape=(64,), latent_dim=2, num_samples=10**8)
+    with pytest.raises(ValueError, match=r"num_samples=100000000 with batch_size=1: .* 6.4e\+09 decoder outputs"):
+        model.fit(tf.data.Dataset.from_tensors(np.zeros((4, 64), np.float32)), verbose=0)
+    assert not model.compiled  # refused before anything was built
 
 
 @pytest.mark.parametrize("beta", [-1.0, float("inf"), float("nan"), True])

@@ -68,6 +68,24 @@ def test_kl_per_dimension_is_the_closed_form_and_sums_to_the_models_kl(fitted, d
     np.testing.assert_allclose(logged.sum(), history["val_kl"][-1], rtol=1e-5)  # Keras's metric of the ELBO's KL
 
 
+def test_kl_per_dimension_checks_what_it_is_given(fitted, digits):
+    model = fitted[0]
+    # Lists are a batch like any input; the closed form is the same as for the array.
+    np.testing.assert_allclose(callbacks.kl_per_dimension(model, digits[1][:5].tolist()),
+                               closed_form_kl(model.encode(digits[1][:5])), rtol=1e-5)
+    bad = [
+        ({"x": np.full((2, 64), np.nan, np.float32)}, r"x: expected finite values; got 128 NaN or inf entries"),
+        ({"x": digits[1][:2, :63]}, r"x: expected a batch of shape \(batch, 64\); got shape \(2, 63\)"),
+        ({"x": digits[1][:0]}, "x: expected at least one example; got an empty batch"),
+        ({"num_samples": 0}, "num_samples: expected an integer >= 1; got 0"),
+        ({"batch_size": 0}, "batch_size: expected an integer >= 1; got 0"),
+        ({"condition": np.zeros((2, 3))}, "condition: this model is unconditional"),
+    ]
+    for change, match in bad:
+        with pytest.raises(ValueError, match=match):
+            callbacks.kl_per_dimension(model, **{"x": digits[1][:2], **change})
+
+
 def test_active_units_count_the_units_whose_posterior_mean_varies_more_than_the_threshold(fitted, digits):
     model, history, _, _ = fitted
     variances = np.var(np.asarray(model.encode(digits[1]).mean(), np.float64), axis=0)

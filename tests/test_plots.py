@@ -135,6 +135,23 @@ def test_image_grids_callback_draws_samples_and_reconstructions_each_epoch(tmp_p
     assert len(events) == 1 and events[0].startswith("events.out.tfevents")
 
 
+def test_image_grids_callback_refuses_a_missing_folder_and_bad_images_before_training(tmp_path, digits):
+    import tfvae
+
+    model = tfvae.VAE(input_shape=(64,), latent_dim=2)
+    (tmp_path / "file.txt").write_text("kept")
+    for directory, what in ((tmp_path / "file.txt", "a file"), (tmp_path / "none", "not found")):
+        grids = tfvae.callbacks.ImageGrids(directory, num_samples=4)
+        with pytest.raises(NotADirectoryError, match=f"directory: expected an existing directory for the grids; "
+                                                     f"got '{directory}', {what}."):
+            model.fit(digits[0], epochs=1, batch_size=500, verbose=0, callbacks=[grids])
+    grids = tfvae.callbacks.ImageGrids(tmp_path, x=digits[1][:4, :63], num_samples=4)
+    with pytest.raises(ValueError, match=r"x: expected a batch of shape \(batch, 64\); got shape \(4, 63\)"):
+        model.fit(digits[0], epochs=1, batch_size=500, verbose=0, callbacks=[grids])
+    assert int(model.optimizer.iterations) == 0  # refused before the first step
+    assert sorted(os.listdir(tmp_path)) == ["file.txt"] and (tmp_path / "file.txt").read_text() == "kept"
+
+
 def test_image_grids_callback_draws_the_last_epoch_even_between_intervals(tmp_path, digits):
     import tfvae
 

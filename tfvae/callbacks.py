@@ -194,10 +194,14 @@ class ImageGrids(keras.callbacks.Callback):
         self._epoch = self._drawn = None
 
     def on_train_begin(self, logs=None):
-        # The conditions are checked against the model before the first epoch, not after it.
+        # The folder, x and the conditions are checked before the first epoch, not after it.
+        if not os.path.isdir(self.directory):
+            what = "a file" if os.path.exists(self.directory) else "not found"
+            raise NotADirectoryError(f"directory: expected an existing directory for the grids; got "
+                                     f"{self.directory!r}, {what}.")
         self.model.as_sample_condition(self.sample_condition, self.num_samples, name="sample_condition")
         if self.x is not None:
-            self.model.as_condition(self.condition, len(self.x), name="condition")
+            self.model.as_condition(self.condition, len(self.model.as_input(self.x, "x")), name="condition")
 
     def on_epoch_end(self, epoch, logs=None):
         self._epoch = epoch
@@ -368,15 +372,21 @@ def kl_per_dimension(model, x, num_samples=100, batch_size=100, condition=None):
 
     Args:
         model: a `tfvae.VAE`.
-        x: a float32 batch [N, *input_shape], checked (`model.as_input`).
+        x: a batch [N, *input_shape], N >= 1, checked like the model's inputs.
         num_samples: draws per example for a Monte Carlo estimate.
         batch_size: examples per batch.
-        condition: a conditional model's checked conditions of x (`model.as_condition`), else None.
+        condition: a conditional model's conditions of x, one row per example, else None.
 
     Returns:
         A float64 numpy array [latent_dim], or None when q's or p's marginals are not Gaussian or
         mixtures of Gaussians.
     """
+    x = model.as_input(x, "x")
+    condition = model.as_condition(condition, x.shape[0])
+    num_samples = arguments.positive_int(num_samples, "num_samples")
+    batch_size = arguments.positive_int(batch_size, "batch_size")
+    if x.shape[0] == 0:
+        raise ValueError("x: expected at least one example; got an empty batch.")
     if not _marginals_known(model):
         return None
     log_weights, p_loc, p_scale = _marginals(model.prior)

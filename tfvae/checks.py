@@ -13,13 +13,14 @@ import tensorflow as tf
 from tfvae import distributions
 
 
-def keras_batch_size(value):
-    """`batch_size` of fit/evaluate/predict: None (Keras's default) or an int in [1, 2**31), the
-    range of the int32 batch dimension Keras and TensorFlow keep it in."""
+def keras_count(value, name="batch_size"):
+    """A count Keras takes or defaults, e.g. fit's `batch_size` or `steps_per_epoch`: None (Keras's
+    default) or an int in [1, 2**31), the range of the int32 Keras and TensorFlow keep it in. Keras
+    itself reads 0 as its default and fails deep inside on others."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value < 2**31:
-        raise ValueError(f"batch_size: expected None or an integer in [1, 2**31); got {value!r}.")
+        raise ValueError(f"{name}: expected None or an integer in [1, 2**31); got {value!r}.")
     return int(value)
 
 

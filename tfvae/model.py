@@ -486,6 +486,7 @@ class VAE(keras.Model):
         """
         if optimizer == "adam":
             optimizer = training.Adam()
+        steps_per_execution = checks.keras_count(steps_per_execution, "steps_per_execution")
         self._default_steps_per_execution = steps_per_execution is None
         if steps_per_execution is None:
             steps_per_execution = training.default_steps_per_execution(self)
@@ -516,13 +517,14 @@ class VAE(keras.Model):
         `tfvae.training.arrays_as_datasets`), with Keras's `batch_size`, `shuffle` and
         `validation_split` kept (a conditional model's conditions travel with their x).
         """
-        batch_size = checks.keras_batch_size(batch_size)
+        batch_size = checks.keras_count(batch_size)
         epochs = arguments.positive_int(epochs, "epochs")
-        split = kwargs.get("validation_split")
-        # Keras holds out x[floor(N (1 - split)):], so a split outside (0, 1) would be another split, silently.
-        if split and (isinstance(split, bool) or not isinstance(split, numbers.Real) or not 0 < split < 1):
-            raise ValueError(f"validation_split: expected the fraction of x to hold out, in [0, 1); got {split!r}.")
+        _check_fit_options(kwargs)
         x = self._check_data(x, "x")
+        # A step decodes K samples of each example of the batch at once (a dataset's batch is not known here).
+        rows = 1 if isinstance(x, tf.data.Dataset) else batch_size or 32
+        resources.check_step(rows * self.num_samples * math.prod(self.event_shape),
+                             f"num_samples={self.num_samples} with batch_size={rows}")
         y = self._check_conditions(x, y, "condition (y)")
         if kwargs.get("validation_data") is not None:
             kwargs["validation_data"] = self._check_data(kwargs["validation_data"], "validation_data", labelled=True)
@@ -554,7 +556,8 @@ class VAE(keras.Model):
         """Like `keras.Model.evaluate`: the mean loss, ELBO, reconstruction and KL."""
         if getattr(self, "_fitting", False):
             return super().evaluate(x, y, batch_size, verbose, *args, callbacks=callbacks, **kwargs)
-        batch_size = checks.keras_batch_size(batch_size)
+        batch_size = checks.keras_count(batch_size)
+        _check_keras_counts(kwargs, ("steps",))
         x = self._check_data(x, "x")
         y = self._check_conditions(x, y, "condition (y)")
         if not self.compiled:
@@ -570,7 +573,8 @@ class VAE(keras.Model):
         A conditional model takes the conditions of an array x as `condition=`, of a dataset as its
         (x, condition) pairs.
         """
-        batch_size = checks.keras_batch_size(batch_size)
+        batch_size = checks.keras_count(batch_size)
+        steps = checks.keras_count(steps, "steps")
         x = self._check_data(x, "x")
         if isinstance(x, tf.data.Dataset):
             if condition is not None:
@@ -719,6 +723,27 @@ def _condition_error(condition_shape, condition, name="condition"):
         f"{name}: this model is conditional (condition_shape={condition_shape}) and needs a condition per example, "
         f"shape (batch, {', '.join(map(str, condition_shape))}); got None."
     )
+
+
+def _check_fit_options(kwargs):
+    """Checks the options of `fit` that Keras takes on trust: it reads a 0 count as its default,
+    divides by `validation_freq`, and holds out x[floor(N (1 - validation_split)):], so a split outside
+    (0, 1) would silently be another split."""
+    _check_keras_counts(kwargs, ("steps_per_epoch", "validation_steps", "validation_batch_size"))
+    if "validation_freq" in kwargs:
+        kwargs["validation_freq"] = arguments.positive_int(kwargs["validation_freq"], "validation_freq")
+    if kwargs.get("shuffle", True) not in (True, False, "batch"):
+        raise ValueError(f"shuffle: expected True, False or 'batch'; got {kwargs['shuffle']!r}.")
+    split = kwargs.get("validation_split")
+    if split and (isinstance(split, bool) or not isinstance(split, numbers.Real) or not 0 < split < 1):
+        raise ValueError(f"validation_split: expected the fraction of x to hold out, in [0, 1); got {split!r}.")
+
+
+def _check_keras_counts(kwargs, names):
+    """Checks (and makes ints of) the counts among `names` that the user passed to Keras in `kwargs`."""
+    for name in names:
+        if name in kwargs:
+            kwargs[name] = checks.keras_count(kwargs[name], name)
 
 
 def _beta(value):
