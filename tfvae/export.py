@@ -152,7 +152,7 @@ def _check_model(model, allow_untrained):
     optimizer = getattr(model, "optimizer", None)
     stepped = optimizer is not None and int(optimizer.iterations.numpy()) > 0
     biases = [v for v in model.trainable_variables if v.name == "bias"]
-    at_init = not stepped and all(not np.any(keras.ops.convert_to_numpy(v)) for v in biases)
+    at_init = not stepped and all(not np.any(v.numpy()) for v in biases)
     if at_init and not allow_untrained:
         raise ValueError(
             "model: its weights are still at their initialization (no optimizer step has run and every "
