@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+# The environment of a user who has not set TF_CPP_MIN_LOG_LEVEL, for commands whose output is checked.
+USER_ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
@@ -42,8 +44,10 @@ def mirrored():
 
 # The run `digits_run` trains: scikit-learn's digits, 2 epochs, as the command-line tests read it.
 DIGITS_RUN_LATENT_DIM = 3
+# Diagnosed at its last epoch only, with K = 10 (test_diagnostics reads them).
 DIGITS_RUN_TRAIN = ("train", "--dataset", "digits", "--latent-dim", str(DIGITS_RUN_LATENT_DIM), "--epochs", "2",
-                    "--batch-size", "100", "--out", "runs/digits")
+                    "--batch-size", "100", "--diagnostics-every", "2", "--diagnostics-samples", "10",
+                    "--out", "runs/digits")
 
 
 @pytest.fixture(scope="session")
@@ -62,8 +66,7 @@ def digits_run(tmp_path_factory):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not record.exists():
             workdir.mkdir()
-            user_env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-            train = subprocess.run([sys.executable, "-m", "tfvae", *DIGITS_RUN_TRAIN], cwd=workdir, env=user_env,
+            train = subprocess.run([sys.executable, "-m", "tfvae", *DIGITS_RUN_TRAIN], cwd=workdir, env=USER_ENV,
                                    capture_output=True, text=True, timeout=300)
             record.write_text(json.dumps({"returncode": train.returncode, "stdout": train.stdout,
                                           "stderr": train.stderr}))

@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 
 from conftest import DIGITS_RUN_LATENT_DIM as LATENT_DIM
+from conftest import USER_ENV
+from test_cli_startup import tensorflow_logs
 from tfvae import plots
 from tfvae.cli import main
 
@@ -39,7 +41,7 @@ def tfvae(*args, cwd, timeout=300):
     return subprocess.run(command(*args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-def run_together(commands, cwd, timeout=600):
+def run_together(commands, cwd, timeout=600, env=ENV):
     """Runs {name: argv}, as many at a time as there are CPUs, and returns {name: CompletedProcess}.
 
     Most of a command's time is importing TensorFlow, single-threaded: two imports share two cores."""
@@ -49,7 +51,7 @@ def run_together(commands, cwd, timeout=600):
         while waiting and len(running) < (os.cpu_count() or 1):
             name, argv = waiting.pop(0)
             out, err = (open(cwd / f".{name.replace(' ', '_')}.{stream}", "w+") for stream in ("out", "err"))
-            running[name] = (argv, subprocess.Popen(argv, cwd=cwd, env=ENV, stdout=out, stderr=err), out, err)
+            running[name] = (argv, subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err), out, err)
         for name, (argv, process, out, err) in list(running.items()):
             if process.poll() is not None:
                 out.seek(0), err.seek(0)
@@ -101,22 +103,31 @@ def inputs(workdir):
 
 @pytest.fixture(scope="module")
 def results(run, inputs):
-    """Each command that reads the run, in its own process."""
+    """Each command that reads the run, in its own process, in a user's environment (TensorFlow's
+    log level unset) with the warnings Python hides by default shown, e.g. TFP's DeprecationWarnings."""
     return run_together(
         {
             "sample": command("sample", run, "-n", 10, "-o", "out/samples.png", "--seed", 3),
             "reconstruct": command("reconstruct", run, "--input", "pngs", "-o", "recon.png"),
             "encode": command("encode", run, "--input", "digits.npy", "-o", "z.npy"),
-            "encode npz": command("encode", run, "--input", "digits.npy", "-o", "z.npz"),
             "score": command("score", run, "--input", "digits.npz", "-o", "scores.csv", "--num-samples", 20),
             "plot-latent": command("plot-latent", run, "-o", "latent.png"),
             "evaluate": command("evaluate", run, "--num-samples", 10, "--json"),
-            "evaluate bfloat16": command("evaluate", run, "--num-samples", 10, "--json", "--precision", "bfloat16"),
             "export": command("export", run, "--out", "export/digits"),
             "python -m, missing run": [sys.executable, "-m", "tfvae", "sample", "no/such/run"],
         },
         cwd=inputs,
+        env={**USER_ENV, "PYTHONWARNINGS": "default"},
     )
+
+
+@pytest.mark.parametrize("name", ["sample", "reconstruct", "encode", "score", "plot-latent", "evaluate", "export"])
+def test_commands_print_no_tensorflow_logs_or_warnings(results, name):
+    result = results[name]
+    assert result.returncode == 0, result.stderr
+    assert tensorflow_logs(result) == []
+    assert result.stderr == ""  # Keras's progress bar and tfvae's lines are on stdout
+    assert result.stdout.strip()
 
 
 def snapshot(directory):
@@ -162,14 +173,15 @@ def test_reconstruct_reads_a_folder_of_images(results, inputs):
     assert png_size(inputs / "recon.png") == (8 * TILE + 1, 2 * TILE + 1)  # a row of 5 inputs, one of reconstructions
 
 
-def test_encode_writes_posterior_means(results, inputs):
+def test_encode_writes_posterior_means(results, run, inputs):
     result = results["encode"]
 
     assert result.returncode == 0, result.stderr
     z = np.load(inputs / "z.npy")
     assert z.shape == (40, LATENT_DIM) and np.isfinite(z).all()
-    # To .npz: the same means, and the posterior's standard deviations beside them.
-    assert results["encode npz"].returncode == 0, results["encode npz"].stderr
+    # To .npz (in this process: each command has its subprocess above): the same means, and the
+    # posterior's standard deviations beside them.
+    assert main(["encode", str(run), "--input", str(inputs / "digits.npy"), "-o", str(inputs / "z.npz")]) == 0
     with np.load(inputs / "z.npz") as moments:
         np.testing.assert_array_equal(moments["mean"], z)
         assert moments["stddev"].shape == z.shape and np.all(moments["stddev"] > 0)
@@ -206,9 +218,10 @@ def test_evaluate_prints_json(results):
     assert 0 <= report["active_units"] <= LATENT_DIM
 
 
-def test_evaluate_in_bfloat16_is_within_five_hundredths_of_a_nat_of_float32(results):
-    # Both processes load the run's seed generator, so they draw the same noise: only the rounding differs.
-    float32, bfloat16 = (json.loads(results[name].stdout) for name in ("evaluate", "evaluate bfloat16"))
+def test_evaluate_in_bfloat16_is_within_five_hundredths_of_a_nat_of_float32(results, run, capsys):
+    # Both load the run's seed generator, so they draw the same noise: only the rounding differs.
+    assert main(["evaluate", str(run), "--num-samples", "10", "--json", "--precision", "bfloat16"]) == 0
+    float32, bfloat16 = json.loads(results["evaluate"].stdout), json.loads(capsys.readouterr().out)
     assert (float32["precision"], bfloat16["precision"]) == ("float32", "bfloat16")
     assert bfloat16["log_likelihood"] != float32["log_likelihood"]
     assert abs(bfloat16["log_likelihood"] - float32["log_likelihood"]) < 0.05

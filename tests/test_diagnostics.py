@@ -16,6 +16,7 @@ import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
 import tfvae
+from conftest import DIGITS_RUN_LATENT_DIM
 from test_cli import command, error_lines, run_together
 from tfvae import callbacks, evaluate, networks, resources
 from tfvae.cli import main
@@ -249,32 +250,27 @@ def test_bad_x_or_too_many_samples_fail_before_training(digits, x, num_samples, 
         np.testing.assert_array_equal(now, then)
 
 
-def test_tfvae_train_writes_the_diagnostics_into_history_csv(tmp_path, capsys):
-    results = run_together(
-        {
-            "train": command("train", "--dataset", "digits", "--latent-dim", 2, "--epochs", 2, "--batch-size", 100,
-                             "--diagnostics-every", 2, "--diagnostics-samples", 10, "--out", "run"),
-            "bad flag": command("train", "--dataset", "digits", "--diagnostics-every", -1, "--out", "bad"),
-        },
-        cwd=tmp_path,
-    )
-
-    train = results["train"]
-    assert train.returncode == 0, train.stderr
-    with open(tmp_path / "run" / "history.csv", newline="") as f:
+def test_tfvae_train_writes_the_diagnostics_into_history_csv(digits_run, tmp_path, capsys):
+    run, train = digits_run  # 2 epochs, diagnosed every 2 with K = 10, latent 3
+    with open(run / "history.csv", newline="") as f:
         first, second = csv.DictReader(f)
-    assert [first[key] for key in ("val_log_likelihood", "val_active_units", "val_kl_0", "val_kl_1")] == ["NA"] * 4
+    keys = ("val_log_likelihood", "val_active_units", *(f"val_kl_{d}" for d in range(DIGITS_RUN_LATENT_DIM)))
+    assert [first[key] for key in keys] == ["NA"] * len(keys)
     assert float(second["val_log_likelihood"]) > float(second["val_elbo"])
-    assert 0 <= int(second["val_active_units"]) <= 2
-    assert float(second["val_kl_0"]) + float(second["val_kl_1"]) == pytest.approx(float(second["val_kl"]), rel=1e-5)
+    assert 0 <= int(second["val_active_units"]) <= DIGITS_RUN_LATENT_DIM
+    kl = sum(float(second[f"val_kl_{d}"]) for d in range(DIGITS_RUN_LATENT_DIM))
+    assert kl == pytest.approx(float(second["val_kl"]), rel=1e-5)
     assert f"Epoch 2: test log-likelihood {float(second['val_log_likelihood']):.2f} nats per image" in train.stdout
     # Keras's TensorBoard callback, after Diagnostics, writes them as validation scalars.
     steps = {(value.tag, event.step)
-             for path in glob.glob(str(tmp_path / "run" / "logs" / "validation" / "events.out.tfevents*"))
+             for path in glob.glob(str(run / "logs" / "validation" / "events.out.tfevents*"))
              for event in tf.compat.v1.train.summary_iterator(path) for value in event.summary.value}
-    assert {("epoch_log_likelihood", 1), ("epoch_active_units", 1), ("epoch_kl_1", 1)} <= steps
+    assert {("epoch_log_likelihood", 1), ("epoch_active_units", 1), ("epoch_kl_2", 1)} <= steps
     assert ("epoch_log_likelihood", 0) not in steps
 
+    results = run_together(
+        {"bad flag": command("train", "--dataset", "digits", "--diagnostics-every", -1, "--out", "bad")}, cwd=tmp_path
+    )
     bad = results["bad flag"]
     assert bad.returncode == 2
     assert error_lines(bad.stderr) == [
@@ -292,7 +288,7 @@ def test_tfvae_train_writes_the_diagnostics_into_history_csv(tmp_path, capsys):
 
     # A run from before diagnostics, without their config keys or columns, resumes without them.
     old = tmp_path / "old"
-    shutil.copytree(tmp_path / "run", old)
+    shutil.copytree(run, old)
     config = json.loads((old / "config.json").read_text())
     del config["diagnostics_every"], config["diagnostics_samples"]
     (old / "config.json").write_text(json.dumps(config))
