@@ -1,6 +1,8 @@
 """A conditional VAE, tfvae.VAE(condition_shape=...): q(z|x, c), p(x|z, c), p(z), trained by fit(x, y)."""
 
+import contextlib
 import csv
+import io
 import json
 import os
 
@@ -10,9 +12,10 @@ import pytest
 import tensorflow as tf
 
 import tfvae
-from test_cli import check_error, command, run_together
+from test_cli import check_error
 from test_cli import tfvae as run_tfvae
 from tfvae import VAE
+from tfvae.cli import main
 
 CLASSES = 10
 
@@ -407,35 +410,36 @@ def test_export_of_a_conditional_model_needs_the_sample_inputs_conditions(condit
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
-    """`tfvae train --condition labels` on the digits, and the commands that read its run, each in a subprocess."""
+    """`tfvae train --condition labels` on the digits and `sample --condition` from its run, each in a
+    subprocess; `evaluate` and `export` of the run in this process (test_cli runs each command in its own)."""
     workdir = tmp_path_factory.mktemp("cli")
     trained = run_tfvae("train", "--dataset", "digits", "--condition", "labels", "--latent-dim", 4, "--epochs", 15,
                         "--batch-size", 50, "--learning-rate", 3e-3, "--out", "cvae", cwd=workdir)
     assert trained.returncode == 0, trained.stderr
     assert "tfvae sample cvae --condition C" in trained.stdout
-    results = run_together(
-        {
-            "sample": command("sample", "cvae", "--condition", 3, "-n", 50, "-o", "threes.npy", "--seed", 0),
-            "evaluate": command("evaluate", "cvae", "--num-samples", 10, "--json"),
-            "export": command("export", "cvae", "--out", "export", "--no-tflite", "--log-prob-samples", 10),
-        },
-        cwd=workdir,
-    )
-    return workdir, trained, results
+    sample = run_tfvae("sample", "cvae", "--condition", 3, "-n", 50, "-o", "threes.npy", "--seed", 0, cwd=workdir)
+    run = str(workdir / "cvae")
+    with contextlib.redirect_stdout(io.StringIO()) as evaluated:
+        status = {"evaluate": main(["evaluate", run, "--num-samples", "10", "--json"])}
+    report = evaluated.getvalue()
+    with contextlib.redirect_stdout(io.StringIO()):
+        status["export"] = main(["export", run, "--out", str(workdir / "export"), "--no-tflite",
+                                 "--log-prob-samples", "10"])
+    return workdir, trained, {"sample": sample, "status": status, "report": report}
 
 
 def test_cli_trains_a_conditional_run_and_samples_a_class(cli_run, classifier):
     workdir, trained, results = cli_run
     assert "samples.png has a column per class" in trained.stdout
-    for name, result in results.items():
-        assert result.returncode == 0, (name, result.stderr)
+    assert results["sample"].returncode == 0, results["sample"].stderr
+    assert results["status"] == {"evaluate": 0, "export": 0}
     config = json.loads((workdir / "cvae" / "config.json").read_text())
     assert config["condition"] == "labels"
     assert keras.models.load_model(workdir / "cvae" / "model.keras").condition_shape == (CLASSES,)
     assert "Wrote 50 samples of class 3 (seed 0)" in results["sample"].stdout
     threes = np.load(workdir / "threes.npy").reshape(50, 64)
     assert np.mean(classifier.predict((threes > 0.5).astype(np.float32)) == 3) >= 0.8
-    report = json.loads(results["evaluate"].stdout)
+    report = json.loads(results["report"])
     assert report["num_examples"] == 297 and report["log_likelihood"] > report["elbo"] - 1
     manifest = json.loads((workdir / "export" / "manifest.json").read_text())
     assert manifest["condition_shape"] == [CLASSES]
