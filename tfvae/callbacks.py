@@ -306,9 +306,7 @@ class Diagnostics(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         # Checked once per fit, before the first epoch's work, so a bad x fails at once.
-        self._checked = self.model.as_input(self.x, "x")
-        if self._checked.shape[0] == 0:
-            raise ValueError("x: expected at least one example; got an empty batch.")
+        self._checked = self.model.as_input(self.x, "x")  # refuses an empty x too
         self._checked_condition = self.model.as_condition(self.condition, self._checked.shape[0])
         samples = self.num_samples * math.prod(self.model.event_shape)
         resources.check_step(samples, f"num_samples={self.num_samples} (per example)")
@@ -381,12 +379,10 @@ def kl_per_dimension(model, x, num_samples=100, batch_size=100, condition=None):
         A float64 numpy array [latent_dim], or None when q's or p's marginals are not Gaussian or
         mixtures of Gaussians.
     """
-    x = model.as_input(x, "x")
+    x = model.as_input(x, "x")  # refuses an empty x too
     condition = model.as_condition(condition, x.shape[0])
     num_samples = arguments.positive_int(num_samples, "num_samples")
     batch_size = arguments.positive_int(batch_size, "batch_size")
-    if x.shape[0] == 0:
-        raise ValueError("x: expected at least one example; got an empty batch.")
     if not _marginals_known(model):
         return None
     log_weights, p_loc, p_scale = _marginals(model.prior)
