@@ -522,7 +522,7 @@ class VAE(keras.Model):
         _check_fit_options(kwargs)
         x = self._check_data(x, "x")
         # A step decodes K samples of each example of the batch at once (a dataset's batch is not known here).
-        rows = 1 if isinstance(x, tf.data.Dataset) else batch_size or 32
+        rows = 1 if isinstance(x, tf.data.Dataset) else batch_size or training.KERAS_BATCH_SIZE
         resources.check_step(rows * self.num_samples * math.prod(self.event_shape),
                              f"num_samples={self.num_samples} with batch_size={rows}")
         y = self._check_conditions(x, y, "condition (y)")
@@ -585,7 +585,8 @@ class VAE(keras.Model):
             condition = self.as_condition(condition, len(x))
             if condition is not None:  # Keras reads a tuple as x alone: the pairs go as a dataset, checked above
                 x = tfvae_data.mark_checked(
-                    tfvae_data.make_dataset(np.asarray(x), batch_size or 32, shuffle=False, labels=condition.numpy())
+                    tfvae_data.make_dataset(np.asarray(x), batch_size or training.KERAS_BATCH_SIZE, shuffle=False,
+                                            labels=condition.numpy())
                 )
                 batch_size = None
         x = self._checked_in_pipeline(x, "x")

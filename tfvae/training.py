@@ -18,6 +18,8 @@ from tfvae import data
 # (200 batches an epoch), 200 no better.
 STEPS_PER_EXECUTION = 100
 
+KERAS_BATCH_SIZE = 32  # the batch_size Keras gives arrays when fit/evaluate/predict is given none
+
 
 @keras.saving.register_keras_serializable(package="tfvae")
 class Adam(keras.optimizers.Adam):
@@ -127,7 +129,7 @@ def _batches_per_epoch(data, batch_size):
     if isinstance(data, tf.data.Dataset):
         cardinality = int(data.cardinality())
         return cardinality if cardinality > 0 else None
-    return math.ceil(len(data) / (batch_size or 32)) if hasattr(data, "__len__") else None
+    return math.ceil(len(data) / (batch_size or KERAS_BATCH_SIZE)) if hasattr(data, "__len__") else None
 
 
 # `tfvae.callbacks.Diagnostics`'s per-dimension KLs: one key per latent dimension.
@@ -186,7 +188,7 @@ def arrays_as_datasets(x, batch_size, kwargs, conditions=None):
     if kwargs.get("shuffle", True) not in (True, False):
         return x, kwargs
     kwargs = dict(kwargs)
-    batch_size = batch_size or 32
+    batch_size = batch_size or KERAS_BATCH_SIZE
     split = kwargs.pop("validation_split", 0.0) or 0.0
     x = np.asarray(x)
     if split and kwargs.get("validation_data") is None:
