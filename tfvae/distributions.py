@@ -52,6 +52,21 @@ def _float32(params):
     return tf.cast(params, tf.float32)
 
 
+# softplus(x) = x in float32 from x = 17 on; LiteRT's SOFTPLUS kernel overflows to inf past x = 88.7.
+_SOFTPLUS_LINEAR_FROM = 80.0
+
+
+def softplus(x):
+    """log(1 + exp(x)), evaluated alike by TensorFlow and LiteRT for every finite x.
+
+    LiteRT computes SOFTPLUS as log(1 + exp(x)) in float32: softplus(89) = inf there, so a head's
+    -softplus(-x) became -inf and 0 * softplus(x) NaN on device for parameters TensorFlow handles.
+    Past 80 the function is x to float32 precision, and the linear part is added outside the op;
+    the gradient is sigmoid(x) everywhere (1 past 80), at x = 0 too.
+    """
+    return tf.nn.softplus(tf.minimum(x, _SOFTPLUS_LINEAR_FROM)) + tf.nn.relu(x - _SOFTPLUS_LINEAR_FROM)
+
+
 def _flatten_features(h):
     """Encoder bodies may end in feature maps; the posterior needs one vector per example."""
     if len(h.shape) == 2:
@@ -173,7 +188,7 @@ class DiagonalGaussian(keras.layers.Layer):
     def distribution(self, params):
         loc, raw_scale = tf.split(params, 2, axis=-1)
         if self.log_variance_range is None:
-            scale = tf.nn.softplus(raw_scale) + self.min_scale
+            scale = softplus(raw_scale) + self.min_scale
         else:
             scale = tf.exp(0.5 * tf.clip_by_value(raw_scale, *self.log_variance_range))
         return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
@@ -221,7 +236,7 @@ class FullCovarianceGaussian(keras.layers.Layer):
         loc, raw_tril = params[..., : self.latent_dim], params[..., self.latent_dim :]
         tril = tfp_math.fill_triangular(raw_tril)
         eye = tf.eye(self.latent_dim)
-        diagonal = tf.nn.softplus(tf.reduce_sum(tril * eye, axis=-1)) + self.min_scale
+        diagonal = softplus(tf.reduce_sum(tril * eye, axis=-1)) + self.min_scale
         return tfd.MultivariateNormalTriL(loc, tril * (1.0 - eye) + eye * diagonal[..., None, :])
 
     def reparameterize(self, q, eps):
@@ -346,7 +361,7 @@ class MixtureOfGaussians(keras.layers.Layer):
         }
 
     def distribution(self):
-        scale = tf.nn.softplus(self.raw_scale) + self.min_scale
+        scale = softplus(self.raw_scale) + self.min_scale
         components = tfd.Independent(tfd.Normal(self.loc, scale), reinterpreted_batch_ndims=1)
         return GaussianMixture(tfd.Categorical(logits=self.logits), components)
 
@@ -463,12 +478,12 @@ class _BernoulliLogits(tfd.Bernoulli):
 
     def _log_prob(self, event):
         logits = tf.convert_to_tensor(self._logits)
-        return tf.cast(event, logits.dtype) * logits - tf.nn.softplus(logits)
+        return tf.cast(event, logits.dtype) * logits - softplus(logits)
 
 
 def _bernoulli_sum(x, logits, event_ndims):
     """sum over the event of log Bernoulli(x; sigmoid(logits)) = x * logits - softplus(logits)."""
-    return tf.reduce_sum(x * logits - tf.nn.softplus(logits), axis=list(range(-event_ndims, 0)))
+    return tf.reduce_sum(x * logits - softplus(logits), axis=list(range(-event_ndims, 0)))
 
 
 # Factors 1 + exp(-|l|) multiplied before one log: each is in (1, 2], so a product of 16 stays below 2^16.
@@ -552,8 +567,50 @@ class Gaussian(Likelihood):
         return {**super().get_config(), "min_scale": self.min_scale}
 
     def distribution(self, loc):
-        scale = tf.nn.softplus(self.raw_scale) + self.min_scale
+        scale = softplus(self.raw_scale) + self.min_scale
         return self._independent(tfd.Normal(loc, scale))
+
+
+# Below these |logits| the closed forms cancel (0 / 0 at logits = 0) and their Taylor series take over.
+_CB_SERIES_NORMALIZER, _CB_SERIES_MEAN = 0.25, 0.5
+
+
+class _ContinuousBernoulliLogits(tfd.ContinuousBernoulli):
+    """tfd.ContinuousBernoulli whose log_prob and mean are closed forms in the logits l, in ops that
+    LiteRT evaluates as TensorFlow does for every finite l.
+
+    With lambda = sigmoid(l), 1 - 2 lambda = -tanh(l / 2) and artanh of it is -l / 2, so
+
+        log C(lambda) = log(l / tanh(l / 2)),     E[x] = 1 / (1 - exp(-l)) - 1 / l,
+
+    and log p(x) = x l - softplus(l) + log C. Near l = 0 both are 0 / 0 - 1 / l cancellations; there
+    they are their Taylor series (u = l / 2): log 2 + u^2/3 - 7 u^4/90 + 62 u^6/2835, and
+    1/2 + l/12 - l^3/720 + l^5/30240, each within 1e-9 of the exact value below its threshold, where
+    the closed forms are within 2e-7 in float32.
+    """
+
+    def _log_prob(self, x):
+        logits = self.logits_parameter()
+        return tf.cast(x, logits.dtype) * logits - softplus(logits) + _cb_log_normalizer(logits)
+
+    def _mean(self):
+        logits = self.logits_parameter()
+        small = tf.abs(logits) < _CB_SERIES_MEAN
+        l = tf.where(small, _CB_SERIES_MEAN, logits)  # the closed form only where it is used: no 0 / 0 gradient
+        closed = 1.0 / (1.0 - tf.exp(-l)) - 1.0 / l
+        s = tf.where(small, logits, 0.0)
+        series = 0.5 + s * (1.0 / 12 + tf.square(s) * (-1.0 / 720 + tf.square(s) / 30240))
+        return tf.where(small, series, closed)
+
+
+def _cb_log_normalizer(logits):
+    """log C(sigmoid(l)) = log(l / tanh(l / 2)) (see `_ContinuousBernoulliLogits`)."""
+    small = tf.abs(logits) < _CB_SERIES_NORMALIZER
+    l = tf.abs(tf.where(small, _CB_SERIES_NORMALIZER, logits))  # l / tanh(l / 2) is even in l
+    closed = tf.math.log(l) - tf.math.log(tf.tanh(0.5 * l))
+    u2 = tf.square(0.5 * tf.where(small, logits, 0.0))
+    series = math.log(2.0) + u2 * (1.0 / 3 + u2 * (-7.0 / 90 + u2 * 62.0 / 2835))
+    return tf.where(small, series, closed)
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -562,10 +619,10 @@ class ContinuousBernoulli(Likelihood):
     2019): the proper density on [0, 1] that Bernoulli's cross-entropy on grey pixels lacks,
     C(lambda) lambda^x (1 - lambda)^(1 - x) with C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda).
 
-    TFP's ContinuousBernoulli evaluates log C by a Taylor expansion near lambda = 0.5, where the
-    closed form is 0 / 0: measured within 2.2e-7 of the float64 value for |logits| < 1 (1e-7
-    relative beyond), with finite gradients at lambda = 0.5, and its ops are TFLite builtins.
-    Its mean, not lambda, is the point estimate: the mean of CB(lambda) lies nearer 0.5.
+    log C and the mean are closed forms in the logits with Taylor series near lambda = 0.5, where
+    they are 0 / 0 (`_ContinuousBernoulliLogits`): finite gradients there, and LiteRT gives the
+    values TensorFlow gives for every finite logit. Its mean, not lambda, is the point estimate: the
+    mean of CB(lambda) lies nearer 0.5.
 
     Args:
         event_shape: shape of one x, e.g. (784,) or (28, 28, 1).
@@ -574,7 +631,7 @@ class ContinuousBernoulli(Likelihood):
     support = "values in [0, 1] (scale 8-bit images by 1/255)"
 
     def distribution(self, logits):
-        return self._independent(tfd.ContinuousBernoulli(logits=logits, dtype=tf.float32))
+        return self._independent(_ContinuousBernoulliLogits(logits=logits, dtype=tf.float32))
 
     def in_support(self, x):
         return _in_unit_interval(x)
@@ -620,12 +677,12 @@ class _DiscretizedLogistic(tfd.Logistic):
         # The edges (k +- 1/2) / (n - 1) directly: the centre +- half a bin would round the middle edge off 1/2.
         upper = ((k + 0.5) / (self.num_bins - 1) - self.loc) / self.scale
         lower = ((k - 0.5) / (self.num_bins - 1) - self.loc) / self.scale
-        above_first = tf.cast(k > 0, upper.dtype)  # the first bin reaches down to -inf
-        below_last = tf.cast(k < self.num_bins - 1, upper.dtype)  # the last one up to +inf
-        log_cdf_upper, log_survival_lower = -tf.nn.softplus(-upper), -tf.nn.softplus(lower)
+        log_cdf_upper, log_survival_lower = -softplus(-upper), -softplus(lower)  # log sigmoid(a), log sigmoid(-b)
         width = 1.0 / ((self.num_bins - 1) * self.scale)
-        interior = below_last * above_first
-        return below_last * log_cdf_upper + above_first * log_survival_lower + interior * _log1mexp(width)
+        interior = log_cdf_upper + log_survival_lower + _log1mexp(width)
+        # Selected, not multiplied by 0/1 masks: an unused term may be very negative, and 0 * -inf is NaN.
+        # The first bin reaches down to -inf, the last one up to +inf.
+        return tf.where(k <= 0, log_cdf_upper, tf.where(k >= self.num_bins - 1, log_survival_lower, interior))
 
     def _mean(self):
         # E[x] = sum_k P(x >= k / (n - 1)) / (n - 1) for k = 1 .. n - 1, the tail sum of a variable on the bins.
@@ -747,7 +804,7 @@ class _NegativeBinomialLogits(tfd.NegativeBinomial):
     def _log_prob(self, x):
         r, logits = self.total_count, self.logits_parameter()
         log_binomial = log_gamma(x + r) - log_gamma(r) - log_gamma(x + 1.0)
-        return log_binomial - r * tf.nn.softplus(logits) - x * tf.nn.softplus(-logits)
+        return log_binomial - r * softplus(logits) - x * softplus(-logits)
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -774,7 +831,7 @@ class NegativeBinomial(Likelihood):
         return {**super().get_config(), "min_total_count": self.min_total_count}
 
     def distribution(self, params):
-        total_count = tf.nn.softplus(params[..., 0]) + self.min_total_count
+        total_count = softplus(params[..., 0]) + self.min_total_count
         return self._independent(_NegativeBinomialLogits(total_count, logits=params[..., 1]))
 
     def in_support(self, x):
