@@ -14,7 +14,7 @@ from ai_edge_litert.interpreter import Interpreter
 from scipy import stats
 
 import tfvae
-from tfvae import export, signatures
+from tfvae import distributions, export, signatures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -132,7 +132,10 @@ def test_manifest_describes_the_export(exported):
     ]
 
     parity = manifest["parity"]
-    assert parity["inputs"] == "sample_inputs (first 64)" and parity["batch_size"] == 64
+    assert parity["inputs"] == "sample_inputs (first 64; 297 of 297 in every runtime)"
+    # The first 64 and the Bernoulli support's edges: all 0, all 1, an image binarized and its complement.
+    assert parity["batch_size"] == 64 + 4
+    assert parity["densities"]["rows"] == 297 and 0 <= parity["densities"]["tflite"] < 1e-2
     for name in ("encode", "decode", "reconstruct"):
         for runtime in ("saved_model", "tflite", "tflite_float16"):
             assert 0 <= parity["max_abs_diff"][name][runtime] <= TOLERANCE[runtime], (name, runtime)
@@ -461,6 +464,23 @@ def test_parity_check_fails_on_nan():
     with pytest.raises(RuntimeError, match="disagrees"):
         export._check_close(expected + 1e-3, expected, "tflite", "encode/z_mean")
     export._check_close(expected + 1e-3, expected, "tflite_float16", "encode/z_mean")
+
+
+def test_the_gate_treats_the_lowest_float32_as_inf_and_adds_each_supports_edges():
+    # LiteRT's -3.4e38 where Keras gave +48 nats passed every isfinite check.
+    lowest = np.array([1.0, -np.finfo(np.float32).max], np.float32)
+    assert np.all(np.isfinite(lowest))
+    with pytest.raises(RuntimeError, match="gave log_prob of shape .2,. with NaN, inf or .-3.4e38"):
+        export._check_rows(lowest, 2, "tflite", "log_prob", "log_prob")
+    with pytest.raises(RuntimeError, match="disagrees with Keras"):
+        export._check_close(lowest, np.ones(2, np.float32), "tflite_float16", "encode/z_mean")
+    x = np.full((3, 4), 0.4, np.float32)
+    edges = {name: export._with_edges(x, distributions.LIKELIHOODS[name](event_shape=(4,)))[3:]
+             for name in ("bernoulli", "discretized_logistic", "poisson", "gaussian")}
+    np.testing.assert_array_equal(edges["bernoulli"], [[0] * 4, [1] * 4, [0] * 4, [1] * 4])
+    assert len(edges["discretized_logistic"]) == 4  # 0, 1 and binary images are levels k/255
+    np.testing.assert_array_equal(edges["poisson"], [[0] * 4, [1] * 4, [0] * 4, [1] * 4, [40] * 4, [1e4] * 4])
+    assert len(edges["gaussian"]) == 6 and edges["gaussian"].dtype == np.float32
 
 
 def test_the_signature_list_is_the_one_the_export_converts_checks_and_documents(exported):

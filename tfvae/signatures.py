@@ -323,3 +323,29 @@ def _shift_right(x, shift):
     """Logical right shift of int32 bits."""
     sign_bits = tf.where(x < 0, tf.constant(-(1 << (32 - shift)), tf.int32), 0)
     return tf.bitwise.bitwise_xor(tf.bitwise.right_shift(x, shift), sign_bits)
+
+
+class Densities(tf.Module):
+    """The terms every estimator is made of, for the export's parity check only (not a signature of the export).
+
+    `densities(x, eps)` (and `condition` for a conditional model) gives, for z = reparameterize(q(z|x), eps)
+    with eps [1, B, latent_dim], the per-example log p(x|z), log q(z|x), log p(z) and KL(q || p). The
+    `elbo` and `log_prob` signatures are made of these and differ from Keras's by their noise alone;
+    these take the noise as an input, so each runtime's numbers are checked against TensorFlow's on
+    every parity row: a head whose density is wrong on device fails there.
+    """
+
+    def __init__(self, model):
+        super().__init__(name="tfvae_densities")
+        self.model_variables = [v.value for v in model.variables]
+        specs = [tf.TensorSpec((None, *model.event_shape), tf.float32, name="x"),
+                 tf.TensorSpec((1, None, model.latent_dim), tf.float32, name="eps")]
+        if model.condition_shape is not None:
+            specs.append(tf.TensorSpec((None, *model.condition_shape), tf.float32, name="condition"))
+
+        def densities(x, eps, condition=None):
+            sample = objectives.posterior_sample(model, x, model.posterior(x, condition), eps, condition)
+            return {"log_likelihood": sample.log_likelihood[0], "log_posterior": sample.log_q[0],
+                    "log_prior": sample.p.log_prob(sample.z)[0], "kl": objectives.kl_divergence(sample)}
+
+        self.densities = tf.function(densities, input_signature=specs, autograph=False)

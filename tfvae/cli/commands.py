@@ -81,8 +81,12 @@ def evaluate(args):
 
 def _table(r):
     binarized = f", binarized with seed {runs.TEST_BINARIZATION_SEED}" if r["binarized"] else ""
+    stderr = r["log_likelihood_stderr"]
+    # One example has no sample standard deviation: say so rather than print "± nan".
+    log_p = (f"{r['log_likelihood']:.2f} nats (one example: no standard error)" if math.isnan(stderr)
+             else f"{r['log_likelihood']:.2f} ± {stderr:.2f} nats")
     rows = [
-        ("log p(x)", f"{r['log_likelihood']:.2f} ± {r['log_likelihood_stderr']:.2f} nats",
+        ("log p(x)", log_p,
          f"importance sampling, K = {r['num_samples']}" + (", decoder in bfloat16" if r["precision"] == "bfloat16" else "")),
         ("bits/dim", f"{r['bits_per_dim']:.4f}", ""),
         ("ELBO", f"{r['elbo']:.2f} nats", "reconstruction - KL"),
@@ -110,8 +114,13 @@ def export(args):
     sample_inputs = sample_conditions = None
     if "dataset" in config:
         dataset = runs.load_dataset(config["dataset"], config.get("data_dir"))
-        sample_inputs = runs.evaluation_images(config, dataset)
-        sample_conditions = labels_as_conditions(model, dataset.y_test, f"the run's dataset {config['dataset']}")
+        # The test images first (the batch checked against Keras), then the training images: the export is
+        # checked on the data the model was trained on, where a few images can reach extreme parameters.
+        sample_inputs = np.concatenate([runs.evaluation_images(config, dataset, split)
+                                        for split in ("test", "train")])
+        if model.condition_shape is not None:
+            sample_conditions = labels_as_conditions(model, np.concatenate([dataset.y_test, dataset.y_train]),
+                                                     f"the run's dataset {config['dataset']}")
     # The parity check runs log_prob with K samples on each runtime without a progress bar.
     runtimes = 2 + (not args.no_tflite) + (quantize is not None)  # Keras, the SavedModel, each TFLite model
     parity_examples = exporting.PARITY_BATCH if sample_inputs is None else min(exporting.PARITY_BATCH,
@@ -120,7 +129,7 @@ def export(args):
                          f"--log-prob-samples {args.log_prob_samples} (checked in {runtimes} runtimes on "
                          f"{parity_examples} examples)")
     names = {"directory": "--out", "log_prob_samples": "--log-prob-samples", "quantize": "--quantize",
-             "sample_inputs": f"the test images of the run's dataset {config.get('dataset')}"}
+             "sample_inputs": f"the images of the run's dataset {config.get('dataset')}"}
     with flags.named(names), quiet_native_logs():  # the TFLite converter's "Ignored output_format." and the like
         manifest = exporting.save(model, directory, tflite=not args.no_tflite, quantize=quantize,
                                   log_prob_samples=args.log_prob_samples, overwrite=args.overwrite,
@@ -164,7 +173,10 @@ def one_hot_labels(labels, classes, source):
     if labels.min() < 0 or labels.max() >= classes:
         raise ValueError(f"{source}: expected labels from 0 to {classes - 1}, the model's classes; "
                          f"got {labels.min()} to {labels.max()}.")
-    return np.eye(classes, dtype=np.float32)[labels]
+    resources.check_memory(len(labels) * classes * 4, f"{source}: {classes} classes (the largest label + 1)")
+    one_hot = np.zeros((len(labels), classes), np.float32)
+    one_hot[np.arange(len(labels)), labels] = 1.0
+    return one_hot
 
 
 def labels_as_conditions(model, labels, source):

@@ -185,11 +185,11 @@ def checkpoint_path(run, epochs_done):
     return os.path.join(run, CHECKPOINTS, f"epoch-{epochs_done:04d}.keras")
 
 
-def evaluation_images(config, dataset):
-    """The test split as the model is scored on it: one fixed binary draw if it was trained binarized."""
+def evaluation_images(config, dataset, split="test"):
+    """The split ("test" or "train") as the model is scored on it: one fixed binary draw if it was trained binarized."""
     from tfvae import data
 
-    x = dataset.x_test
+    x = dataset.x_test if split == "test" else dataset.x_train
     if config.get("binarization") in ("dynamic", "static"):
         x = data.binarize_static(x, seed=TEST_BINARIZATION_SEED)
     return x
