@@ -220,11 +220,27 @@ def test_each_named_schedule_takes_its_arguments_from_the_spec_class_the_command
                                                  "got 'perod=3'"),
     (lambda: schedules.get("cyclical:period=ten"), "kl_schedule: period: expected a number; got 'ten'"),
     (lambda: schedules.get("cyclical:period=0"), "kl_schedule: cyclical:period=0: period: expected an integer >= 1"),
+    # Past int64 the optimizer's step cannot reach them, and the cast of the count wrapped to beta = -1.
+    (lambda: schedules.get("linear:steps=9223372036854775808"),
+     "steps: expected an integer from 1 to 9223372036854775807; got 9223372036854775808"),
+    (lambda: schedules.get("cyclical:period=9223372036854775808"),
+     "period: expected an integer from 1 to 9223372036854775807; got 9223372036854775808"),
+    (lambda: schedules.Linear(steps=10**22), "steps: expected an integer from 1 to 9223372036854775807; got 10000"),
+    (lambda: schedules.Capacity(1, steps=2**63), "steps: expected an integer from 1 to 9223372036854775807"),
+    (lambda: schedules.get("linear:steps=5,steps=9"), "kl_schedule: steps is given twice in 'linear:steps=5,steps=9'"),
+    (lambda: schedules.get("linear:steps=5,max_beta=1e308"),
+     "max_beta: expected a number float32 can hold (at most 3.403e+38); got 1e+308"),
 ])
 def test_bad_arguments_are_refused_naming_them(make, message):
     with pytest.raises(ValueError) as error:
         make()
     assert message in str(error.value)
+
+
+def test_the_largest_step_count_trains_with_beta_rising_from_zero():
+    # steps = 2**63 - 1 is accepted: beta(t) = t / steps stays in [0, 1), never the -1 of a wrapped cast.
+    schedule = schedules.Linear(steps=2**63 - 1)
+    np.testing.assert_allclose([schedule(0), schedule(10**6), schedule(2**62)], [0.0, 1e6 / (2**63 - 1), 0.5], rtol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -9,9 +9,15 @@ import numbers
 import numpy as np
 
 
-def positive_int(value, name):
-    """Returns `value` as an int, or raises unless it is a whole number >= 1."""
-    return _int_at_least(value, 1, name)
+# The largest step count a graph holds: the optimizer's step is an int64, and a larger count would wrap.
+INT64_MAX = 2**63 - 1
+# Numbers that enter the graph as float32: a larger one is inf there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def positive_int(value, name, maximum=None):
+    """Returns `value` as an int, or raises unless it is a whole number >= 1 (and <= maximum, if given)."""
+    return _int_at_least(value, 1, name, maximum)
 
 
 def non_negative_int(value, name):
@@ -19,18 +25,23 @@ def non_negative_int(value, name):
     return _int_at_least(value, 0, name)
 
 
-def _int_at_least(value, low, name):
+def _int_at_least(value, low, name, maximum=None):
     # bool is an Integral, but `True` for a count is a mistake.
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name}: expected an integer >= {low}; got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: expected an integer from {low} to {maximum}; got {value!r}.")
     return int(value)
 
 
 def finite_float(value, name, minimum=0.0, inclusive=False):
-    """Returns `value` as a float, or raises unless it is a finite number above `minimum` (or equal, if inclusive)."""
+    """Returns `value` as a float, or raises unless it is a finite number above `minimum` (or equal, if
+    inclusive) that float32, the graph's precision, holds: 1e308 would be inf there."""
     number = not isinstance(value, bool) and isinstance(value, numbers.Real)
     above = number and (value >= minimum if inclusive else value > minimum)
     if not above or not np.isfinite(value):
         bound = ">=" if inclusive else ">"
         raise ValueError(f"{name}: expected a finite number {bound} {minimum:g}; got {value!r}.")
+    if abs(value) > FLOAT32_MAX:
+        raise ValueError(f"{name}: expected a number float32 can hold (at most {FLOAT32_MAX:.4g}); got {value!r}.")
     return float(value)

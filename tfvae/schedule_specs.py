@@ -14,7 +14,7 @@ class Linear:
     """The arguments of `tfvae.schedules.Linear`."""
 
     def __init__(self, steps, max_beta=1.0):
-        self.steps = arguments.positive_int(steps, "steps")
+        self.steps = arguments.positive_int(steps, "steps", arguments.INT64_MAX)
         self.max_beta = arguments.finite_float(max_beta, "max_beta")
 
     def get_config(self):
@@ -25,7 +25,7 @@ class Cyclical:
     """The arguments of `tfvae.schedules.Cyclical`."""
 
     def __init__(self, period, ratio=0.5, max_beta=1.0):
-        self.period = arguments.positive_int(period, "period")
+        self.period = arguments.positive_int(period, "period", arguments.INT64_MAX)
         self.ratio = arguments.finite_float(ratio, "ratio")
         if self.ratio > 1:
             raise ValueError(f"ratio: expected a number in (0, 1]; got {ratio!r}.")
@@ -50,7 +50,7 @@ class Capacity:
 
     def __init__(self, max_capacity, steps, gamma=1000.0):
         self.max_capacity = arguments.finite_float(max_capacity, "max_capacity", inclusive=True)
-        self.steps = arguments.positive_int(steps, "steps")
+        self.steps = arguments.positive_int(steps, "steps", arguments.INT64_MAX)
         self.gamma = arguments.finite_float(gamma, "gamma")
 
     def get_config(self):
@@ -82,6 +82,8 @@ def parse(text, classes=ARGUMENTS):
         key, equals, value = (part.strip() for part in argument.partition("="))
         if not equals or key not in parameters:
             raise ValueError(f"kl_schedule: {name} takes {', '.join(parameters)} as ARG=VALUE; got {argument!r}.")
+        if key in kwargs:
+            raise ValueError(f"kl_schedule: {key} is given twice in {text!r}; give each argument once.")
         kwargs[key] = _number(value, key)
     missing = [key for key, p in parameters.items() if p.default is inspect.Parameter.empty and key not in kwargs]
     if missing:
