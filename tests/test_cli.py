@@ -20,7 +20,7 @@ from conftest import DIGITS_RUN_LATENT_DIM as LATENT_DIM
 from conftest import USER_ENV
 from test_cli_startup import tensorflow_logs
 from tfvae import plots
-from tfvae.cli import main
+from tfvae.cli import commands, main
 
 TILE = 8 * plots.default_scale(8, 8) + 1  # a digit's tile in a grid, with its padding
 # Lines TensorFlow's C++ start-up writes through absl before logging is configured, while
@@ -347,3 +347,23 @@ def test_training_killed_with_sigkill_resumes_where_it_stopped(tmp_path):
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == list(range(epochs))
     assert os.listdir(tmp_path / "run" / "checkpoints") == [f"epoch-{epochs:04d}.keras"]
     assert (tmp_path / "run" / "model.keras").is_file()
+
+
+def test_conditioning_on_a_label_of_a_million_is_one_line_about_memory(tmp_path, capsys, monkeypatch):
+    # np.eye(10**6 + 1) for 12 labels asked numpy for 3.6 TiB and failed with a MemoryError traceback.
+    monkeypatch.chdir(tmp_path)
+    labels = np.arange(12) % 10
+    labels[4] = 10**6
+    np.savez(tmp_path / "big.npz", x=np.zeros((12, 4, 4), np.float32), y=labels)
+    check_error(capsys, ["train", "--dataset", tmp_path / "big.npz", "--condition", "labels", "--epochs", "1",
+                         "--out", tmp_path / "run"], "1000001 classes (the largest label + 1): would need")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_table_of_one_example_says_it_has_no_standard_error():
+    result = {"log_likelihood": -20.5, "log_likelihood_stderr": float("nan"), "bits_per_dim": 0.5, "elbo": -21.0,
+              "reconstruction": -19.0, "kl": 2.0, "gap": 0.5, "active_units": 2, "latent_dim": 2, "num_samples": 10,
+              "precision": "float32", "binarized": False, "run": "r", "dataset": "digits", "num_examples": 1}
+    table = commands._table(result)
+    assert "-20.50 nats (one example: no standard error)" in table and "nan" not in table
+    assert "-20.50 ± 0.25 nats" in commands._table({**result, "log_likelihood_stderr": 0.25, "num_examples": 2})

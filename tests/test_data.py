@@ -258,3 +258,19 @@ def test_make_dataset_rejects_bad_arguments(kwargs, match):
     args = {"x": np.full((3, 4), 0.5), "batch_size": 2, **kwargs}
     with pytest.raises(ValueError, match=match):
         data.make_dataset(**args)
+
+
+@pytest.mark.parametrize("labels, message", [
+    # A cast cut 1.7 to class 1 without a word, and NaN to -2**63 ("got -9223372036854775808 to 9").
+    (np.arange(12) % 10 + 0.7, "(y): expected whole-number class labels; got 12 that are not, the first 0.7 (label 0)"),
+    (np.where(np.arange(12) == 3, np.nan, np.arange(12) % 10),
+     "(y): expected whole-number class labels; got 1 that are not, the first nan (label 3)"),
+    (np.array(["a"] * 12), "(y): expected whole-number class labels; got labels of dtype <U1"),
+])
+def test_labels_that_are_not_whole_numbers_are_refused(tmp_path, labels, message):
+    np.savez(tmp_path / "labels.npz", x=np.zeros((12, 3, 3), np.float32), y=labels)
+    with pytest.raises((ValueError, TypeError)) as error:
+        data.load(tmp_path / "labels.npz")
+    assert message in str(error.value)
+    np.savez(tmp_path / "whole.npz", x=np.zeros((12, 3, 3), np.float32), y=(np.arange(12) % 10).astype(np.float64))
+    np.testing.assert_array_equal(data.load(tmp_path / "whole.npz").y_train, np.arange(10) % 10)

@@ -298,7 +298,8 @@ def _load_array_file(path):
         arrays = {k: f[k] for k in f.files}
     if "x_train" in arrays and "x_test" in arrays:
         x_train, x_test = _images(arrays["x_train"], path), _images(arrays["x_test"], path)
-        return Dataset(x_train, _labels(arrays.get("y_train")), x_test, _labels(arrays.get("y_test")))
+        return Dataset(x_train, _labels(arrays.get("y_train"), f"{path} (y_train)"), x_test,
+                       _labels(arrays.get("y_test"), f"{path} (y_test)"))
     for key in ("x", "arr_0"):
         if key in arrays:
             return _split_last(arrays[key], arrays.get("y"), source=path)
@@ -306,7 +307,7 @@ def _load_array_file(path):
 
 
 def _split_last(x, y, n_test=None, source="array"):
-    x, y = _images(x, source), _labels(y)
+    x, y = _images(x, source), _labels(y, f"{source} (y)")
     if len(x) < 6:
         raise ValueError(f"{source}: expected at least 6 images to split off a test set; got {len(x)}.")
     if y is not None and len(y) != len(x):
@@ -332,8 +333,21 @@ def _images(x, source):
     return x
 
 
-def _labels(y):
-    return None if y is None else np.asarray(y).astype(np.int64).reshape(-1)
+def _labels(y, source="the dataset"):
+    """Class labels as int64, or a ValueError unless every label is a whole number: a cast would cut
+    1.7 to class 1, and NaN to -2**63, without a word."""
+    if y is None:
+        return None
+    y = np.asarray(y).reshape(-1)
+    if not np.issubdtype(y.dtype, np.integer):
+        if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+            raise TypeError(f"{source}: expected whole-number class labels; got labels of dtype {y.dtype}.")
+        whole = np.isfinite(y) & (y == np.round(y))
+        if not whole.all():
+            row = int(np.argmin(whole))
+            raise ValueError(f"{source}: expected whole-number class labels; got {int((~whole).sum())} that are not, "
+                             f"the first {y[row].item()!r} (label {row}).")
+    return y.astype(np.int64)
 
 
 def _finite(x, name):

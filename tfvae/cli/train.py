@@ -171,6 +171,9 @@ def _conditions(config, dataset):
     source = f"--condition labels: the dataset {config['dataset']}"
     labels = [y for y in (dataset.y_train, dataset.y_test) if y is not None]
     classes = max(int(y.max()) + 1 for y in labels) if labels else 0
+    # One-hot rows for every image, and the samples grid's column per class (a classes x classes block).
+    resources.check_memory(4 * classes * (sum(map(len, labels)) + classes),
+                           f"{source}: {classes} classes (the largest label + 1)")
     return tuple(commands.one_hot_labels(y, classes, source) for y in (dataset.y_train, dataset.y_test))
 
 
