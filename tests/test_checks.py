@@ -234,3 +234,15 @@ def test_nested_lists_of_numbers_are_a_batch_and_other_lists_keep_kerass_meaning
     assert len(model.evaluate(x, verbose=0)) == 4
     with pytest.raises(ValueError, match=r"^x: expected an array, or nested lists of equal lengths; got a ragged"):
         model.fit([[0.0, 1.0, 1.0, 0.0], [1.0]], verbose=0)
+
+
+def test_an_estimate_that_overflows_on_finite_inputs_is_refused_not_returned():
+    # A condition scaled by 1e30 is finite, and the networks overflow on it: log_prob returned -inf silently.
+    model = VAE(input_shape=(64,), latent_dim=2, condition_shape=(3,))
+    x, c = np.zeros((4, 64), np.float32), np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    assert np.all(np.isfinite(model.log_prob(x, 5, condition=c * 1e3)))
+    for estimate in (lambda: model.log_prob(x, 5, condition=c * 1e30), lambda: model.elbo(x, condition=c * 1e30)):
+        with pytest.raises(ValueError, match=r"the estimate overflowed float32 \(NaN or inf\) for 4 of 4 examples, the "
+                                             r"first at row 0, from finite inputs \(largest \|x\| = 0, largest "
+                                             r"\|condition\| = 1e\+30\)"):
+            estimate()

@@ -159,3 +159,78 @@ def test_a_head_with_ops_tflite_lacks_is_refused_and_nothing_is_written(tmp_path
     assert list(tmp_path.iterdir()) == []
     manifest = tfvae.export.save(model, str(tmp_path / "export"), tflite=False, sample_inputs=x_test)
     assert manifest["files"].keys() == {"saved_model"}
+
+
+class _Likelihood(keras.layers.Layer):
+    """A Bernoulli likelihood over 64 pixels whose `distribution` is the test's `make(logits)`."""
+
+    def __init__(self, make, **kwargs):
+        super().__init__(**kwargs)
+        self.make, self.dense = make, keras.layers.Dense(64)
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, features):
+        return self.dense(features)
+
+    def distribution(self, logits):
+        return self.make(logits)
+
+
+class _Posterior(keras.layers.Layer):
+    """A diagonal Gaussian posterior over 2 dimensions whose `distribution` is the test's `make(loc, scale)`."""
+
+    def __init__(self, make, **kwargs):
+        super().__init__(**kwargs)
+        self.make, self.dense = make, keras.layers.Dense(4)
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, features):
+        return self.dense(features)
+
+    def distribution(self, params):
+        return self.make(params[..., :2], tf.nn.softplus(params[..., 2:]) + 0.1)
+
+
+class _Prior(keras.layers.Layer):
+    def __init__(self, make, **kwargs):
+        super().__init__(**kwargs)
+        self.make, self.built = make, True
+
+    def distribution(self):
+        return self.make()
+
+
+def _bernoulli(logits):
+    return tfd.Independent(tfd.Bernoulli(logits=logits, dtype=tf.float32), 1)
+
+
+@pytest.mark.parametrize("role, head, message", [
+    # One distribution per (x_j, z_i) pair: it trained on B x B pairs and elbo returned a (B, B) matrix.
+    ("likelihood", _Likelihood(lambda l: tfd.Independent(tfd.Bernoulli(logits=l[..., None, :], dtype=tf.float32), 1)),
+     "likelihood: for a batch of shape (2, 2) the head gives a distribution of batch shape (2, 2, 1); expected (2, 2)"),
+    ("posterior", _Posterior(lambda loc, scale: tfd.Independent(tfd.Normal(loc[:, None], scale[:, None]), 1)),
+     "posterior: for a batch of shape (2,) the head gives a distribution of batch shape (2, 1); expected (2,)"),
+    # A prior with its own batch made `sample` return (n, 5, 64).
+    ("prior", _Prior(lambda: tfd.Independent(tfd.Normal(tf.zeros([5, 2]), 1.0), 1)),
+     "prior: for the prior the head gives a distribution of batch shape (5,); expected (), one distribution per model"),
+    ("likelihood", _Likelihood(lambda l: tf.sigmoid(l)),
+     "likelihood: the head's distribution(...) must return a tfp.distributions.Distribution; got"),
+    ("prior", _Prior(lambda: tf.zeros([2])),
+     "prior: the head's distribution(...) must return a tfp.distributions.Distribution; got"),
+    # float64 parameters: a Sub TypeError deep in TFP before.
+    ("likelihood", _Likelihood(lambda l: tfd.Independent(tfd.Normal(tf.cast(l, tf.float64), 1.0), 1)),
+     "likelihood: the head's log-density failed on float32 values of a batch of shape (2, 2) (TypeError"),
+    # A head written for [B, 64] parameters only: it split the wrong axis once K > 1.
+    ("likelihood", _Likelihood(lambda l: _bernoulli(tf.reshape(l, (-1, 64)))),
+     "likelihood: for a batch of shape (2, 2) the head gives a distribution of batch shape (4,); expected (2, 2)"),
+    ("likelihood", _Likelihood(lambda l: tfd.Independent(tfd.Bernoulli(logits=l, dtype=tf.float32), 2)),
+     "likelihood: the head gives distributions with event shape (2, 64), but the model's input_shape is (64,)"),
+])
+def test_a_head_that_breaks_the_protocol_is_refused_when_the_model_is_built(role, head, message):
+    with pytest.raises((ValueError, TypeError)) as error:
+        tfvae.VAE(input_shape=(64,), latent_dim=2, **{role: head})
+    assert message in str(error.value)

@@ -355,6 +355,51 @@ def test_a_failed_save_leaves_the_previous_file(monkeypatch, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
 
 
+class _Steps(keras.callbacks.Callback):
+    """Records the step numbers that batch-level callbacks are told."""
+
+    def __init__(self):
+        super().__init__()
+        self.told = {"train": [], "test": [], "predict": []}
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.told["train"].append(batch)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.told["test"].append(batch)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.told["predict"].append(batch)
+
+
+def test_batch_callbacks_are_told_the_epochs_own_steps(digits):
+    # 1,500 examples in batches of 12 are 125 steps, run as executions of 100 and 25: Keras told callbacks
+    # of step 199. The validation data's 1,250 examples are 105 steps.
+    x = np.concatenate([digits[0], digits[1][:0]])[:1500]
+    model = VAE(input_shape=(64,), latent_dim=2)
+    steps = _Steps()
+    history = model.fit(x, epochs=2, batch_size=12, verbose=0, callbacks=[steps], validation_data=x[:1250])
+    assert steps.told["train"] == [99, 124] * 2 and steps.told["test"] == [99, 104] * 2
+    assert len(history.history["val_elbo"]) == 2
+    steps = _Steps()
+    model.evaluate(x, batch_size=12, verbose=0, callbacks=[steps])
+    model.predict(x, batch_size=12, verbose=0, callbacks=[steps])
+    assert steps.told == {"train": [], "test": [99, 124], "predict": [99, 124]}
+
+
+def test_a_loaded_model_goes_on_with_the_noise_stream_draw_for_draw(digits, tmp_path):
+    # The seed generator's state was not saved: a loaded (resumed) model drew its first batch's noise again.
+    model = VAE(input_shape=(64,), latent_dim=2, seed=5)
+    model.fit(digits[0][:300], epochs=1, batch_size=100, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(loaded.seed_generator.state.numpy(), model.seed_generator.state.numpy())
+    assert model.seed_generator.state.numpy()[1] == 3  # three steps drew noise
+    go_on = {"epochs": 1, "batch_size": 100, "verbose": 0, "shuffle": False}
+    np.testing.assert_array_equal(loaded.fit(digits[0][:300], **go_on).history["elbo"],
+                                  model.fit(digits[0][:300], **go_on).history["elbo"])
+
+
 def test_the_progress_bar_never_counts_past_the_epoch(capsys):
     x = (np.random.default_rng(0).uniform(size=(500, 4)) < 0.5).astype(np.float32)
     model = VAE(input_shape=(4,), latent_dim=2, encoder=keras.layers.Dense(4), decoder=keras.layers.Dense(4))

@@ -9,6 +9,7 @@ import numbers
 
 import numpy as np
 import tensorflow as tf
+from tensorflow_probability import distributions as tfd
 
 from tfvae import distributions
 
@@ -201,3 +202,79 @@ def check_dataset_conditions(data, condition_shape, name):
     check_shape(shape, condition_shape, f"condition ({name})")
     if not (c_spec.dtype.is_floating or c_spec.dtype.is_integer or c_spec.dtype == tf.bool):
         raise TypeError(f"condition ({name}): expected numeric conditions; got a dataset of dtype {c_spec.dtype.name}.")
+
+
+# The errors a head's own code raises on a batch it cannot answer (a dtype or shape it does not expect).
+_HEAD_ERRORS = (TypeError, ValueError, tf.errors.InvalidArgumentError)
+
+
+def head_distribution(make, role, batch_shape, event_shape, what):
+    """`make()`, the distribution a head gives, or an error naming the head's role unless it is a TFP
+    distribution with `batch_shape` and `event_shape` (the head protocol, `tfvae.distributions`).
+
+    Args:
+        make: () -> the head's distribution for a batch the model built.
+        role: "posterior", "likelihood" or "prior", the model's argument that took the head.
+        batch_shape: the batch shape the protocol asks for, e.g. (2,) for 2 examples, (2, 2) for K = 2
+            samples of z for each, () for a prior.
+        event_shape: the event shape the model's shapes ask for.
+        what: the model's shape the event shape comes from, for the message, e.g. "latent_dim is 8".
+    """
+    asked = f"a batch of shape {batch_shape}" if batch_shape else "the prior"
+    try:
+        distribution = make()
+    except _HEAD_ERRORS as error:
+        raise type(error)(f"{role}: the head failed on {asked} ({_first_line(error)}). A head must take parameters "
+                          f"with any leading (sample, batch) dimensions, in float32.") from None
+    if not isinstance(distribution, tfd.Distribution):
+        raise TypeError(f"{role}: the head's distribution(...) must return a tfp.distributions.Distribution; "
+                        f"got {type(distribution).__name__}.")
+    if tuple(distribution.event_shape) != tuple(event_shape):
+        raise ValueError(f"{role}: the head gives distributions with event shape {tuple(distribution.event_shape)}, "
+                         f"but the model's {what}.")
+    if tuple(distribution.batch_shape) != tuple(batch_shape):
+        raise ValueError(f"{role}: for {asked} the head gives a distribution of batch shape "
+                         f"{tuple(distribution.batch_shape)}; expected {tuple(batch_shape)}, one distribution per "
+                         f"{'example (and sample of z)' if batch_shape else 'model, with no batch dimensions'}. "
+                         f"Wrap per-element distributions in tfd.Independent over the event.")
+    return distribution
+
+
+def head_log_density(compute, role, batch_shape):
+    """`compute()`, a head's log-density of a batch, or an error naming the head's role unless it is a
+    float32 tensor of `batch_shape` (one number per example and sample of z)."""
+    try:
+        log_density = tf.convert_to_tensor(compute())
+    except _HEAD_ERRORS as error:
+        raise type(error)(f"{role}: the head's log-density failed on float32 values of a batch of shape {batch_shape} "
+                          f"({_first_line(error)}). tfvae computes densities in float32: give the distribution "
+                          f"float32 parameters.") from None
+    if log_density.dtype != tf.float32 or tuple(log_density.shape) != tuple(batch_shape):
+        raise ValueError(f"{role}: the head's log-density of a batch of shape {batch_shape} has shape "
+                         f"{tuple(log_density.shape)} and dtype {log_density.dtype.name}; expected {batch_shape} float32.")
+    return log_density
+
+
+def _first_line(error):
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+
+
+def finite_estimate(estimate, name, **inputs):
+    """`estimate` [B], or a ValueError where it is NaN or infinite: the inputs were checked finite and in
+    the support, so such a value is float32 overflowing in the networks on inputs far from any data
+    (a condition scaled by 1e30), not a density, and is not returned as one.
+
+    Args:
+        estimate: the per-example estimate, a tensor or an array.
+        name: the method that made it, for the message.
+        **inputs: the checked inputs by name (None for absent ones), whose largest magnitude the message gives.
+    """
+    finite = np.isfinite(np.asarray(estimate))
+    if finite.all():
+        return estimate
+    sizes = ", ".join(f"largest |{key}| = {float(np.max(np.abs(value))):.3g}"
+                      for key, value in inputs.items() if value is not None and np.size(value))
+    raise ValueError(f"{name}: the estimate overflowed float32 (NaN or inf) for {int((~finite).sum())} of "
+                     f"{finite.size} examples, the first at row {int(np.argmin(finite))}, from finite inputs"
+                     f"{f' ({sizes})' if sizes else ''}: values this far from the data the model knows overflow "
+                     f"in its networks.")

@@ -69,6 +69,7 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
         raise _no_examples()
     progress.update(seen, [("log_likelihood", total / seen)], finalize=True)
     log_p, reconstruction, kl = (np.concatenate(v) for v in (log_p, reconstruction, kl))
+    checks.finite_estimate(log_p, "log_likelihood")
 
     mean = float(np.mean(log_p))
     elbo = float(np.mean(reconstruction - kl))

@@ -139,12 +139,23 @@ class VAE(keras.Model):
         }
 
     def build(self, input_shape):
-        # One zero batch through every part creates all weights now, so `save`/`load_model`,
-        # `summary` and export work before the first `fit`; the shapes the heads give are checked.
-        c = None if self.condition_shape is None else tf.zeros((1, *self.condition_shape))
-        q = self.posterior(tf.zeros((1, *self.event_shape)), c)
-        _check_event_shape(q, "posterior", (self.latent_dim,), f"latent_dim is {self.latent_dim}")
-        _check_event_shape(self.likelihood(q.mean(), c), "likelihood", self.event_shape, f"input_shape is {self.event_shape}")
+        # A zero batch through every part creates all weights now, so `save`/`load_model`, `summary`
+        # and export work before the first `fit`. What each head gives is checked against the protocol
+        # here, where a mistake can be named, not at the first step (or in the export) as a shape error.
+        rows = 2  # a batch of 2 tells a head's [B] from [B, 1] or a fixed size
+        c = None if self.condition_shape is None else tf.zeros((rows, *self.condition_shape))
+        x = tf.zeros((rows, *self.event_shape))
+        latent = (self.latent_dim,), f"latent_dim is {self.latent_dim}"
+        q = checks.head_distribution(lambda: self.posterior(x, c), "posterior", (rows,), *latent)
+        eps = z = tf.zeros((rows, rows, self.latent_dim))  # K = 2 samples of z for each example
+        head = self.posterior_head
+        checks.head_log_density(
+            lambda: distributions.posterior_log_prob(head, q, distributions.reparameterize(head, q, eps), eps),
+            "posterior", (rows, rows))
+        p = checks.head_distribution(lambda: self.likelihood(z, c), "likelihood", (rows, rows), self.event_shape,
+                                     f"input_shape is {self.event_shape}")
+        checks.head_log_density(lambda: distributions.log_likelihood(self.likelihood_head, p, x), "likelihood",
+                                (rows, rows))
         try:
             prior = self.prior
         except _MissingCondition:
@@ -153,7 +164,8 @@ class VAE(keras.Model):
                 f"be the prior of a conditional model (condition_shape={self.condition_shape}); use 'normal' or "
                 f"'mixture'."
             ) from None
-        _check_event_shape(prior, "prior", (self.latent_dim,), f"latent_dim is {self.latent_dim}")
+        prior = checks.head_distribution(lambda: prior, "prior", (), *latent)
+        checks.head_log_density(lambda: prior.log_prob(z), "prior", (rows, rows))
 
     @property
     def beta(self):
@@ -218,7 +230,9 @@ class VAE(keras.Model):
         size = math.prod(self.condition_shape)
         c = tf.reshape(tf.cast(condition, features.dtype), (-1, size))
         if leading is not None:
-            c = tf.reshape(tf.broadcast_to(c, tf.concat([leading, [size]], axis=0)), (-1, size))
+            # The rows for [K, B] leading dimensions are the B conditions K times (or one, K B times): a tile,
+            # not BROADCAST_TO, which LiteRT answered with stale rows on the first call after an empty batch.
+            c = tf.tile(c, [tf.math.reduce_prod(leading) // tf.maximum(tf.shape(c)[0], 1), 1])
         return tf.concat([features, c], axis=-1)
 
     def noise(self, num_samples, batch_size):
@@ -313,7 +327,9 @@ class VAE(keras.Model):
         num_samples = arguments.positive_int(num_samples, "num_samples")
         resources.check_step(num_samples * math.prod(self.event_shape), "num_samples")  # all K at once
         x = self.as_input(x)
-        return self._compiled_bound(x, num_samples, self.as_condition(condition, x.shape[0]))["elbo"]
+        condition = self.as_condition(condition, x.shape[0])
+        elbo = self._compiled_bound(x, num_samples, condition)["elbo"]
+        return checks.finite_estimate(elbo, "elbo", x=x, condition=condition)
 
     def log_prob(self, x, num_samples=1000, precision="float32", condition=None):
         """The importance-weighted estimate of log p(x) (log p(x|c) given the condition) with K = num_samples, in nats: [B].
@@ -330,7 +346,8 @@ class VAE(keras.Model):
         resources.check_step(num_samples * math.prod(self.event_shape), "num_samples")
         x = self.as_input(x)
         condition = self.as_condition(condition, x.shape[0])
-        return self.importance_sampled(x, tf.constant(num_samples), precision, condition)["log_prob"]
+        log_prob = self.importance_sampled(x, tf.constant(num_samples), precision, condition)["log_prob"]
+        return checks.finite_estimate(log_prob, "log_prob", x=x, condition=condition)
 
     def importance_sampled(self, x, num_samples, precision="float32", condition=None):
         """`tfvae.objectives.importance_sampled` with the model's noise, compiled: log p(x) and the ELBO's terms.
@@ -537,7 +554,12 @@ class VAE(keras.Model):
             if isinstance(x, tf.data.Dataset):  # the labels (ignored, or the conditions) and the batch size are in it
                 y = batch_size = None
         self._fit_steps_per_execution((kwargs.get("steps_per_epoch"), kwargs.get("validation_steps")), x, batch_size)
-        callbacks = _with_defaults(callbacks, verbose)
+        validation = kwargs.get("validation_data")
+        callbacks = training.StepCallbacks(
+            _with_defaults(callbacks, verbose), self, verbose, epochs=epochs, add_history=True,
+            steps=kwargs.get("steps_per_epoch") or training.batches_per_epoch(x, batch_size),
+            test_steps=kwargs.get("validation_steps") or training.batches_per_epoch(
+                validation, kwargs.get("validation_batch_size") or batch_size))
         if isinstance(x, tf.data.Dataset):
             # A dataset shuffles itself (tfvae.data.make_dataset does): Keras's default shuffle=True
             # would only warn that it is ignored.
@@ -565,7 +587,9 @@ class VAE(keras.Model):
         self._fit_steps_per_execution((kwargs.get("steps"),), x, batch_size)
         x = self._checked_in_pipeline(x, "x")
         with _data_errors():
-            return super().evaluate(x, y, batch_size, verbose, *args, callbacks=_with_defaults(callbacks, verbose), **kwargs)
+            steps = kwargs.get("steps") or training.batches_per_epoch(x, batch_size)
+            callbacks = training.StepCallbacks(_with_defaults(callbacks, verbose), self, verbose, steps, test_steps=steps)
+            return super().evaluate(x, y, batch_size, verbose, *args, callbacks=callbacks, **kwargs)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, condition=None):
         """Like `keras.Model.predict`: the reconstruction of each x, after the same checks as `encode`.
@@ -591,7 +615,9 @@ class VAE(keras.Model):
                 batch_size = None
         x = self._checked_in_pipeline(x, "x")
         with _data_errors():
-            return super().predict(x, batch_size, verbose, steps, _with_defaults(callbacks, verbose, nan_guard=False))
+            callbacks = training.StepCallbacks(_with_defaults(callbacks, verbose, nan_guard=False), self, verbose,
+                                               steps or training.batches_per_epoch(x, batch_size))
+            return super().predict(x, batch_size, verbose, steps, callbacks)
 
     def save(self, filepath, overwrite=True, **kwargs):
         """Like `keras.Model.save`, atomically: a save that fails part-way leaves the previous file as
@@ -610,6 +636,18 @@ class VAE(keras.Model):
         with atomic.atomic_path(filepath) as tmp:
             super().save(tmp, overwrite=True, **kwargs)
         return None
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        # Where the noise stream is: Keras saves layers' weights, not their seed generators, so a loaded
+        # model (`tfvae train --resume`) would draw its first batch's noise again.
+        store[_SEED_STATE] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if _SEED_STATE in keys:  # absent from files saved before it was kept
+            self.seed_generator.state.assign(store[_SEED_STATE])
+        super().load_own_variables({key: store[key] for key in keys if key != _SEED_STATE})
 
     def _checked_in_pipeline(self, data, name):
         """A tf.data dataset whose every x is checked (finite, in the likelihood's support) as it is read,
@@ -658,6 +696,9 @@ class VAE(keras.Model):
                 f"got {type(data).__name__}{'' if not isinstance(data, (tuple, list)) else f' of {len(data)}'}."
             )
         return data[0], self.as_condition(data[1], len(data[0]), f"condition ({name}[1])").numpy()
+
+
+_SEED_STATE = "seed_generator_state"  # the noise stream's state, in the model's own variables of a .keras file
 
 
 def _with_defaults(callbacks, verbose, nan_guard=True):
@@ -762,10 +803,3 @@ def _as_tuple(shape):
 def _deserialize(spec):
     return keras.saving.deserialize_keras_object(spec) if isinstance(spec, dict) else spec
 
-
-def _check_event_shape(distribution, argument, expected, what):
-    if tuple(distribution.event_shape) != tuple(expected):
-        raise ValueError(
-            f"{argument}: the head gives distributions with event shape {tuple(distribution.event_shape)}, "
-            f"but the model's {what}."
-        )

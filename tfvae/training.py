@@ -119,13 +119,16 @@ def fitted_steps_per_execution(largest, steps=(), data=None, batch_size=None):
     steps = [s for s in steps if s]
     if steps:
         return next(d for d in range(largest, 0, -1) if all(s % d == 0 for s in steps))
-    batches = _batches_per_epoch(data, batch_size)
+    batches = batches_per_epoch(data, batch_size)
     divisors = [d for d in range(largest, (largest - 1) // 2, -1) if batches and batches % d == 0]
     return divisors[0] if divisors else min(largest, batches or largest)
 
 
-def _batches_per_epoch(data, batch_size):
-    """Batches in one pass over an array (Keras's default batch size is 32) or a finite dataset; else None."""
+def batches_per_epoch(data, batch_size):
+    """Batches in one pass over an array (Keras's default batch size is 32), an (x, y) pair of arrays or a
+    finite dataset; else None."""
+    if isinstance(data, (tuple, list)) and data:
+        data = data[0]
     if isinstance(data, tf.data.Dataset):
         cardinality = int(data.cardinality())
         return cardinality if cardinality > 0 else None
@@ -137,11 +140,8 @@ _PER_DIMENSION_KEY = re.compile(r"val_kl_\d+")
 
 
 class Progbar(keras.callbacks.ProgbarLogger):
-    """Keras's progress bar, never counting past the end of the epoch, and without the
-    per-dimension KLs.
+    """Keras's progress bar without the per-dimension KLs.
 
-    With several steps per execution Keras reports the last step of each execution, also of the
-    last one that the data cut short: 100 steps per execution over 125 batches showed "200/125".
     `Diagnostics` logs `val_kl_0` ... `val_kl_{latent_dim-1}`; Keras prints every key of the logs, and
     50 of them would bury the epoch's losses. They stay in the logs: `History`, `CSVLogger` and
     `TensorBoard` have them.
@@ -151,17 +151,42 @@ class Progbar(keras.callbacks.ProgbarLogger):
         shown = {key: value for key, value in (logs or {}).items() if not _PER_DIMENSION_KEY.fullmatch(key)}
         super().on_epoch_end(epoch, shown)
 
-    def _clamp(self, batch):
-        return batch if not self.target else min(batch, self.target - 1)
+
+class StepCallbacks(keras.callbacks.CallbackList):
+    """Keras's CallbackList, telling batch callbacks (the progress bar among them) the epoch's own step numbers.
+
+    With several steps per execution Keras reports the last step of each execution, also of the
+    last one that the data cut short: 100 steps per execution over 125 batches told every batch
+    callback of step 199 of 125 (and the progress bar showed "200/125"). Here a step is capped at the
+    epoch's last, where the number of steps is known.
+
+    Args:
+        callbacks: the callbacks, as `keras.callbacks.CallbackList` takes them.
+        model: the model they watch.
+        verbose: the `verbose` of the call; a progress bar is added unless it is 0.
+        steps: batches per epoch of the call's data (train, evaluate or predict), or None if unknown.
+        test_steps: batches of a test pass (`fit`'s validation data, or `evaluate`'s data), or None.
+        epochs: the call's epochs.
+        add_history: add a `keras.callbacks.History` (as `fit` does).
+    """
+
+    def __init__(self, callbacks, model, verbose, steps, test_steps=None, epochs=1, add_history=False):
+        super().__init__(callbacks, add_history=add_history, add_progbar=verbose != 0, model=model, verbose=verbose,
+                         epochs=epochs, steps=steps)
+        self._steps = {"train": steps, "test": test_steps, "predict": steps}
+
+    def _capped(self, mode, batch):
+        steps = self._steps[mode]
+        return batch if not steps else min(batch, steps - 1)
 
     def on_train_batch_end(self, batch, logs=None):
-        super().on_train_batch_end(self._clamp(batch), logs)
+        super().on_train_batch_end(self._capped("train", batch), logs)
 
     def on_test_batch_end(self, batch, logs=None):
-        super().on_test_batch_end(self._clamp(batch), logs)
+        super().on_test_batch_end(self._capped("test", batch), logs)
 
     def on_predict_batch_end(self, batch, logs=None):
-        super().on_predict_batch_end(self._clamp(batch), logs)
+        super().on_predict_batch_end(self._capped("predict", batch), logs)
 
 
 def arrays_as_datasets(x, batch_size, kwargs, conditions=None):
