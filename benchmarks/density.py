@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfvae  # noqa: E402
-from tfvae import atomic, callbacks, data, distributions, evaluate, networks  # noqa: E402
+from tfvae import atomic, callbacks, data, heads, evaluate, networks  # noqa: E402
 
 # Setup-dependent defaults; a flag given on the command line overrides its entry.
 SETUPS = {
@@ -100,7 +100,7 @@ def build_model(setup, input_dim, latent_dim, prior, objective, num_samples, see
         decoder=body(),
         likelihood="bernoulli",
         prior=prior,  # "vamp": 500 pseudo-inputs, the VampPrior paper's and the Exemplar VAE's
-        posterior=distributions.DiagonalGaussian(latent_dim, log_variance_range=log_variance_range),
+        posterior=heads.DiagonalGaussian(latent_dim, log_variance_range=log_variance_range),
         objective=objective,
         num_samples=num_samples,
         seed=seed,

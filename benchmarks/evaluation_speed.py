@@ -72,7 +72,7 @@ def benchmark_evaluation(model, x_train, x_test, num_samples, rounds, torch_thre
     """
     input_dim, latent_dim = x_test.shape[1], model.latent_dim
     batch_size = 100
-    # The lever: log_prob's graph traced without distributions.fused_sums (the likelihood's sum op by op).
+    # The lever: log_prob's graph traced without heads.fused_sums (the likelihood's sum op by op).
     unfused = tf.function(lambda x: objectives.importance_sampled(model, x, num_samples, model.noise)["log_prob"])
     contenders = {
         "tfvae_log_prob": lambda: model.log_prob(x_test, num_samples).numpy(),

@@ -5,7 +5,7 @@ binarized Fashion-MNIST test images under the Exemplar VAE setup's model (gated 
 latent 40, 500 pseudo-inputs). Two contenders, on the same model and the same noise:
 
 - `gemm`: `model.log_prob(x, K)` as tfvae runs it, log p(z) = logsumexp_c of one [N, 2D] x [2D, C]
-  matrix product (`tfvae.distributions.GaussianMixture`);
+  matrix product (`tfvae.heads.GaussianMixture`);
 - `tfp_broadcast`: the same graph with log p(z) in TFP's `MixtureSameFamily` form, which broadcasts
   every z against every component ([N, C, D] elements): the peer, what the prior was before.
 
@@ -62,10 +62,10 @@ def run(args, log=lambda message: None):
     if args.quick:
         args.examples, args.num_samples, args.rounds = 10, 20, 1
     model = tfvae.VAE(input_shape=(784,), latent_dim=40, encoder="gated_mlp", decoder="gated_mlp",
-                      prior=tfvae.distributions.VampPrior(40, (784,), num_components=args.components), seed=0)
+                      prior=tfvae.heads.VampPrior(40, (784,), num_components=args.components), seed=0)
     x = tf.constant(_test_images(args.examples))
     contenders = {"gemm": _log_prob_function(model, args.num_samples)}
-    with mock.patch.object(tfvae.distributions.GaussianMixture, "_log_prob", tfd.MixtureSameFamily._log_prob):
+    with mock.patch.object(tfvae.heads.GaussianMixture, "_log_prob", tfd.MixtureSameFamily._log_prob):
         contenders["tfp_broadcast"] = _log_prob_function(model, args.num_samples)
         contenders["tfp_broadcast"].get_concrete_function(x)  # traced here, with TFP's form
     estimates, times = {}, {name: [] for name in contenders}

@@ -74,7 +74,7 @@ def test_samples_drawn_for_class_c_are_classified_as_c(conditional, classifier):
 def test_the_condition_changes_the_decoded_class(conditional, classifier):
     # One z decoded under every class gives every class: the decoder reads c, not only z.
     z = np.zeros((CLASSES, 4), np.float32)
-    x = tfvae.distributions.point_estimate(conditional.likelihood_head, conditional.decode(z, condition=np.eye(CLASSES)))
+    x = tfvae.heads.point_estimate(conditional.likelihood_head, conditional.decode(z, condition=np.eye(CLASSES)))
     predicted = classifier.predict((x.numpy() > 0.5).astype(np.float32))
     assert np.mean(predicted == np.arange(CLASSES)) >= 0.8
 

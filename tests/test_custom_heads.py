@@ -2,7 +2,7 @@
 
 A Poisson likelihood for counts, a two-parameter likelihood (a Normal whose loc and scale both come
 from the decoder) and a prior that uses the encoder (a mixture of the posteriors of learned
-pseudo-inputs, a small VampPrior). Each follows the head protocol of `tfvae.distributions`.
+pseudo-inputs, a small VampPrior). Each follows the head protocol of `tfvae.heads`.
 """
 
 import math

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import tfvae
 from quadrature import exact_log_prob
-from tfvae import distributions, evaluate, networks, objectives
+from tfvae import heads, evaluate, networks, objectives
 
 
 def small_vae(latent_dim, units=32, **kwargs):
@@ -119,7 +119,7 @@ def test_active_units_counts_a_collapsed_unit_as_inactive(digits):
     kernel, bias = model.posterior_head.dense.get_weights()
     loc, raw_scale = 0, model.latent_dim
     kernel[:, [loc, raw_scale]] = 0.0
-    bias[loc], bias[raw_scale] = 0.0, distributions._UNIT_SOFTPLUS
+    bias[loc], bias[raw_scale] = 0.0, heads.ops.UNIT_SOFTPLUS
     model.posterior_head.dense.set_weights([kernel, bias])
 
     after, variances = evaluate.active_units(model, digits[1], return_variances=True)

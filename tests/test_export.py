@@ -14,7 +14,7 @@ from ai_edge_litert.interpreter import Interpreter
 from scipy import stats
 
 import tfvae
-from tfvae import distributions, export, signatures
+from tfvae import heads, export, signatures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -239,7 +239,7 @@ def test_seeded_hash_is_lowbias32():
 
 
 def test_seeded_prior_noise_has_the_prior_distribution(exported_mixture):
-    normal = tfvae.distributions.StandardNormal(latent_dim=2).distribution()
+    normal = tfvae.heads.StandardNormal(latent_dim=2).distribution()
     z = signatures._prior_sample_from_seed(normal, 20000, 2, tf.constant(3)).numpy()
     for column in z.T:
         assert stats.kstest(column, "norm").pvalue > 1e-3
@@ -257,7 +257,7 @@ def test_full_covariance_posterior_exports_to_saved_model_and_tflite(digits, tmp
     model.fit(digits[0][:300], epochs=1, batch_size=100, verbose=0)
     x = digits[1]
     # The head's builtin-op forms of stddev, log q and KL, which the export uses, are tested in
-    # test_distributions.py::test_full_covariance_forms_without_matrix_diagonal_or_solve_equal_tfps.
+    # test_heads.py::test_full_covariance_forms_without_matrix_diagonal_or_solve_equal_tfps.
     manifest = export.save(model, str(tmp_path / "full"), sample_inputs=x)
     for runtime in ("saved_model", "tflite"):
         assert manifest["parity"]["max_abs_diff"]["encode"][runtime] <= TOLERANCE[runtime]
@@ -475,7 +475,7 @@ def test_the_gate_treats_the_lowest_float32_as_inf_and_adds_each_supports_edges(
     with pytest.raises(RuntimeError, match="disagrees with Keras"):
         export._check_close(lowest, np.ones(2, np.float32), "tflite_float16", "encode/z_mean")
     x = np.full((3, 4), 0.4, np.float32)
-    edges = {name: export._with_edges(x, distributions.LIKELIHOODS[name](event_shape=(4,)))[3:]
+    edges = {name: export._with_edges(x, heads.LIKELIHOODS[name](event_shape=(4,)))[3:]
              for name in ("bernoulli", "discretized_logistic", "poisson", "gaussian")}
     np.testing.assert_array_equal(edges["bernoulli"], [[0] * 4, [1] * 4, [0] * 4, [1] * 4])
     assert len(edges["discretized_logistic"]) == 4  # 0, 1 and binary images are levels k/255

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tfvae
-from tfvae import distributions, export
+from tfvae import heads, export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVENT_SHAPE = (8, 8, 1)
@@ -171,10 +171,10 @@ def test_sample_counts_of_zero_and_more(exported, runtime):
 
 def test_likelihood_heads_give_their_support_in_graph_form():
     x = tf.constant([[-1.0, 0.0, 0.3, 1.0, 1.5, np.nan]])
-    bernoulli = distributions.Bernoulli(event_shape=(6,)).in_support(x)
+    bernoulli = heads.Bernoulli(event_shape=(6,)).in_support(x)
     np.testing.assert_array_equal(bernoulli, [[False, True, True, True, False, False]])
     # A head without the hook: every value (finiteness is checked on its own).
-    np.testing.assert_array_equal(distributions.in_support(distributions.Gaussian(event_shape=(6,)), x), np.ones((1, 6), bool))
+    np.testing.assert_array_equal(heads.in_support(heads.Gaussian(event_shape=(6,)), x), np.ones((1, 6), bool))
 
 
 def test_consumer_scripts_refuse_in_one_line(exported, tmp_path):

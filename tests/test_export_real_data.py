@@ -2,7 +2,7 @@
 parameters, then exported with all 1,797 images: the export's gate passes, and LiteRT's estimates
 are finite on every image and agree with Keras's in the mean.
 
-Before the heads' device forms (`tfvae.distributions.softplus`, the continuous Bernoulli's closed
+Before the heads' device forms (`tfvae.heads.softplus`, the continuous Bernoulli's closed
 form, the discretized logistic's selected terms), LiteRT gave -3.4e38, -inf or NaN here for some
 images, or a log-density 60 nats off; the gate now runs every image and checks the estimators'
 terms row by row (`export._density_parity`).

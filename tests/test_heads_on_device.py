@@ -14,7 +14,7 @@ import pytest
 import scipy.special
 import tensorflow as tf
 
-from tfvae import distributions
+from tfvae import heads
 
 FLOAT32_MAX = np.finfo(np.float32).max
 # Parameters around the SOFTPLUS overflow (88.7), far beyond it, and near 0 where closed forms switch to series.
@@ -57,14 +57,14 @@ def _grid(params, xs):
 def _likelihood_outputs(head):
     def outputs(params, x):
         p = head.distribution(params)
-        return {"log_prob": distributions.log_likelihood(head, p, x),
-                "point": distributions.point_estimate(head, p)}
+        return {"log_prob": heads.log_likelihood(head, p, x),
+                "point": heads.point_estimate(head, p)}
     return outputs
 
 
 @pytest.mark.parametrize("name, xs", [("bernoulli", [0.0, 1.0, 0.5]), ("continuous_bernoulli", [0.0, 1.0, 0.3])])
 def test_logit_likelihoods_agree_on_device_at_extreme_logits(name, xs):
-    head = distributions.LIKELIHOODS[name](event_shape=(1,))
+    head = heads.LIKELIHOODS[name](event_shape=(1,))
     logits, x = _grid(EXTREMES, xs)
     log_prob, point = _assert_device_agrees(_likelihood_outputs(head), logits, x)
     if name == "bernoulli":  # x l - softplus(l), in float64
@@ -72,7 +72,7 @@ def test_logit_likelihoods_agree_on_device_at_extreme_logits(name, xs):
 
 
 def test_continuous_bernoulli_is_its_closed_form_in_float64_from_tiny_to_extreme_logits():
-    head = distributions.ContinuousBernoulli(event_shape=(1,))
+    head = heads.ContinuousBernoulli(event_shape=(1,))
     logits, x = _grid(np.concatenate([EXTREMES, [-0.2499, 0.2501, -0.4999, 0.5001, 5.0]]), [0.0, 0.7, 1.0])
     l = logits.astype(np.float64)[:, 0]
     safe = np.where(l == 0, 1.0, l)
@@ -89,7 +89,7 @@ def test_continuous_bernoulli_is_its_closed_form_in_float64_from_tiny_to_extreme
 
 
 def test_continuous_bernoulli_gradients_are_finite_at_one_half_and_at_the_thresholds():
-    head = distributions.ContinuousBernoulli(event_shape=(1,))
+    head = heads.ContinuousBernoulli(event_shape=(1,))
     logits = tf.constant([[0.0], [0.25], [-0.25], [0.5], [-0.5], [100.0]])
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(logits)
@@ -103,7 +103,7 @@ def test_continuous_bernoulli_gradients_are_finite_at_one_half_and_at_the_thresh
 
 
 def test_discretized_logistic_agrees_on_device_at_the_edges_and_far_in_the_tails():
-    head = distributions.DiscretizedLogistic(event_shape=(1,))
+    head = heads.DiscretizedLogistic(event_shape=(1,))
     locs, log_scales, xs = [-3.0, 0.0, 0.5, 1.0, 4.0], [-7.0, -3.0, 0.0, 5.0], [0.0, 1 / 255, 128 / 255, 254 / 255, 1.0]
     rows = np.array(list(itertools.product(locs, log_scales, xs)), np.float32)
     params, x = rows[:, None, :2], rows[:, 2:]
@@ -113,7 +113,7 @@ def test_discretized_logistic_agrees_on_device_at_the_edges_and_far_in_the_tails
 
 @pytest.mark.parametrize("name, columns", [("poisson", 1), ("negative_binomial", 2)])
 def test_count_likelihoods_agree_on_device_at_count_0_and_large_counts(name, columns):
-    head = distributions.LIKELIHOODS[name](event_shape=(1,))
+    head = heads.LIKELIHOODS[name](event_shape=(1,))
     raw = [-100.0, -20.0, -1.0, 0.0, 1.0, 10.0, 40.0] + ([] if columns == 1 else [89.0, 100.0])
     # Up to 1e6 for the Poisson; the negative binomial's lgamma(x + r) - lgamma(x + 1) cancels in float32 at such
     # counts (ulps of 1 at 1e7, where TensorFlow and LiteRT round differently), so it is held to 1000.
@@ -128,7 +128,7 @@ def test_count_likelihoods_agree_on_device_at_count_0_and_large_counts(name, col
 
 
 def test_gaussian_likelihood_scale_agrees_on_device_past_the_overflow():
-    head = distributions.Gaussian(event_shape=(1,))
+    head = heads.Gaussian(event_shape=(1,))
     head.raw_scale.assign([100.0])  # scale = softplus(100) = 100
     loc, x = _grid([-5.0, 0.0, 5.0], [0.0, 1.0])
     log_prob, _ = _assert_device_agrees(_likelihood_outputs(head), loc, x, trackable=head)
@@ -138,15 +138,15 @@ def test_gaussian_likelihood_scale_agrees_on_device_past_the_overflow():
 
 @pytest.mark.parametrize("name", ["diagonal", "full"])
 def test_posterior_scales_agree_on_device_past_the_overflow(name):
-    head = distributions.POSTERIORS[name](latent_dim=2)
+    head = heads.POSTERIORS[name](latent_dim=2)
     width = 4 if name == "diagonal" else 5
     params = np.array([[0.0] * width, [100.0] * width, [-100.0] * width, [89.0] * width], np.float32)
 
     def outputs(params):
         q = head.distribution(params)
         eps = tf.zeros([4, 2])
-        z = distributions.reparameterize(head, q, eps)
-        return {"log_q": distributions.posterior_log_prob(head, q, z, eps), "stddev": distributions.posterior_stddev(head, q)}
+        z = heads.reparameterize(head, q, eps)
+        return {"log_q": heads.posterior_log_prob(head, q, z, eps), "stddev": heads.posterior_stddev(head, q)}
 
     _, stddev = _assert_device_agrees(outputs, params, rtol=1e-5, atol=1e-3)
     if name == "diagonal":

@@ -87,7 +87,7 @@ def test_encoder_gradient_flows_through_the_reparameterized_sample(digits):
     x = tf.constant(digits[0][:16])
     with tf.GradientTape() as tape:
         q = model.posterior(x)
-        z = tfvae.distributions.reparameterize(model.posterior_head, q, model.noise(1, 16))
+        z = tfvae.heads.reparameterize(model.posterior_head, q, model.noise(1, 16))
         reconstruction = tf.reduce_mean(model.log_likelihood(x, z))
     grads = tape.gradient(reconstruction, model.encoder.trainable_variables)
     assert all(g is not None and np.abs(g.numpy()).sum() > 0 for g in grads)
@@ -158,7 +158,7 @@ def test_iwae_objective_trains_on_the_importance_weighted_bound(digits):
     [
         {},
         {"posterior": "full", "prior": "mixture", "likelihood": "gaussian", "beta": 0.5},
-        {"prior": tfvae.distributions.MixtureOfGaussians(latent_dim=3, num_components=4)},
+        {"prior": tfvae.heads.MixtureOfGaussians(latent_dim=3, num_components=4)},
     ],
 )
 def test_save_and_load_round_trip_in_safe_mode(options, digits, tmp_path):

@@ -20,7 +20,7 @@ from digits_models import (
     two_d_model,
 )
 from test_cli import tfvae as tfvae_command
-from tfvae import distributions
+from tfvae import heads
 from tfvae.cli import main
 
 # tfvae's heads by name, each on the digits as the data it models.
@@ -29,7 +29,7 @@ _model = two_d_model
 
 def _vamp_prior():
     # 50 pseudo-inputs, not 500: the quadrature evaluates p(z) on a 501 x 501 grid, once per component.
-    return distributions.VampPrior(latent_dim=2, event_shape=(64,), num_components=50)
+    return heads.VampPrior(latent_dim=2, event_shape=(64,), num_components=50)
 
 
 CASES = {
@@ -65,7 +65,7 @@ def test_exports_to_saved_model_and_tflite_with_parity(trained, tmp_path):
 def test_continuous_bernoulli_normalizer_is_exact_near_one_half():
     # log C(lambda) = log p(x = 0) - log(1 - lambda), against C = 2 artanh(1 - 2 lambda) / (1 - 2 lambda) in float64.
     logits = np.array([-1.0, -0.02, -1e-3, -1e-5, 1e-7, 1e-5, 1e-3, 0.02, 1.0, 20.0])
-    head = distributions.ContinuousBernoulli(event_shape=(1,))
+    head = heads.ContinuousBernoulli(event_shape=(1,))
     p = head.distribution(tf.constant(logits[:, None], tf.float32))
     log_p0 = p.log_prob(np.zeros((len(logits), 1), np.float32))
     log_normalizer = log_p0.numpy() + np.log1p(np.exp(logits))  # - log(1 - sigmoid(l)) = softplus(l)
@@ -83,19 +83,19 @@ def test_continuous_bernoulli_normalizer_is_exact_near_one_half():
 
 @pytest.mark.parametrize("loc, log_scale", [(0.3, -3.0), (0.5, -7.0), (-2.0, 0.0), (1.2, -5.0), (0.5, 3.0)])
 def test_discretized_logistic_bins_sum_to_one(loc, log_scale):
-    head = distributions.DiscretizedLogistic(event_shape=(1,))
+    head = heads.DiscretizedLogistic(event_shape=(1,))
     levels = np.arange(256, dtype=np.float32)[:, None] / 255
     p = head.distribution(tf.constant(np.broadcast_to([[loc, log_scale]], (256, 1, 2)), tf.float32))
     log_probs = p.log_prob(levels).numpy().astype(np.float64)
     assert np.all(log_probs <= 0)
     np.testing.assert_allclose(np.exp(log_probs).sum(), 1.0, atol=1e-6)
     np.testing.assert_allclose(p.mean().numpy()[0], np.sum(np.exp(log_probs) * levels[:, 0]), atol=1e-6)
-    np.testing.assert_allclose(distributions.point_estimate(head, p)[0], [np.clip(loc, 0, 1)])
+    np.testing.assert_allclose(heads.point_estimate(head, p)[0], [np.clip(loc, 0, 1)])
 
 
 def test_discretized_logistic_is_stable_far_in_the_tails():
     # A bin 300 scales from the location: sigmoid(a) - sigmoid(b) underflows to 0 in float32, log-sigmoids do not.
-    head = distributions.DiscretizedLogistic(event_shape=(1,))
+    head = heads.DiscretizedLogistic(event_shape=(1,))
     p = head.distribution(tf.constant([[[0.0, -5.0]]]))
     log_prob = float(p.log_prob(np.full((1, 1), 128 / 255, np.float32)).numpy()[0])
     scale, edges = np.exp(-5.0), (np.array([127.5, 128.5]) / 255)
@@ -106,7 +106,7 @@ def test_discretized_logistic_is_stable_far_in_the_tails():
 
 def test_log_gamma_in_builtin_ops_matches_scipy():
     x = np.concatenate([np.logspace(-4, 6, 3000), np.linspace(0.5, 12.0, 1000)]).astype(np.float32)
-    ours = distributions.log_gamma(tf.constant(x)).numpy()
+    ours = heads.log_gamma(tf.constant(x)).numpy()
     np.testing.assert_allclose(ours, scipy.special.gammaln(x.astype(np.float64)), rtol=1e-6, atol=4e-6)
 
 
@@ -115,13 +115,13 @@ def test_count_likelihoods_match_tfp_and_refuse_non_counts():
 
     counts = np.array([[0.0, 1.0, 7.0, 250.0]], np.float32)
     params = np.array([[[0.3, -1.2], [2.0, 0.5], [0.01, 1.0], [5.0, 3.0]]], np.float32)
-    negative_binomial = distributions.NegativeBinomial(event_shape=(4,)).distribution(tf.constant(params))
+    negative_binomial = heads.NegativeBinomial(event_shape=(4,)).distribution(tf.constant(params))
     total_count = np.log1p(np.exp(params[..., 0])) + 1e-3
     reference = tfd.NegativeBinomial(total_count.astype(np.float64), logits=params[..., 1].astype(np.float64))
     # float32 holds lgamma(250 + r) ~ 1150 to ~1e-4: that is the tolerance, relative to the sum.
     expected = reference.log_prob(counts).numpy().sum(-1)
     np.testing.assert_allclose(negative_binomial.log_prob(counts), expected, rtol=1e-5)
-    poisson = distributions.Poisson(event_shape=(4,)).distribution(tf.constant(params[..., 1]))
+    poisson = heads.Poisson(event_shape=(4,)).distribution(tf.constant(params[..., 1]))
     reference = tfd.Poisson(log_rate=params[..., 1].astype(np.float64))
     np.testing.assert_allclose(poisson.log_prob(counts), reference.log_prob(counts).numpy().sum(-1), rtol=2e-6)
     for likelihood in ("poisson", "negative_binomial"):
@@ -153,7 +153,7 @@ def test_vamp_prior_by_name_has_500_pseudo_inputs_in_the_unit_interval_and_round
     assert loaded.get_config()["prior"] == "vamp"
     np.testing.assert_array_equal(loaded.prior_head.pseudo_inputs, pseudo_inputs)
     with pytest.raises(ValueError, match=r"num_components: expected an integer >= 1; got 0"):
-        distributions.VampPrior(latent_dim=2, event_shape=(64,), num_components=0)
+        heads.VampPrior(latent_dim=2, event_shape=(64,), num_components=0)
 
 
 def test_gated_dense_is_a_gated_linear_unit():
@@ -173,8 +173,8 @@ def test_gated_dense_is_a_gated_linear_unit():
 def test_cli_names_every_registered_head():
     from tfvae import cli
 
-    assert cli.LIKELIHOODS == tuple(distributions.LIKELIHOODS)
-    assert cli.PRIORS == tuple(distributions.PRIORS)
+    assert cli.LIKELIHOODS == tuple(heads.LIKELIHOODS)
+    assert cli.PRIORS == tuple(heads.PRIORS)
 
 
 @pytest.mark.slow  # the default suite must stay under 10 minutes on 2 cores
@@ -188,7 +188,7 @@ def test_cli_trains_a_vamp_prior_gated_mlp_continuous_bernoulli_and_resumes_only
     assert (config["likelihood"], config["prior"], config["architecture"], config["binarization"]) == (
         "continuous_bernoulli", "vamp", "gated_mlp", "none")
     model = keras.models.load_model(run / "model.keras")
-    assert isinstance(model.prior_head, distributions.VampPrior) and isinstance(model.encoder, tfvae.networks.GatedMLP)
+    assert isinstance(model.prior_head, heads.VampPrior) and isinstance(model.encoder, tfvae.networks.GatedMLP)
     assert main(["train", "--resume", "--out", str(run), "--prior", "normal", "--epochs", "2"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"tfvae: error: --prior normal contradicts the run's prior = 'vamp' in {run}/config.json; resume without "

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
-from tfvae import arguments, atomic, distributions, evaluate, noise, plots, resources
+from tfvae import arguments, atomic, heads, evaluate, noise, plots, resources
 
 
 class RestoreOnNaN(keras.callbacks.Callback):
@@ -415,7 +415,7 @@ def _marginals_known(model):
 def _marginals(distribution):
     """Each dimension's marginal as (log mixture weights [C] or None for one Gaussian, loc, scale), loc and
     scale [..., latent_dim] ([C, latent_dim] for a mixture); None when they are not Gaussian or a mixture."""
-    diagonal = distributions.diagonal_normal(distribution) is not None
+    diagonal = heads.diagonal_normal(distribution) is not None
     if diagonal or isinstance(distribution, tfd.MultivariateNormalLinearOperator):
         return None, distribution.mean(), distribution.stddev()
     if isinstance(distribution, tfd.MixtureSameFamily):

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
-from tfvae import distributions
+from tfvae import heads
 
 
 def keras_count(value, name="batch_size"):
@@ -104,11 +104,11 @@ def check_values(values, name, likelihood=None):
             f"entries (first at index {np.argwhere(~finite)[0].tolist()})."
         )
     if likelihood is not None:
-        inside = np.asarray(distributions.in_support(likelihood, tf.constant(values)))
+        inside = np.asarray(heads.in_support(likelihood, tf.constant(values)))
         if not inside.all():
             outside = values[~inside]
             raise ValueError(
-                f"{name}: the {type(likelihood).__name__} likelihood expects {distributions.support(likelihood)}; "
+                f"{name}: the {type(likelihood).__name__} likelihood expects {heads.support(likelihood)}; "
                 f"got {outside.size} values outside it, in [{outside.min():g}, {outside.max():g}] "
                 f"(first at index {np.argwhere(~inside)[0].tolist()})."
             )
@@ -121,10 +121,10 @@ def support_assertion(x, likelihood, name="x"):
     naming `name` instead of training on values with zero density (a Bernoulli log-likelihood of
     x = 255 is a large positive number, not an error).
     """
-    valid = tf.reduce_all(tf.math.is_finite(x) & distributions.in_support(likelihood, x))
+    valid = tf.reduce_all(tf.math.is_finite(x) & heads.in_support(likelihood, x))
     return tf.debugging.Assert(valid, [INVALID_DATA_MARK, f"{name}: expected finite values in the "
                                        f"{type(likelihood).__name__} likelihood's support, "
-                                       f"{distributions.support(likelihood)}"], summarize=1)
+                                       f"{heads.support(likelihood)}"], summarize=1)
 
 
 def finite_assertion(values, name):
@@ -210,7 +210,7 @@ _HEAD_ERRORS = (TypeError, ValueError, tf.errors.InvalidArgumentError)
 
 def head_distribution(make, role, batch_shape, event_shape, what):
     """`make()`, the distribution a head gives, or an error naming the head's role unless it is a TFP
-    distribution with `batch_shape` and `event_shape` (the head protocol, `tfvae.distributions`).
+    distribution with `batch_shape` and `event_shape` (the head protocol, `tfvae.heads`).
 
     Args:
         make: () -> the head's distribution for a batch the model built.

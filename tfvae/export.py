@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae import arguments, distributions
+from tfvae import arguments, heads
 from tfvae import signatures as signatures_lib
 from tfvae.atomic import process_alive
 from tfvae.model import VAE
@@ -442,7 +442,7 @@ def _with_edges(x, likelihood):
     every element 0, every element 1, x binarized, x's complement, and large counts."""
     candidates = np.stack([np.zeros_like(x[0]), np.ones_like(x[0]), np.round(x[0]), 1.0 - np.round(x[0]),
                            np.round(x[0] * 100.0), np.full_like(x[0], 1e4)])
-    valid = tf.reduce_all(tf.reshape(distributions.in_support(likelihood, tf.constant(candidates)), (len(candidates), -1)),
+    valid = tf.reduce_all(tf.reshape(heads.in_support(likelihood, tf.constant(candidates)), (len(candidates), -1)),
                           axis=-1)
     return np.concatenate([x, candidates[valid.numpy()]]).astype(np.float32)
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfvae import arguments, atomic, checks, distribute, distributions, inference, networks, noise, objectives, resources
+from tfvae import arguments, atomic, checks, distribute, heads, inference, networks, noise, objectives, resources
 from tfvae import schedules, training
 from tfvae import precision as tfvae_precision
 from tfvae import data as tfvae_data
@@ -26,7 +26,7 @@ class VAE(keras.Model):
         encoder: body from x to features: None or "mlp" (MLP [200, 200] tanh), "gated_mlp" (GatedMLP
             [300, 300]), "conv", or any Keras layer.
         decoder: body from z to features: None, "mlp", "gated_mlp", "conv", or any Keras layer.
-        likelihood: p(x|z): a name in `tfvae.distributions.LIKELIHOODS` ("bernoulli", "gaussian",
+        likelihood: p(x|z): a name in `tfvae.heads.LIKELIHOODS` ("bernoulli", "gaussian",
             "continuous_bernoulli", "discretized_logistic", "poisson", "negative_binomial"), or a head.
         prior: p(z): "normal" (N(0, I)), "mixture" (learned mixture of Gaussians), "vamp" (VampPrior,
             500 pseudo-inputs), or a head.
@@ -93,14 +93,14 @@ class VAE(keras.Model):
 
         self.encoder = networks.get(_deserialize(encoder), "encoder", self.event_shape)
         self.decoder = networks.get(_deserialize(decoder), "decoder", self.event_shape)
-        self.posterior_head = distributions.get(
-            distributions.POSTERIORS, _deserialize(posterior), "posterior", latent_dim=self.latent_dim
+        self.posterior_head = heads.get(
+            heads.POSTERIORS, _deserialize(posterior), "posterior", latent_dim=self.latent_dim
         )
-        self.prior_head = distributions.get(
-            distributions.PRIORS, _deserialize(prior), "prior", latent_dim=self.latent_dim, event_shape=self.event_shape
+        self.prior_head = heads.get(
+            heads.PRIORS, _deserialize(prior), "prior", latent_dim=self.latent_dim, event_shape=self.event_shape
         )
-        self.likelihood_head = distributions.get(
-            distributions.LIKELIHOODS, _deserialize(likelihood), "likelihood", event_shape=self.event_shape
+        self.likelihood_head = heads.get(
+            heads.LIKELIHOODS, _deserialize(likelihood), "likelihood", event_shape=self.event_shape
         )
 
         self._beta = keras.Variable(_beta(beta), trainable=False, name="beta")
@@ -150,11 +150,11 @@ class VAE(keras.Model):
         eps = z = tf.zeros((rows, rows, self.latent_dim))  # K = 2 samples of z for each example
         head = self.posterior_head
         checks.head_log_density(
-            lambda: distributions.posterior_log_prob(head, q, distributions.reparameterize(head, q, eps), eps),
+            lambda: heads.posterior_log_prob(head, q, heads.reparameterize(head, q, eps), eps),
             "posterior", (rows, rows))
         p = checks.head_distribution(lambda: self.likelihood(z, c), "likelihood", (rows, rows), self.event_shape,
                                      f"input_shape is {self.event_shape}")
-        checks.head_log_density(lambda: distributions.log_likelihood(self.likelihood_head, p, x), "likelihood",
+        checks.head_log_density(lambda: heads.log_likelihood(self.likelihood_head, p, x), "likelihood",
                                 (rows, rows))
         try:
             prior = self.prior
@@ -181,7 +181,7 @@ class VAE(keras.Model):
     @property
     def prior(self):
         """p(z), a TFP distribution with event shape [latent_dim]."""
-        return distributions.prior_distribution(self.prior_head, self)
+        return heads.prior_distribution(self.prior_head, self)
 
     @property
     def metrics(self):
@@ -212,7 +212,7 @@ class VAE(keras.Model):
 
     def log_likelihood(self, x, z, condition=None):
         """log p(x|z_k) (or p(x|z_k, c)) for x [B, *event_shape] and z [K, B, latent_dim]: [K, B]."""
-        return distributions.log_likelihood(self.likelihood_head, self.likelihood(z, condition), x)
+        return heads.log_likelihood(self.likelihood_head, self.likelihood(z, condition), x)
 
     def _joined(self, features, condition, leading=None):
         """features [N, F] with the flattened condition appended, [N, F + C]; features as they are without one.
@@ -299,7 +299,7 @@ class VAE(keras.Model):
         x = self.as_input(x)
         condition = self.as_condition(condition, x.shape[0])
         z = self.posterior(x, condition).mean()
-        return distributions.point_estimate(self.likelihood_head, self.likelihood(z, condition))
+        return heads.point_estimate(self.likelihood_head, self.likelihood(z, condition))
 
     def call(self, x, condition=None):
         return self.reconstruct(x, condition)
@@ -320,7 +320,7 @@ class VAE(keras.Model):
         resources.check_memory(resources.sampling_bytes(num_samples, self.event_shape, self.latent_dim), "num_samples")
         seed = noise.stateless_seed(checks.seed(seed), self.seed_generator)
         z = self.prior.sample(num_samples, seed=tf.cast(seed, tf.int32))
-        return distributions.point_estimate(self.likelihood_head, self.likelihood(z, condition))
+        return heads.point_estimate(self.likelihood_head, self.likelihood(z, condition))
 
     def elbo(self, x, num_samples=1, condition=None):
         """The ELBO of each x (of log p(x|c) given the condition), in nats: [B]. More samples lower its variance, not its bias."""
@@ -352,12 +352,12 @@ class VAE(keras.Model):
     def importance_sampled(self, x, num_samples, precision="float32", condition=None):
         """`tfvae.objectives.importance_sampled` with the model's noise, compiled: log p(x) and the ELBO's terms.
 
-        The graph is traced with the likelihood's sum over pixels fused by XLA (`distributions.fused_sums`).
+        The graph is traced with the likelihood's sum over pixels fused by XLA (`heads.fused_sums`).
 
         precision: "float32" or "bfloat16", the decoder's compute precision (see `tfvae.precision`).
         condition: the conditions of x for a conditional model (then log p(x|c)), else None.
         """
-        with distributions.fused_sums():
+        with heads.fused_sums():
             if precision == "float32":
                 return self._importance_sampled(x, num_samples, condition)
             with tfvae_precision.computing_in([self.decoder, self.likelihood_head], tfvae_precision.check(precision)):
@@ -457,7 +457,7 @@ class VAE(keras.Model):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         x, condition = tf.cast(x, tf.float32), self._condition_of(y)
         z = self.posterior(x, condition).mean()
-        return distributions.point_estimate(self.likelihood_head, self.likelihood(z, condition))
+        return heads.point_estimate(self.likelihood_head, self.likelihood(z, condition))
 
     # Under several replicas Keras's distributed loop is replaced where it fails (see tfvae.distribute).
 

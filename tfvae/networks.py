@@ -1,6 +1,6 @@
 """Encoder and decoder bodies: serializable Keras layers from x to features and from z to features.
 
-A body knows nothing of distributions: the heads in `tfvae.distributions` turn its features into
+A body knows nothing of distributions: the heads in `tfvae.heads` turn its features into
 q(z|x) or p(x|z). Any Keras layer or model can stand in for these.
 """
 

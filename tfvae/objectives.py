@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
-from tfvae import distributions
+from tfvae import heads
 
 
 class PosteriorSample(NamedTuple):
@@ -43,8 +43,8 @@ def posterior_sample(model, x, q, eps, condition=None):
         condition: the conditions of x [B, *condition_shape] for a conditional model, else None.
     """
     head = model.posterior_head
-    z = distributions.reparameterize(head, q, eps)
-    log_q = distributions.posterior_log_prob(head, q, z, eps)
+    z = heads.reparameterize(head, q, eps)
+    log_q = heads.posterior_log_prob(head, q, z, eps)
     return PosteriorSample(q, model.prior, z, eps, model.log_likelihood(x, z, condition), log_q)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
-from tfvae import distributions, objectives
+from tfvae import heads, objectives
 
 class Signature(NamedTuple):
     """One exported signature: its named inputs and outputs, and how `tfvae.export` checks it."""
@@ -86,7 +86,7 @@ class Signatures(tf.Module):
         support = f"finite values in the support of the {type(likelihood).__name__} likelihood"
 
         def valid_x(x):
-            return _all_finite(x) & tf.reduce_all(distributions.in_support(likelihood, x))
+            return _all_finite(x) & tf.reduce_all(heads.in_support(likelihood, x))
 
         def checked_x(x):
             return _checked(x, "x", event_shape, valid_x, support)
@@ -109,7 +109,7 @@ class Signatures(tf.Module):
         def encode(x, condition=None):
             x = checked_x(x)
             q = model.encode(x, checked_condition(condition, x))
-            return {"z_mean": q.mean(), "z_stddev": distributions.posterior_stddev(model.posterior_head, q)}
+            return {"z_mean": q.mean(), "z_stddev": heads.posterior_stddev(model.posterior_head, q)}
 
         def decode(z, condition=None):
             z = _checked(z, "z", (latent_dim,), _all_finite, "finite values")
@@ -255,7 +255,7 @@ def _unseed_graph():
 
 def _point_estimate(model, z, condition=None):
     """The x that p(x|z) (or p(x|z, c)) stands for (its mean unless the likelihood head says otherwise)."""
-    return distributions.point_estimate(model.likelihood_head, model.likelihood(z, condition))
+    return heads.point_estimate(model.likelihood_head, model.likelihood(z, condition))
 
 
 def _noise(latent_dim):
@@ -291,7 +291,7 @@ def _prior_sample_from_seed(prior, num_samples, latent_dim, seed):
 
 
 def _normal(distribution):
-    normal = distributions.diagonal_normal(distribution)
+    normal = heads.diagonal_normal(distribution)
     if normal is None:
         raise TypeError(
             "export: sampling supports an Independent Normal prior or a mixture of them (the priors tfvae "

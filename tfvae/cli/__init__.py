@@ -41,7 +41,7 @@ TRAIN_DEFAULTS = {
     "diagnostics_samples": 100,
     "condition": None,  # unconditional; "labels": a conditional VAE on the one-hot class labels
 }
-# The names in tfvae.distributions' registries, here so that `--help` needs no TensorFlow.
+# The names in tfvae.heads' registries, here so that `--help` needs no TensorFlow.
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli", "discretized_logistic", "poisson", "negative_binomial")
 PRIORS = ("normal", "mixture", "vamp")
 SEED_MAX = 2**31 - 1

@@ -19,7 +19,7 @@ import sys
 import keras
 import numpy as np
 
-from tfvae import VAE, callbacks, data, distribute, distributions, plots, resources, schedules, training
+from tfvae import VAE, callbacks, data, distribute, heads, plots, resources, schedules, training
 from tfvae.cli import TRAIN_DEFAULTS as DEFAULTS
 from tfvae.cli import commands, flags, runs
 
@@ -110,7 +110,7 @@ def _prepare(config, done, checkpoint, strategy=None):
     Returns:
         (dataset, training batches, validation batches, model); completes config["input_shape"].
     """
-    for key, registry in (("likelihood", distributions.LIKELIHOODS), ("prior", distributions.PRIORS)):
+    for key, registry in (("likelihood", heads.LIKELIHOODS), ("prior", heads.PRIORS)):
         if config[key] not in registry:  # a hand-edited config.json
             raise ValueError(f"--{key}: expected one of {', '.join(registry)}; got {config[key]!r}.")
     dataset = runs.load_dataset(config["dataset"], config["data_dir"])
