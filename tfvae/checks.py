@@ -278,3 +278,24 @@ def finite_estimate(estimate, name, **inputs):
                      f"{finite.size} examples, the first at row {int(np.argmin(finite))}, from finite inputs"
                      f"{f' ({sizes})' if sizes else ''}: values this far from the data the model knows overflow "
                      f"in its networks.")
+
+
+def heads_follow_protocol(model):
+    """Runs a batch of zeros through every part of `model` (a `tfvae.VAE`), so its weights exist, and raises
+    naming the head unless each gives what the protocol asks (`head_distribution`, `head_log_density`).
+    A conditional model's prior that takes no condition raises `tfvae.conditions.MissingCondition`."""
+    rows = 2  # a batch of 2 tells a head's [B] from [B, 1] or a fixed size
+    c = None if model.condition_shape is None else tf.zeros((rows, *model.condition_shape))
+    x = tf.zeros((rows, *model.event_shape))
+    latent = (model.latent_dim,), f"latent_dim is {model.latent_dim}"
+    q = head_distribution(lambda: model.posterior(x, c), "posterior", (rows,), *latent)
+    eps = z = tf.zeros((rows, rows, model.latent_dim))  # K = 2 samples of z for each example
+    head = model.posterior_head
+    head_log_density(lambda: heads.posterior_log_prob(head, q, heads.reparameterize(head, q, eps), eps),
+                     "posterior", (rows, rows))
+    p = head_distribution(lambda: model.likelihood(z, c), "likelihood", (rows, rows), model.event_shape,
+                          f"input_shape is {model.event_shape}")
+    head_log_density(lambda: heads.log_likelihood(model.likelihood_head, p, x), "likelihood", (rows, rows))
+    prior = model.prior  # outside the checks: a MissingCondition is the caller's to name
+    prior = head_distribution(lambda: prior, "prior", (), *latent)
+    head_log_density(lambda: prior.log_prob(z), "prior", (rows, rows))

@@ -1,23 +1,18 @@
 """The variational autoencoder: a Keras model whose q(z|x), p(z) and p(x|z) are TFP distributions."""
 
-import contextlib
 import math
 import numbers
-import os
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from tfvae import arguments, atomic, checks, distribute, heads, inference, networks, noise, objectives, resources
-from tfvae import schedules, training
+from tfvae import arguments, checks, distribute, heads, inference, networks, noise, objectives, resources, schedules
+from tfvae import conditions, trainer
 from tfvae import precision as tfvae_precision
-from tfvae import data as tfvae_data
-from tfvae.callbacks import RestoreOnNaN
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
-class VAE(keras.Model):
+class VAE(trainer.Trainer, keras.Model):
     """A variational autoencoder trained by maximizing the ELBO (or the IWAE bound) with `fit`.
 
     Args:
@@ -77,7 +72,7 @@ class VAE(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.condition_shape = _condition_shape(condition_shape)
+        self.condition_shape = conditions.condition_shape(condition_shape)
         self.event_shape = tuple(arguments.positive_int(d, "input_shape") for d in _as_tuple(input_shape))
         self.latent_dim = arguments.positive_int(latent_dim, "latent_dim")
         self.num_samples = arguments.positive_int(num_samples, "num_samples")
@@ -140,32 +135,16 @@ class VAE(keras.Model):
 
     def build(self, input_shape):
         # A zero batch through every part creates all weights now, so `save`/`load_model`, `summary`
-        # and export work before the first `fit`. What each head gives is checked against the protocol
+        # and export work before the first `fit`; what each head gives is checked against the protocol
         # here, where a mistake can be named, not at the first step (or in the export) as a shape error.
-        rows = 2  # a batch of 2 tells a head's [B] from [B, 1] or a fixed size
-        c = None if self.condition_shape is None else tf.zeros((rows, *self.condition_shape))
-        x = tf.zeros((rows, *self.event_shape))
-        latent = (self.latent_dim,), f"latent_dim is {self.latent_dim}"
-        q = checks.head_distribution(lambda: self.posterior(x, c), "posterior", (rows,), *latent)
-        eps = z = tf.zeros((rows, rows, self.latent_dim))  # K = 2 samples of z for each example
-        head = self.posterior_head
-        checks.head_log_density(
-            lambda: heads.posterior_log_prob(head, q, heads.reparameterize(head, q, eps), eps),
-            "posterior", (rows, rows))
-        p = checks.head_distribution(lambda: self.likelihood(z, c), "likelihood", (rows, rows), self.event_shape,
-                                     f"input_shape is {self.event_shape}")
-        checks.head_log_density(lambda: heads.log_likelihood(self.likelihood_head, p, x), "likelihood",
-                                (rows, rows))
         try:
-            prior = self.prior
-        except _MissingCondition:
+            checks.heads_follow_protocol(self)
+        except conditions.MissingCondition:
             raise ValueError(
                 f"prior: the {type(self.prior_head).__name__} head encodes inputs without a condition, so it cannot "
                 f"be the prior of a conditional model (condition_shape={self.condition_shape}); use 'normal' or "
                 f"'mixture'."
             ) from None
-        prior = checks.head_distribution(lambda: prior, "prior", (), *latent)
-        checks.head_log_density(lambda: prior.log_prob(z), "prior", (rows, rows))
 
     @property
     def beta(self):
@@ -215,25 +194,7 @@ class VAE(keras.Model):
         return heads.log_likelihood(self.likelihood_head, self.likelihood(z, condition), x)
 
     def _joined(self, features, condition, leading=None):
-        """features [N, F] with the flattened condition appended, [N, F + C]; features as they are without one.
-
-        Args:
-            features: the encoder body's output, or z as rows.
-            condition: None, or [B, *condition_shape] (B may be 1).
-            leading: the leading shape that `features`' N rows were flattened from, e.g. [K, B];
-                None when the rows are the condition's own.
-        """
-        if (condition is None) != (self.condition_shape is None):
-            raise _MissingCondition(_condition_error(self.condition_shape, condition))
-        if condition is None:
-            return features
-        size = math.prod(self.condition_shape)
-        c = tf.reshape(tf.cast(condition, features.dtype), (-1, size))
-        if leading is not None:
-            # The rows for [K, B] leading dimensions are the B conditions K times (or one, K B times): a tile,
-            # not BROADCAST_TO, which LiteRT answered with stale rows on the first call after an empty batch.
-            c = tf.tile(c, [tf.math.reduce_prod(leading) // tf.maximum(tf.shape(c)[0], 1), 1])
-        return tf.concat([features, c], axis=-1)
+        return conditions.joined(features, condition, self.condition_shape, leading)
 
     def noise(self, num_samples, batch_size):
         """eps ~ N(0, I), [K, B, latent_dim], from the model's seed generator.
@@ -260,27 +221,11 @@ class VAE(keras.Model):
             rows: the number of examples it goes with, or None if unknown.
             name: how messages name it.
         """
-        if (condition is None) != (self.condition_shape is None):
-            raise ValueError(_condition_error(self.condition_shape, condition, name))
-        if condition is None:
-            return None
-        c = checks.as_batch(condition, self.condition_shape, name)
-        if rows is not None and c.shape[0] is not None and c.shape[0] != rows:
-            raise ValueError(f"{name}: expected one condition per example ({rows} rows); got {c.shape[0]} rows.")
-        return c
+        return conditions.checked(condition, self.condition_shape, rows, name)
 
     def as_sample_condition(self, condition, num_samples, name="condition"):
         """`as_condition` for `sample`: one condition (shape `condition_shape`) for every draw, or one per draw."""
-        if self.condition_shape is not None and condition is not None:
-            if checks.as_array(condition, name).shape == self.condition_shape:
-                condition = [condition]  # one condition, drawn from num_samples times
-        condition = self.as_condition(condition, name=name)
-        if condition is not None and condition.shape[0] not in (1, num_samples):
-            raise ValueError(
-                f"{name}: expected one condition of shape {self.condition_shape} or one per draw "
-                f"({num_samples} rows); got {condition.shape[0]} rows."
-            )
-        return condition
+        return conditions.checked_for_sample(condition, self.condition_shape, num_samples, name)
 
     # The user's API: checked inputs.
 
@@ -459,271 +404,9 @@ class VAE(keras.Model):
         z = self.posterior(x, condition).mean()
         return heads.point_estimate(self.likelihood_head, self.likelihood(z, condition))
 
-    # Under several replicas Keras's distributed loop is replaced where it fails (see tfvae.distribute).
-
-    def make_train_function(self, force=False):
-        if not distribute.several_replicas(self):
-            return super().make_train_function(force)
-        if self.train_function is None or force:
-            self.train_function = distribute.step_function(self, self.train_step)
-        return self.train_function
-
-    def make_test_function(self, force=False):
-        if not distribute.several_replicas(self):
-            return super().make_test_function(force)
-        if self.test_function is None or force:
-            self.test_function = distribute.step_function(self, self.test_step)
-        return self.test_function
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras (3.15) builds a model made under a strategy from a batch it draws from the data and
-        # reduces across replicas. This model is built when made: only the optimizer may need building,
-        # which takes no data, and drawing none keeps the data's epochs where a single device has them.
-        built = all(layer.built for layer in self._flatten_layers())
-        compiled_built = all(part is None or part.built for part in (self._compile_metrics, self._compile_loss))
-        if not (built and compiled_built):
-            return super()._maybe_symbolic_build(iterator, data_batch)
-        if self.optimizer is not None and not self.optimizer.built:
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
-        return None
-
     def _condition_of(self, y):
         """The condition a step's labels y carry: y itself for a conditional model; None (labels ignored) otherwise."""
         return y if self.condition_shape is not None else None
-
-    def compile(self, optimizer="adam", steps_per_execution=None, **kwargs):
-        """Like `keras.Model.compile`; the loss is the model's own (the negative bound).
-
-        `optimizer="adam"` is `tfvae.training.Adam` (Keras's Adam with TF's fused update).
-        `steps_per_execution=None` means `tfvae.training.STEPS_PER_EXECUTION` batches per host round
-        trip, not Keras's 1: the host launches one compiled loop per that many batches instead of one
-        call per batch, which is much of the time of a small model's step. Batch-level callbacks then
-        see every `steps_per_execution`-th batch; epoch-level ones are unaffected.
-        """
-        if optimizer == "adam":
-            optimizer = training.Adam()
-        steps_per_execution = checks.keras_count(steps_per_execution, "steps_per_execution")
-        self._default_steps_per_execution = steps_per_execution is None
-        if steps_per_execution is None:
-            steps_per_execution = training.default_steps_per_execution(self)
-        super().compile(optimizer=optimizer, steps_per_execution=steps_per_execution, **kwargs)
-
-    def compile_from_config(self, config):
-        # Keras skips compile() when loading a model that overrides it; this restores the optimizer
-        # (and its state, which is loaded right after) so a loaded model can go on training.
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        self.optimizer.build(self.trainable_variables)
-
-    def _fit_steps_per_execution(self, steps=(), data=None, batch_size=None):
-        """Fits the default steps_per_execution to the step counts a call asks for or implies;
-        a `steps_per_execution` the user chose is left as it is."""
-        if not getattr(self, "_default_steps_per_execution", False):
-            return
-        best = training.fitted_steps_per_execution(training.default_steps_per_execution(self), steps, data, batch_size)
-        if best != self.steps_per_execution:
-            self.steps_per_execution = best
-            self.train_function = self.test_function = self.predict_function = None
-
-    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, **kwargs):
-        """Like `keras.Model.fit`; labels `y`, if any, are ignored, except by a conditional model,
-        which takes them as the conditions (a dataset then yields (x, condition) pairs). Compiles with
-        Adam if needed.
-
-        In-memory arrays take `tfvae.data.make_dataset`'s pipeline (see
-        `tfvae.training.arrays_as_datasets`), with Keras's `batch_size`, `shuffle` and
-        `validation_split` kept (a conditional model's conditions travel with their x).
-        """
-        batch_size = checks.keras_count(batch_size)
-        epochs = arguments.positive_int(epochs, "epochs")
-        _check_fit_options(kwargs)
-        x = self._check_data(x, "x")
-        # A step decodes K samples of each example of the batch at once (a dataset's batch is not known here).
-        rows = 1 if isinstance(x, tf.data.Dataset) else batch_size or training.KERAS_BATCH_SIZE
-        resources.check_step(rows * self.num_samples * math.prod(self.event_shape),
-                             f"num_samples={self.num_samples} with batch_size={rows}")
-        y = self._check_conditions(x, y, "condition (y)")
-        if kwargs.get("validation_data") is not None:
-            kwargs["validation_data"] = self._check_data(kwargs["validation_data"], "validation_data", labelled=True)
-            kwargs["validation_data"] = self._check_labelled_conditions(kwargs["validation_data"], "validation_data")
-        if not self.compiled:
-            self.compile()
-        if not isinstance(x, tf.data.Dataset):
-            conditions = None if self.condition_shape is None else y
-            x, kwargs = training.arrays_as_datasets(x, batch_size, kwargs, conditions)
-            if isinstance(x, tf.data.Dataset):  # the labels (ignored, or the conditions) and the batch size are in it
-                y = batch_size = None
-        self._fit_steps_per_execution((kwargs.get("steps_per_epoch"), kwargs.get("validation_steps")), x, batch_size)
-        validation = kwargs.get("validation_data")
-        callbacks = training.StepCallbacks(
-            _with_defaults(callbacks, verbose), self, verbose, epochs=epochs, add_history=True,
-            steps=kwargs.get("steps_per_epoch") or training.batches_per_epoch(x, batch_size),
-            test_steps=kwargs.get("validation_steps") or training.batches_per_epoch(
-                validation, kwargs.get("validation_batch_size") or batch_size))
-        if isinstance(x, tf.data.Dataset):
-            # A dataset shuffles itself (tfvae.data.make_dataset does): Keras's default shuffle=True
-            # would only warn that it is ignored.
-            kwargs.setdefault("shuffle", False)
-        x = self._checked_in_pipeline(x, "x")
-        if isinstance(kwargs.get("validation_data"), tf.data.Dataset):
-            kwargs["validation_data"] = self._checked_in_pipeline(kwargs["validation_data"], "validation_data")
-        self._fitting = True  # `evaluate` is then Keras's validation pass, on data checked above
-        try:
-            with _data_errors():
-                return super().fit(x, y, batch_size, epochs, verbose, callbacks, **kwargs)
-        finally:
-            self._fitting = False
-
-    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", *args, callbacks=None, **kwargs):
-        """Like `keras.Model.evaluate`: the mean loss, ELBO, reconstruction and KL."""
-        if getattr(self, "_fitting", False):
-            return super().evaluate(x, y, batch_size, verbose, *args, callbacks=callbacks, **kwargs)
-        batch_size = checks.keras_count(batch_size)
-        _check_keras_counts(kwargs, ("steps",))
-        x = self._check_data(x, "x")
-        y = self._check_conditions(x, y, "condition (y)")
-        if not self.compiled:
-            self.compile()
-        self._fit_steps_per_execution((kwargs.get("steps"),), x, batch_size)
-        x = self._checked_in_pipeline(x, "x")
-        with _data_errors():
-            steps = kwargs.get("steps") or training.batches_per_epoch(x, batch_size)
-            callbacks = training.StepCallbacks(_with_defaults(callbacks, verbose), self, verbose, steps, test_steps=steps)
-            return super().evaluate(x, y, batch_size, verbose, *args, callbacks=callbacks, **kwargs)
-
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, condition=None):
-        """Like `keras.Model.predict`: the reconstruction of each x, after the same checks as `encode`.
-
-        A conditional model takes the conditions of an array x as `condition=`, of a dataset as its
-        (x, condition) pairs.
-        """
-        batch_size = checks.keras_count(batch_size)
-        steps = checks.keras_count(steps, "steps")
-        x = self._check_data(x, "x")
-        if isinstance(x, tf.data.Dataset):
-            if condition is not None:
-                raise ValueError("condition: a dataset carries its own conditions, as (x, condition) pairs; "
-                                 "got condition= as well.")
-            self._check_conditions(x, None, "condition")
-        else:
-            condition = self.as_condition(condition, len(x))
-            if condition is not None:  # Keras reads a tuple as x alone: the pairs go as a dataset, checked above
-                x = tfvae_data.mark_checked(
-                    tfvae_data.make_dataset(np.asarray(x), batch_size or training.KERAS_BATCH_SIZE, shuffle=False,
-                                            labels=condition.numpy())
-                )
-                batch_size = None
-        x = self._checked_in_pipeline(x, "x")
-        with _data_errors():
-            callbacks = training.StepCallbacks(_with_defaults(callbacks, verbose, nan_guard=False), self, verbose,
-                                               steps or training.batches_per_epoch(x, batch_size))
-            return super().predict(x, batch_size, verbose, steps, callbacks)
-
-    def save(self, filepath, overwrite=True, **kwargs):
-        """Like `keras.Model.save`, atomically: a save that fails part-way leaves the previous file as
-        it was (or none), never a truncated one. The temporary file sits beside `filepath`.
-
-        Under a multi-worker strategy only the chief writes (`strategy.extended.should_checkpoint`):
-        the workers hold the same weights, and their writes to one path would race."""
-        if not self.distribute_strategy.extended.should_checkpoint:
-            return None
-        if not isinstance(filepath, (str, os.PathLike)):
-            return super().save(filepath, overwrite=overwrite, **kwargs)
-        filepath = os.fspath(filepath)
-        if os.path.exists(filepath) and not overwrite:
-            if not keras.utils.io_utils.ask_to_proceed_with_overwrite(filepath):
-                return None
-        with atomic.atomic_path(filepath) as tmp:
-            super().save(tmp, overwrite=True, **kwargs)
-        return None
-
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        # Where the noise stream is: Keras saves layers' weights, not their seed generators, so a loaded
-        # model (`tfvae train --resume`) would draw its first batch's noise again.
-        store[_SEED_STATE] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        keys = list(store.keys())
-        if _SEED_STATE in keys:  # absent from files saved before it was kept
-            self.seed_generator.state.assign(store[_SEED_STATE])
-        super().load_own_variables({key: store[key] for key in keys if key != _SEED_STATE})
-
-    def _checked_in_pipeline(self, data, name):
-        """A tf.data dataset whose every x is checked (finite, in the likelihood's support) as it is read,
-        unless tfvae made or checked its values; anything else as it is."""
-        if not isinstance(data, tf.data.Dataset) or tfvae_data.is_checked(data):
-            return data
-
-        def check(*element):  # x, or (x, labels, ...)
-            valid = [checks.support_assertion(tf.cast(element[0], tf.float32), self.likelihood_head, name)]
-            if self.condition_shape is not None:
-                valid.append(checks.finite_assertion(tf.cast(element[1], tf.float32), f"{name}'s conditions"))
-            with tf.control_dependencies(valid):
-                checked = tuple(tf.identity(e) for e in element)
-            return checked if len(checked) > 1 else checked[0]
-
-        return data.map(check)
-
-    def _check_data(self, data, name, labelled=False):
-        return checks.check_training_data(data, self.event_shape, name, self.likelihood_head, labelled)
-
-    def _check_conditions(self, x, y, name):
-        """`fit`'s or `evaluate`'s y, checked as conditions for a conditional model (a dataset x must
-        then yield (x, condition) pairs); for an unconditional model y as it was given, labels ignored."""
-        if self.condition_shape is None:
-            return y
-        if isinstance(x, tf.data.Dataset):
-            checks.check_dataset_conditions(x, self.condition_shape, "x")
-            return y
-        if y is None:
-            raise ValueError(
-                f"condition: this conditional model (condition_shape={self.condition_shape}) trains on x "
-                f"with its conditions: pass them as y, shape (batch, {', '.join(map(str, self.condition_shape))})."
-            )
-        return self.as_condition(y, len(x), name).numpy()
-
-    def _check_labelled_conditions(self, data, name):
-        """validation_data of a conditional model: (x, conditions) arrays or a dataset of such pairs, checked."""
-        if self.condition_shape is None:
-            return data
-        if isinstance(data, tf.data.Dataset):
-            checks.check_dataset_conditions(data, self.condition_shape, name)
-            return data
-        if not isinstance(data, (tuple, list)) or len(data) != 2:
-            raise ValueError(
-                f"condition: a conditional model's {name} is a pair (x, conditions) or a dataset of such pairs; "
-                f"got {type(data).__name__}{'' if not isinstance(data, (tuple, list)) else f' of {len(data)}'}."
-            )
-        return data[0], self.as_condition(data[1], len(data[0]), f"condition ({name}[1])").numpy()
-
-
-_SEED_STATE = "seed_generator_state"  # the noise stream's state, in the model's own variables of a .keras file
-
-
-def _with_defaults(callbacks, verbose, nan_guard=True):
-    """The user's callbacks, with tfvae's progress bar when one is shown and the NaN guard in training."""
-    callbacks = list(callbacks or [])
-    if verbose != 0 and not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
-        callbacks.append(training.Progbar())
-    if nan_guard:
-        callbacks.append(RestoreOnNaN())
-    return callbacks
-
-
-@contextlib.contextmanager
-def _data_errors():
-    """Turns the graph's invalid-data assertion (see `checks.support_assertion`) into a ValueError."""
-    try:
-        yield
-    except tf.errors.InvalidArgumentError as error:
-        if checks.INVALID_DATA_MARK not in str(error):
-            raise
-        # TF prints the assertion's data as "[mark] [message]" with quotes escaped.
-        message = str(error).split(checks.INVALID_DATA_MARK, 1)[1].split("\n")[0]
-        message = message.strip(" []").replace("\\'", "'")
-        raise ValueError(message + ".") from None
-
 
 def _forget_uninitialized_variables(model):
     """Drops the model's variables from the list of those Keras (3.15) has yet to initialize.
@@ -739,53 +422,6 @@ def _forget_uninitialized_variables(model):
     if pending:
         ours = {id(v) for v in model.variables}
         pending[:] = [v for v in pending if id(v) not in ours]
-
-
-class _MissingCondition(ValueError):
-    """A hook of a conditional model called without a condition, or of an unconditional one with one."""
-
-
-def _condition_shape(value):
-    """`condition_shape`: None, or a non-empty shape of positive ints as a tuple."""
-    if value is None:
-        return None
-    shape = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
-    if not isinstance(shape, (tuple, list)) or not shape:
-        raise ValueError(f"condition_shape: expected None or a non-empty tuple of positive ints such as (10,); got {value!r}.")
-    return tuple(arguments.positive_int(d, "condition_shape") for d in shape)
-
-
-def _condition_error(condition_shape, condition, name="condition"):
-    if condition_shape is None:
-        return (
-            f"{name}: this model is unconditional (condition_shape=None) and takes no condition; "
-            f"got {type(condition).__name__}."
-        )
-    return (
-        f"{name}: this model is conditional (condition_shape={condition_shape}) and needs a condition per example, "
-        f"shape (batch, {', '.join(map(str, condition_shape))}); got None."
-    )
-
-
-def _check_fit_options(kwargs):
-    """Checks the options of `fit` that Keras takes on trust: it reads a 0 count as its default,
-    divides by `validation_freq`, and holds out x[floor(N (1 - validation_split)):], so a split outside
-    (0, 1) would silently be another split."""
-    _check_keras_counts(kwargs, ("steps_per_epoch", "validation_steps", "validation_batch_size"))
-    if "validation_freq" in kwargs:
-        kwargs["validation_freq"] = arguments.positive_int(kwargs["validation_freq"], "validation_freq")
-    if kwargs.get("shuffle", True) not in (True, False, "batch"):
-        raise ValueError(f"shuffle: expected True, False or 'batch'; got {kwargs['shuffle']!r}.")
-    split = kwargs.get("validation_split")
-    if split and (isinstance(split, bool) or not isinstance(split, numbers.Real) or not 0 < split < 1):
-        raise ValueError(f"validation_split: expected the fraction of x to hold out, in [0, 1); got {split!r}.")
-
-
-def _check_keras_counts(kwargs, names):
-    """Checks (and makes ints of) the counts among `names` that the user passed to Keras in `kwargs`."""
-    for name in names:
-        if name in kwargs:
-            kwargs[name] = checks.keras_count(kwargs[name], name)
 
 
 def _beta(value):
