@@ -90,7 +90,7 @@ def _parser():
                              "1 epoch, 1 repeat, short inference timing (explicit arguments still win)")
     parser.add_argument("--intra-op-threads", type=int, default=0,
                         help="TF's intra-op thread pool size for the whole run; 0 keeps TF's default "
-                             "(one per core). Measures the thread lever of the README's speed section")
+                             "(one per core). Measures the thread lever of docs/speed.md")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, models and noise (default 0)")
     parser.add_argument("--out", default=None, help="also write the JSON to this file (atomically)")
     return parser

@@ -109,7 +109,7 @@ def test_training_that_would_not_fit_is_refused_with_the_estimate(folders, resul
     assert train.returncode == 2
     [line] = error_lines(train.stderr)
     assert re.fullmatch(r"tfvae: error: --latent-dim 1000000000: would need ~9,632 GB of memory; this machine "
-                        r"has ~[0-9.,]+ GB available \(see Limits in the README\)\.", line), line
+                        r"has ~[0-9.,]+ GB available \(see Limits in docs/cli.md\)\.", line), line
     assert not (folders / "huge").exists()
 
     check_error(capsys, ["train", "--dataset", "digits", "--num-samples", 10**7, "--out", tmp_path / "r"],

@@ -5,7 +5,7 @@
 runs the command once per worker, worker i with TF_CONFIG naming all N workers on free localhost
 ports and itself as task i (worker 0 is the chief, which alone writes files), and exits with the
 first non-zero exit status, or 0. Across machines, start the command on each machine by hand with a
-TF_CONFIG naming every machine's host:port (see the README's "Training on several machines").
+TF_CONFIG naming every machine's host:port (see docs/distributed.md).
 """
 
 import argparse

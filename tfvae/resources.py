@@ -79,7 +79,7 @@ def check_memory(nbytes, request, available=None):
     if available is not None and nbytes > available:
         raise ResourceError(
             f"{request}: would need {gigabytes(nbytes)} of memory; this machine has "
-            f"{gigabytes(available)} available (see Limits in the README)."
+            f"{gigabytes(available)} available (see Limits in docs/cli.md)."
         )
 
 
@@ -93,7 +93,7 @@ def check_step(elements, request):
     if elements > STEP_ELEMENTS:
         raise ResourceError(
             f"{request}: one step without progress would compute {elements:.2g} decoder outputs; the limit is "
-            f"{STEP_ELEMENTS:.2g}, about a minute of work (see Limits in the README)."
+            f"{STEP_ELEMENTS:.2g}, about a minute of work (see Limits in docs/cli.md)."
         )
 
 
