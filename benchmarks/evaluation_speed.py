@@ -67,7 +67,7 @@ def benchmark_evaluation(model, x_train, x_test, num_samples, rounds, torch_thre
         rounds: timed rounds; each contender runs once per round.
         torch_threads: `torch.set_num_threads`; None skips the peer.
         bf16: whether to time the bfloat16 option (a CPU with bfloat16 dot products).
-        seconds, time_per_call: for the GEMM limit (see throughput._time_per_call).
+        seconds, time_per_call: for the GEMM limit (see common.time_per_call).
         hidden: the hidden widths.
     """
     input_dim, latent_dim = x_test.shape[1], model.latent_dim
