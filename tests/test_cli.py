@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import DIGITS_RUN_LATENT_DIM as LATENT_DIM
+from conftest import DIGITS_RUN_TRAIN
 from conftest import USER_ENV
 from test_cli_startup import tensorflow_logs
 from tfvae import plots
@@ -320,6 +321,13 @@ def test_resume_with_more_epochs_trains_longer(run, tmp_path, capsys):
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
     assert json.loads((copy / "config.json").read_text())["epochs"] == 3
     assert os.listdir(copy / "checkpoints") == ["epoch-0003.keras"]
+    # Draw for draw the run trained in one go: the noise stream (saved in the checkpoint) and the data's
+    # shuffles and binary draws (the pipeline moved on by the epochs trained) go on where they were.
+    flags = {**dict(zip(DIGITS_RUN_TRAIN[1::2], DIGITS_RUN_TRAIN[2::2])), "--epochs": "3",
+             "--out": str(tmp_path / "uninterrupted")}
+    assert main(["train", *(a for pair in flags.items() for a in pair)]) == 0
+    with open(copy / "history.csv") as resumed, open(tmp_path / "uninterrupted" / "history.csv") as uninterrupted:
+        assert list(csv.DictReader(resumed))[2] == list(csv.DictReader(uninterrupted))[2]
 
 
 @pytest.mark.slow  # the default suite must stay under 10 minutes on 2 cores

@@ -200,6 +200,18 @@ def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labe
     return ds
 
 
+def skip_iterations(dataset, count):
+    """Moves a `make_dataset` pipeline on by `count` iterations without reading them, and returns it.
+
+    Each new iterator of the pipeline draws its epoch's order and binary draws from the next seeds of
+    its seed stream (`Dataset.random(rerandomize_each_iteration=True)`): an iterator made and dropped
+    moves it one iteration on, as `fit` moves it (`tfvae.training.KERAS_ITERATORS_PER_EPOCH` an epoch).
+    """
+    for _ in range(arguments.non_negative_int(count, "count")):
+        iter(dataset)
+    return dataset
+
+
 # Datasets whose values are known to lie in the model's likelihood's support, so `fit` need not
 # check each batch again (a check in the pipeline costs ~15% of the MLP VAE's throughput here).
 _CHECKED = weakref.WeakSet()

@@ -19,6 +19,10 @@ from tfvae import data
 STEPS_PER_EXECUTION = 100
 
 KERAS_BATCH_SIZE = 32  # the batch_size Keras gives arrays when fit/evaluate/predict is given none
+# Iterators Keras (3.15) makes of a dataset of known length each epoch of `fit`: the one the epoch reads, and
+# one at its end that the next epoch replaces with its own (keras/src/trainers/epoch_iterator.py).
+# tests/test_cli.py holds a resumed run to an uninterrupted one, draw for draw, by it.
+KERAS_ITERATORS_PER_EPOCH = 2
 
 
 @keras.saving.register_keras_serializable(package="tfvae")

@@ -126,9 +126,15 @@ def _prepare(config, done, checkpoint, strategy=None):
     train_conditions, test_conditions = _conditions(config, dataset)
     keras.utils.set_random_seed(config["seed"])
     binarization = None if config["binarization"] == "none" else config["binarization"]
-    # A resumed run must not replay the shuffles and binary draws of its first epochs: the seed moves on.
-    train_data = data.make_dataset(dataset.x_train, config["batch_size"], binarization, seed=config["seed"] + done,
+    # A resumed run goes on with the shuffles and binary draws an uninterrupted run would have: each new
+    # iterator of the pipeline draws the next ones, so the iterators `done` epochs of fit made are made and
+    # dropped first. A strategy's distributed copy of the pipeline counts its own iterators from 0: there the
+    # seed moves on instead, so no epoch's draws come again.
+    seed = config["seed"] + (done if strategy is not None else 0)
+    train_data = data.make_dataset(dataset.x_train, config["batch_size"], binarization, seed=seed,
                                    labels=train_conditions)
+    if strategy is None:
+        data.skip_iterations(train_data, done * training.KERAS_ITERATORS_PER_EPOCH)
     x_test = runs.evaluation_images(config, dataset)
     validation_data = data.make_dataset(x_test, VALIDATION_BATCH, shuffle=False, labels=test_conditions)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
