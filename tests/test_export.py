@@ -14,7 +14,7 @@ from ai_edge_litert.interpreter import Interpreter
 from scipy import stats
 
 import tfvae
-from tfvae import heads, export, signatures
+from tfvae import export, heads, parity, signatures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -460,10 +460,10 @@ def test_parity_check_fails_on_nan():
     nan[1, 2] = np.nan
     for runtime in ("tflite", "tflite_float16"):
         with pytest.raises(RuntimeError, match=f"{runtime} output encode/z_mean disagrees with Keras"):
-            export._check_close(nan, expected, runtime, "encode/z_mean")
+            parity.check_close(nan, expected, runtime, "encode/z_mean")
     with pytest.raises(RuntimeError, match="disagrees"):
-        export._check_close(expected + 1e-3, expected, "tflite", "encode/z_mean")
-    export._check_close(expected + 1e-3, expected, "tflite_float16", "encode/z_mean")
+        parity.check_close(expected + 1e-3, expected, "tflite", "encode/z_mean")
+    parity.check_close(expected + 1e-3, expected, "tflite_float16", "encode/z_mean")
 
 
 def test_the_gate_treats_the_lowest_float32_as_inf_and_adds_each_supports_edges():
@@ -471,11 +471,11 @@ def test_the_gate_treats_the_lowest_float32_as_inf_and_adds_each_supports_edges(
     lowest = np.array([1.0, -np.finfo(np.float32).max], np.float32)
     assert np.all(np.isfinite(lowest))
     with pytest.raises(RuntimeError, match="gave log_prob of shape .2,. with NaN, inf or .-3.4e38"):
-        export._check_rows(lowest, 2, "tflite", "log_prob", "log_prob")
+        parity.check_rows(lowest, 2, "tflite", "log_prob", "log_prob")
     with pytest.raises(RuntimeError, match="disagrees with Keras"):
-        export._check_close(lowest, np.ones(2, np.float32), "tflite_float16", "encode/z_mean")
+        parity.check_close(lowest, np.ones(2, np.float32), "tflite_float16", "encode/z_mean")
     x = np.full((3, 4), 0.4, np.float32)
-    edges = {name: export._with_edges(x, heads.LIKELIHOODS[name](event_shape=(4,)))[3:]
+    edges = {name: parity.with_edges(x, heads.LIKELIHOODS[name](event_shape=(4,)))[3:]
              for name in ("bernoulli", "discretized_logistic", "poisson", "gaussian")}
     np.testing.assert_array_equal(edges["bernoulli"], [[0] * 4, [1] * 4, [0] * 4, [1] * 4])
     assert len(edges["discretized_logistic"]) == 4  # 0, 1 and binary images are levels k/255

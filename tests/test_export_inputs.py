@@ -24,7 +24,7 @@ EVENT_SHAPE = (8, 8, 1)
 LATENT_DIM = 2
 RUNTIMES = ("saved_model", "tflite")
 X_SIGNATURES = ("encode", "reconstruct", "elbo", "log_prob")
-# Deterministic outputs: max |Keras - runtime|, as export.TOLERANCE.
+# Deterministic outputs: max |Keras - runtime|, as parity.TOLERANCE.
 TOLERANCE = {"saved_model": 1e-5, "tflite": 1e-4}
 
 

@@ -26,8 +26,8 @@ __version__ = "0.1.0"
 
 # Every submodule, the public ones and those an eager import of the public ones made attributes too.
 _SUBMODULES = frozenset(__all__[1:]) | {
-    "arguments", "atomic", "checks", "cli", "distribute", "launch", "model", "noise", "plots", "resources",
-    "schedule_specs", "signatures"}
+    "arguments", "atomic", "checks", "cli", "conditions", "distribute", "launch", "model", "noise", "parity", "plots",
+    "resources", "schedule_specs", "signatures", "trainer"}
 
 
 def __getattr__(name):

@@ -30,23 +30,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae import arguments, heads
+from tfvae import arguments, parity
 from tfvae import signatures as signatures_lib
 from tfvae.atomic import process_alive
 from tfvae.model import VAE
 
 QUANTIZE_MODES = ("dynamic", "float16")
 TFLITE_SIGNATURES = tuple(signatures_lib.SIGNATURES)
-# save() refuses an export whose float outputs differ from Keras by more than this (abs and rel).
-TOLERANCE = {"saved_model": 1e-5, "tflite": 1e-4}
-PARITY_BATCH = 64
-# Of sample_inputs, at most this many rows are run through every runtime (in batches of PARITY_BATCH); an
-# output that is inf, NaN or +-3.4e38 on any of them fails the export. A few images of a dataset can reach
-# parameters the first batch does not.
-PARITY_ROWS = 2048
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-# What the parity checks ask of the samplers: this many draws, and this seed for the seeded one.
-_PARITY_DRAWS, _PARITY_SEED = 3, 7
 EXPORT_FORMAT = "tfvae-export/1"
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # from <fcntl.h> and <linux/fs.h>
 
@@ -102,7 +92,7 @@ def save(
         return None
     directory = os.path.abspath(directory if directory is not None else os.path.join("export", model.name))
     check_directory(directory, overwrite)
-    x, inputs_source = _parity_inputs(model, sample_inputs, sample_conditions)
+    x, inputs_source = parity.inputs(model, sample_inputs, sample_conditions)
 
     staging = _sibling(directory, "partial")
     os.mkdir(staging)
@@ -124,7 +114,7 @@ def _write(model, staging, tflite, quantize, log_prob_samples, x):
     saved_model_dir = os.path.join(staging, "saved_model")
     tf.saved_model.save(module, saved_model_dir, signatures=concrete)
 
-    runtimes = {"saved_model": _saved_model_runner(saved_model_dir)}
+    runtimes = {"saved_model": parity.saved_model_runner(saved_model_dir)}
     files = {"saved_model": {"path": "saved_model", "bytes": _size(saved_model_dir)}}
     variants = ([None] if tflite else []) + ([quantize] if quantize else [])
     for mode in variants:
@@ -132,7 +122,7 @@ def _write(model, staging, tflite, quantize, log_prob_samples, x):
         path = os.path.join(staging, "model.tflite" if mode is None else f"model_{mode}.tflite")
         with open(path, "wb") as f:
             f.write(_convert(saved_model_dir, mode))
-        runtimes[key] = _tflite_runner(path)
+        runtimes[key] = parity.tflite_runner(path)
         files[key] = {"path": os.path.basename(path), "bytes": os.path.getsize(path)}
     densities = _density_parity(model, x) if tflite else {}
 
@@ -150,7 +140,7 @@ def _write(model, staging, tflite, quantize, log_prob_samples, x):
         "tflite_signatures": list(TFLITE_SIGNATURES) if tflite else [],
         "files": files,
         "versions": _versions(),
-        "parity": {**_parity(module, x, runtimes, model.likelihood_head), **densities},
+        "parity": {**parity.check(module, x, runtimes, model.likelihood_head), **densities},
     }
 
 
@@ -166,17 +156,17 @@ def _density_parity(model, x):
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     with _native_stderr():
-        runner = _tflite_model_runner(converter.convert())
+        runner = parity.tflite_model_runner(converter.convert())
     eps = np.random.default_rng(0).standard_normal((1, len(x), model.latent_dim)).astype(np.float32)
     largest = 0.0
-    for start in range(0, len(x), PARITY_BATCH):
-        rows = slice(start, start + PARITY_BATCH)
+    for start in range(0, len(x), parity.PARITY_BATCH):
+        rows = slice(start, start + parity.PARITY_BATCH)
         inputs = {"x": x[rows], "eps": eps[:, rows], **({} if condition is None else {"condition": condition[rows]})}
         expected = {k: v.numpy() for k, v in concrete(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
         actual = runner(**inputs)
         for name, value in expected.items():
-            _check_rows(actual[name], len(x[rows]), "tflite", "densities", name)
-            _check_close(actual[name], value, "tflite", f"the density {name}")
+            parity.check_rows(actual[name], len(x[rows]), "tflite", "densities", name)
+            parity.check_close(actual[name], value, "tflite", f"the density {name}")
             largest = max(largest, float(np.max(np.abs(actual[name] - value))))
     return {"densities": {"tflite": largest, "rows": int(len(x))}}
 
@@ -311,36 +301,6 @@ def _exchange(a, b):
     raise OSError(error, f"cannot swap {a!r} and {b!r}: {os.strerror(error)}")
 
 
-def _parity_inputs(model, sample_inputs, sample_conditions=None):
-    """The parity rows: x (as a numpy array), or for a conditional model (x, conditions); and what they are.
-
-    Of sample_inputs, at most PARITY_ROWS rows, evenly spread over them; the first PARITY_BATCH are the
-    batch checked against Keras (`_parity`)."""
-    if model.condition_shape is None:
-        model.as_condition(sample_conditions, name="sample_conditions")  # refuses conditions
-    if sample_inputs is not None:
-        x = model.as_input(sample_inputs, "sample_inputs").numpy()
-        rows = np.unique(np.linspace(0, len(x) - 1, min(len(x), PARITY_ROWS)).astype(int))
-        described = f"first {min(len(x), PARITY_BATCH)}; {len(rows)} of {len(x)} in every runtime"
-        if model.condition_shape is None:
-            return x[rows], f"sample_inputs ({described})"
-        conditions = model.as_condition(sample_conditions, len(sample_inputs), "sample_conditions").numpy()
-        return (x[rows], conditions[rows]), f"sample_inputs and sample_conditions ({described})"
-    conditions = None
-    if model.condition_shape is not None:
-        if sample_conditions is None:
-            sample_conditions = np.random.default_rng(0).uniform(size=(PARITY_BATCH, *model.condition_shape))
-        conditions = model.as_condition(sample_conditions, name="sample_conditions")[:PARITY_BATCH]
-    # Draws of the model itself lie in the likelihood's support (binary for Bernoulli).
-    rows = PARITY_BATCH if conditions is None else int(conditions.shape[0])
-    z = model.prior.sample(rows, seed=tf.constant([0, 0], tf.int32))
-    x = model.decode(z, condition=conditions).sample(seed=tf.constant([0, 1], tf.int32))
-    x = model.as_input(x.numpy())
-    if conditions is None:
-        return x.numpy(), f"{PARITY_BATCH} model samples x ~ p(x|z), z ~ p(z) (no sample_inputs given)"
-    return (x.numpy(), conditions.numpy()), f"{rows} model samples x ~ p(x|z, c), z ~ p(z) (no sample_inputs given)"
-
-
 def _convert(saved_model_dir, quantize):
     """The TFLite flatbuffer, or a ValueError naming the TensorFlow ops TFLite has no builtin for.
 
@@ -392,134 +352,6 @@ def _native_stderr():
             written = capture.read().decode(errors="replace")
             sys.stderr.write(written)
             lines.extend(written.splitlines())
-
-
-def _saved_model_runner(path):
-    loaded = tf.saved_model.load(path)
-
-    def run(name, **inputs):
-        outputs = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
-        return {k: v.numpy() for k, v in outputs.items()}
-
-    return run
-
-
-def _tflite_model_runner(flatbuffer):
-    """The one signature of a TFLite flatbuffer as a function of numpy inputs."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    return Interpreter(model_content=flatbuffer).get_signature_runner()
-
-
-def _tflite_runner(path):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=path)
-
-    def run(name, **inputs):
-        return interpreter.get_signature_runner(name)(**inputs)
-
-    return run
-
-
-def _parity(module, x, runtimes, likelihood):
-    """Each signature of the model (`signatures_lib.signatures_of`) run in every runtime against its Python function
-    run eagerly on the Keras model, on the parity batch (the first PARITY_BATCH rows and the support's edge
-    rows): max |Keras - runtime| of the exact ones, batch means of the estimates; every output finite
-    (not +-3.4e38 either), with one row per input row (per requested sample). The other rows run
-    through every runtime, in batches: the exact outputs within tolerance of the SavedModel's, all finite."""
-    x, condition = x if isinstance(x, tuple) else (x, None)
-    batch = _with_edges(x[:PARITY_BATCH], likelihood)
-    parity = _parity_of_batch(module, batch, None if condition is None else np.resize(condition, (len(batch), *condition.shape[1:])), runtimes)
-    for start in range(PARITY_BATCH, len(x), PARITY_BATCH):
-        rows = slice(start, start + PARITY_BATCH)
-        _check_runtimes(module, x[rows], None if condition is None else condition[rows], runtimes)
-    return parity
-
-
-def _with_edges(x, likelihood):
-    """x with rows at the edges of the likelihood's support appended, those of them in its support:
-    every element 0, every element 1, x binarized, x's complement, and large counts."""
-    candidates = np.stack([np.zeros_like(x[0]), np.ones_like(x[0]), np.round(x[0]), 1.0 - np.round(x[0]),
-                           np.round(x[0] * 100.0), np.full_like(x[0], 1e4)])
-    valid = tf.reduce_all(tf.reshape(heads.in_support(likelihood, tf.constant(candidates)), (len(candidates), -1)),
-                          axis=-1)
-    return np.concatenate([x, candidates[valid.numpy()]]).astype(np.float32)
-
-
-def _signature_inputs(module, x, condition):
-    """Every signature input for the rows x (and their conditions): z is the encoder's mean of x."""
-    conditioned = {} if condition is None else {"condition": tf.constant(condition)}
-    z = module.python_functions["encode"](tf.constant(x), **conditioned)["z_mean"].numpy()
-    return {"x": x, "z": z, "num_samples": np.int32(_PARITY_DRAWS), "seed": np.int32(_PARITY_SEED)}
-
-
-def _signature_rows(module, inputs, condition):
-    """(name, signature, its inputs, the rows each output has) for every signature of the export."""
-    for name, signature in module.table.items():
-        rows = _PARITY_DRAWS if "num_samples" in signature.inputs else len(inputs["x"])
-        if condition is not None:  # one condition per row; the samplers' draws cycle through the batch's
-            inputs = {**inputs, "condition": np.resize(condition, (rows, *condition.shape[1:]))}
-        yield name, signature, {i: inputs[i] for i in signature.inputs}, rows
-
-
-def _check_runtimes(module, x, condition, runtimes):
-    """Rows beyond the parity batch: each runtime's outputs finite, the exact ones within tolerance of the SavedModel's."""
-    for name, signature, given, rows in _signature_rows(module, _signature_inputs(module, x, condition), condition):
-        if "x" not in signature.inputs and "z" not in signature.inputs:
-            continue  # the samplers do not read the data
-        results = {runtime: run(name, **given) for runtime, run in runtimes.items()}
-        for runtime, actual in results.items():
-            for output in signature.outputs:
-                _check_rows(actual[output], rows, runtime, name, output)
-                if signature.parity == "exact" and runtime != "saved_model":
-                    _check_close(actual[output], results["saved_model"][output], runtime, f"{name}/{output}")
-
-
-def _check_rows(values, rows, runtime, name, output):
-    """Raises unless `values` has `rows` rows, all finite and inside float32's range: LiteRT can give
-    -3.4e38 (the lowest float32) where TensorFlow gives a number, which every isfinite check passes."""
-    if values.shape[:1] != (rows,) or not np.all(np.abs(values) < _FLOAT32_MAX):
-        raise RuntimeError(
-            f"export: the {runtime} signature {name!r} gave {output} of shape {values.shape} "
-            f"with NaN, inf or +-3.4e38, or not {rows} rows."
-        )
-
-
-def _parity_of_batch(module, x, condition, runtimes):
-    parity = {"batch_size": int(x.shape[0]), "max_abs_diff": {}, "batch_mean": {}}
-    for name, signature, given, rows in _signature_rows(module, _signature_inputs(module, x, condition), condition):
-        expected = {k: v.numpy() for k, v in module.python_functions[name](**given).items()}
-        results = {runtime: run(name, **given) for runtime, run in runtimes.items()}
-        for runtime, actual in results.items():
-            for output in signature.outputs:
-                _check_rows(actual[output], rows, runtime, name, output)
-                if signature.parity == "exact":
-                    _check_close(actual[output], expected[output], runtime, f"{name}/{output}")
-        if signature.parity == "exact":
-            parity["max_abs_diff"][name] = {
-                runtime: max(float(np.max(np.abs(actual[k] - expected[k]))) for k in signature.outputs)
-                for runtime, actual in results.items()
-            }
-        elif signature.parity == "estimate":
-            (output,) = signature.outputs
-            means = {"keras": float(np.mean(expected[output]))}
-            means.update({runtime: float(np.mean(actual[output])) for runtime, actual in results.items()})
-            parity["batch_mean"][name] = means
-    return parity
-
-
-def _check_close(actual, expected, runtime, what):
-    """Raises unless `actual` is finite and, for float runtimes, within tolerance of Keras.
-
-    `np.testing.assert_allclose` fails on NaN, which a hand-written `error > tol` would let pass.
-    """
-    try:
-        np.testing.assert_array_equal(np.abs(actual) < _FLOAT32_MAX, True)
-        if runtime in TOLERANCE:
-            np.testing.assert_allclose(actual, expected, rtol=TOLERANCE[runtime], atol=TOLERANCE[runtime])
-    except AssertionError as error:
-        raise RuntimeError(f"export: {runtime} output {what} disagrees with Keras:{error}") from None
 
 
 def _describe(concrete):

@@ -102,6 +102,7 @@ def _table(r):
 
 def export(args):
     from tfvae import export as exporting
+    from tfvae import parity
 
     quantize = None if args.quantize == "none" else args.quantize
     directory = args.out or os.path.join("export", os.path.basename(os.path.normpath(args.run)))
@@ -123,8 +124,7 @@ def export(args):
                                                      f"the run's dataset {config['dataset']}")
     # The parity check runs log_prob with K samples on each runtime without a progress bar.
     runtimes = 2 + (not args.no_tflite) + (quantize is not None)  # Keras, the SavedModel, each TFLite model
-    parity_examples = exporting.PARITY_BATCH if sample_inputs is None else min(exporting.PARITY_BATCH,
-                                                                               len(sample_inputs))
+    parity_examples = parity.PARITY_BATCH if sample_inputs is None else min(parity.PARITY_BATCH, len(sample_inputs))
     resources.check_step(runtimes * parity_examples * args.log_prob_samples * math.prod(model.event_shape),
                          f"--log-prob-samples {args.log_prob_samples} (checked in {runtimes} runtimes on "
                          f"{parity_examples} examples)")
