@@ -29,7 +29,8 @@ def _on_litert(function, *arrays, trackable=None):
     specs = [tf.TensorSpec(a.shape, tf.float32, name=f"input_{i}") for i, a in enumerate(arrays)]
     module = tf.Module()
     module.variables_of = [] if trackable is None else [v.value for v in trackable.variables]
-    concrete = tf.function(function, input_signature=specs).get_concrete_function()
+    with heads.ops.litert_forms():  # traced as the export traces its graphs
+        concrete = tf.function(function, input_signature=specs).get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     interpreter = Interpreter(model_content=converter.convert())
@@ -151,3 +152,20 @@ def test_posterior_scales_agree_on_device_past_the_overflow(name):
     _, stddev = _assert_device_agrees(outputs, params, rtol=1e-5, atol=1e-3)
     if name == "diagonal":
         np.testing.assert_allclose(stddev[1:2], [[100.0001, 100.0001]], rtol=1e-6)
+
+
+def test_every_exported_graph_feeds_softplus_at_most_80():
+    # Training keeps TensorFlow's softplus kernel; the graphs the export converts take the capped form.
+    import tfvae
+    from tfvae import signatures
+
+    model = tfvae.VAE(input_shape=(4,), latent_dim=2, likelihood="negative_binomial")
+    graphs = signatures.Signatures(model, log_prob_samples=3).signatures()
+    graphs["densities"] = signatures.Densities(model).concrete_function()
+    for name, concrete in graphs.items():
+        ops = concrete.graph.get_operations()
+        softplus = [op for op in ops if op.type == "Softplus"]
+        assert all(op.inputs[0].op.type == "Minimum" for op in softplus), name
+    assert any(op.type == "Softplus" for op in graphs["log_prob"].graph.get_operations())
+    training_graph = tf.function(lambda x: model.bound(x, 1)["bound"]).get_concrete_function(tf.zeros((2, 4)))
+    assert not any(op.type == "Minimum" for op in training_graph.graph.get_operations())

@@ -152,7 +152,7 @@ def _density_parity(model, x):
     by row; this is where a likelihood whose log-density is wrong on device (but finite) is caught."""
     x, condition = x if isinstance(x, tuple) else (x, None)
     module = signatures_lib.Densities(model)
-    concrete = module.densities.get_concrete_function()
+    concrete = module.concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     with _native_stderr():

@@ -173,7 +173,8 @@ class Signatures(tf.Module):
 
     def signatures(self):
         """{signature name: concrete function}, with `serving_default` the same as `encode`."""
-        concrete = {name: f.get_concrete_function() for name, f in self.functions.items()}
+        with heads.ops.litert_forms():  # the graphs LiteRT runs, SavedModel alike: one form for both
+            concrete = {name: f.get_concrete_function() for name, f in self.functions.items()}
         return {**concrete, "serving_default": concrete["encode"]}
 
 
@@ -349,3 +350,8 @@ class Densities(tf.Module):
                     "log_prior": sample.p.log_prob(sample.z)[0], "kl": objectives.kl_divergence(sample)}
 
         self.densities = tf.function(densities, input_signature=specs, autograph=False)
+
+    def concrete_function(self):
+        """`densities` traced as the export's signatures are, in the heads' LiteRT forms."""
+        with heads.ops.litert_forms():
+            return self.densities.get_concrete_function()
