@@ -25,8 +25,10 @@ setup(
         "tensorboard",
     ],
     extras_require={
+        # PSIS k-hat of importance weights (tfvae.evaluate.log_prob_estimate's pareto_k; NaN without it).
+        "diagnostics": ["arviz-stats"],
         # pytest-xdist: the suite runs its files on two worker processes (pytest.ini).
-        "test": ["pytest", "hypothesis", "pytest-xdist"],
+        "test": ["pytest", "hypothesis", "pytest-xdist", "arviz-stats"],
         "bench": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["tfvae = tfvae.cli:main"]},

@@ -19,12 +19,13 @@ Example:
 """
 
 import math
+from typing import NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfvae import arguments, checks, inference, resources
+from tfvae import arguments, checks, inference, objectives, resources
 from tfvae import precision as tfvae_precision
 
 
@@ -233,3 +234,85 @@ def _dataset_batches(model, data, batch_size, name):
             yield x, model.as_condition(condition, x.shape[0], f"condition ({name})")
 
     return batches(), None
+
+
+class LogProbEstimate(NamedTuple):
+    """Per-example estimates of log p(x) with their reliability, each a float64 numpy array [B].
+
+    log_prob: logsumexp_k log w_k - log K, the importance-weighted estimate (in nats).
+    stderr: its Monte Carlo standard error by the delta method, sqrt(Var(w) / K) / mean(w); NaN for
+        K = 1, where no variance can be measured.
+    ess: the effective sample size of the normalized weights, (sum w)^2 / sum w^2, in [1, K].
+    pareto_k: PSIS k-hat of the K log-weights (Vehtari et al.; arviz-stats computes it, the
+        `diagnostics` extra); above 0.7 the estimate is unreliable. NaN without arviz-stats, for K < 5,
+        and for weights all equal (no tail).
+    """
+
+    log_prob: np.ndarray
+    stderr: np.ndarray
+    ess: np.ndarray
+    pareto_k: np.ndarray
+
+
+def log_prob_estimate(model, x, num_samples=1000, proposal="encoder", condition=None, seed=None):
+    """log p(x) for each example by importance sampling, with its standard error, ESS and PSIS k-hat.
+
+    log w_k = log p(x|z_k) + log p(z_k) - log r(z_k) for z_k ~ r, the proposal: the encoder's
+    q(z|x), q refined per example by `model.infer` (often a far better proposal where the encoder
+    fits badly), or any TFP distribution over z with batch shape [B].
+
+    Args:
+        model: a `tfvae.VAE`.
+        x: a batch of shape (B, *model.event_shape).
+        num_samples: K, importance samples per example, >= 1.
+        proposal: "encoder", "refined" (`model.infer(x)` with its defaults), or a TFP distribution
+            with batch shape [B] and event shape [latent_dim] (e.g. what `model.infer` returns).
+        condition: the conditions of x, for a conditional model.
+        seed: an int for a reproducible estimate; None takes the model's next seed.
+
+    Returns:
+        A `LogProbEstimate` of [B] arrays.
+
+    Example:
+        >>> estimate = tfvae.evaluate.log_prob_estimate(model, x_test[:100], 2000, proposal="refined")
+        >>> estimate.log_prob, estimate.pareto_k > 0.7
+    """
+    num_samples = arguments.positive_int(num_samples, "num_samples")
+    seed = checks.seed(seed)
+    x = model.as_input(x)
+    condition = model.as_condition(condition, x.shape[0])
+    q = objectives.proposal_distribution(model, x, proposal, condition, seed)
+    resources.check_step(num_samples * math.prod(model.event_shape), "num_samples")  # one example's K at once
+    log_w = objectives.proposal_log_weights(model, x, q, num_samples, condition, seed, isinstance(proposal, str))
+    estimate = _diagnosed(log_w)
+    checks.finite_estimate(estimate.log_prob, "log_prob_estimate", x=x, condition=condition)
+    return estimate
+
+
+def _diagnosed(log_w):
+    """The `LogProbEstimate` of log-weights [K, B]."""
+    num_samples = log_w.shape[0]
+    w = np.exp(log_w - log_w.max(axis=0))  # in (0, 1], the largest 1
+    mean = w.mean(axis=0)
+    log_prob = objectives.log_mean_exp(log_w)
+    stderr = np.sqrt(w.var(axis=0, ddof=1) / num_samples) / mean if num_samples > 1 else np.full_like(mean, np.nan)
+    ess = np.square(w.sum(axis=0)) / np.square(w).sum(axis=0)
+    return LogProbEstimate(log_prob, stderr, ess, _pareto_k(log_w))
+
+
+def _pareto_k(log_w):
+    """PSIS k-hat of each column of log-weights [K, B], by arviz-stats; NaN without it, for K < 5, and where
+    no tail can be fitted (weights all equal: no tail to be heavy)."""
+    k_hat = np.full(log_w.shape[1], np.nan)
+    try:
+        from arviz_stats.base import array_stats
+    except ImportError:
+        return k_hat
+    if log_w.shape[0] < 5:
+        return k_hat
+    for column in range(log_w.shape[1]):
+        try:
+            k_hat[column] = float(array_stats.psislw(log_w[:, column], r_eff=1.0, axis=-1)[1])
+        except ValueError:  # "All tail values are the same"
+            pass
+    return k_hat

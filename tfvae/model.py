@@ -267,16 +267,19 @@ class VAE(trainer.Trainer, keras.Model):
         z = self.prior.sample(num_samples, seed=tf.cast(seed, tf.int32))
         return heads.point_estimate(self.likelihood_head, self.likelihood(z, condition))
 
-    def elbo(self, x, num_samples=1, condition=None):
-        """The ELBO of each x (of log p(x|c) given the condition), in nats: [B]. More samples lower its variance, not its bias."""
+    def elbo(self, x, num_samples=1, condition=None, seed=None):
+        """The ELBO of each x (of log p(x|c) given the condition), in nats: [B]. More samples lower its variance,
+        not its bias. An int `seed` repeats the estimate; None takes the model's next noise."""
         num_samples = arguments.positive_int(num_samples, "num_samples")
+        seed = checks.seed(seed)
         resources.check_step(num_samples * math.prod(self.event_shape), "num_samples")  # all K at once
         x = self.as_input(x)
         condition = self.as_condition(condition, x.shape[0])
-        elbo = self._compiled_bound(x, num_samples, condition)["elbo"]
+        with noise.seeded(self.seed_generator, seed):
+            elbo = self._compiled_bound(x, num_samples, condition)["elbo"]
         return checks.finite_estimate(elbo, "elbo", x=x, condition=condition)
 
-    def log_prob(self, x, num_samples=1000, precision="float32", condition=None):
+    def log_prob(self, x, num_samples=1000, precision="float32", condition=None, seed=None, proposal="encoder"):
         """The importance-weighted estimate of log p(x) (log p(x|c) given the condition) with K = num_samples, in nats: [B].
 
         A lower bound in expectation that tightens to log p(x) as K grows (Burda et al. 2015). The K
@@ -284,14 +287,24 @@ class VAE(trainer.Trainer, keras.Model):
 
         precision: "float32", or "bfloat16" for the decoder's matrix products (about twice as
             fast on CPUs with avx512_bf16 or AMX; see `tfvae.precision`).
+        seed: an int repeats the estimate; None takes the model's next noise.
+        proposal: "encoder" (q(z|x)), "refined" (q refined by `infer`) or a TFP distribution over z with
+            batch shape [B]; `tfvae.evaluate.log_prob_estimate` gives the estimate's reliability too.
         """
         num_samples = arguments.positive_int(num_samples, "num_samples")
         precision = tfvae_precision.check(precision)
+        seed = checks.seed(seed)
         # Chunked, so memory is bounded; without a progress bar, one example's K samples are one step.
         resources.check_step(num_samples * math.prod(self.event_shape), "num_samples")
         x = self.as_input(x)
         condition = self.as_condition(condition, x.shape[0])
-        log_prob = self.importance_sampled(x, tf.constant(num_samples), precision, condition)["log_prob"]
+        if isinstance(proposal, str) and proposal == "encoder":
+            with noise.seeded(self.seed_generator, seed):
+                log_prob = self.importance_sampled(x, tf.constant(num_samples), precision, condition)["log_prob"]
+        else:
+            q = objectives.proposal_distribution(self, x, proposal, condition, seed)
+            log_w = objectives.proposal_log_weights(self, x, q, num_samples, condition, seed, isinstance(proposal, str))
+            log_prob = tf.constant(objectives.log_mean_exp(log_w), tf.float32)
         return checks.finite_estimate(log_prob, "log_prob", x=x, condition=condition)
 
     def importance_sampled(self, x, num_samples, precision="float32", condition=None):

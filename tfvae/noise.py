@@ -1,7 +1,9 @@
 """eps ~ N(0, I) for the reparameterization z = mu + sigma * eps, drawn cheaply inside a step."""
 
+import contextlib
 import math
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -34,3 +36,19 @@ def standard_normal(shape, seed):
 def stateless_seed(seed, generator):
     """A stateless seed pair: from the int `seed`, or the next one of the `keras.random.SeedGenerator` when None."""
     return generator.next() if seed is None else tf.constant([seed, 0], tf.int64)
+
+
+@contextlib.contextmanager
+def seeded(generator, seed):
+    """While open, the `keras.random.SeedGenerator` draws the stream an int `seed` fixes; afterwards it goes on
+    from where it was, as if the block had drawn nothing. With seed None the block draws from it as usual."""
+    if seed is None:
+        yield
+        return
+    state = generator.state
+    saved = state.numpy()
+    state.assign(np.array([seed, 0], dtype=saved.dtype))
+    try:
+        yield
+    finally:
+        state.assign(saved)

@@ -13,12 +13,14 @@ A conditional model's bounds are those of log p(x|c): the condition c [B, ...] g
 does, to q(z|x, c) and p(x|z, c); p(z) stays unconditional.
 """
 
+import math
 from typing import Any, NamedTuple
 
+import numpy as np
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
-from tfvae import heads
+from tfvae import heads, noise
 
 
 class PosteriorSample(NamedTuple):
@@ -147,3 +149,63 @@ def importance_sampled(model, x, num_samples, noise, condition=None):
     )
     count = tf.cast(num_samples, tf.float32)
     return {"log_prob": log_sum - tf.math.log(count), "reconstruction": log_likelihood_sum / count, "kl": kl_sum / count}
+
+
+# The proposals `proposal_distribution` takes by name.
+PROPOSALS = ("encoder", "refined")
+
+
+def proposal_distribution(model, x, proposal, condition=None, seed=None):
+    """The importance sampler's proposal over z for the float32 batch x, checked: batch shape [B], event [latent_dim].
+
+    Args:
+        proposal: "encoder" (q(z|x)), "refined" (`model.infer(x)` with its defaults, seeded by `seed`), or
+            a TFP distribution with batch shape [B] and event shape [latent_dim].
+    """
+    if isinstance(proposal, str):
+        if proposal not in PROPOSALS:
+            raise ValueError(f"proposal: expected one of {', '.join(PROPOSALS)} or a TFP distribution over z; "
+                             f"got {proposal!r}.")
+        if proposal == "refined":
+            return model.infer(x, seed=seed, condition=condition)
+        return model.posterior(x, condition)
+    if not isinstance(proposal, tfd.Distribution):
+        raise TypeError(f"proposal: expected one of {', '.join(PROPOSALS)} or a TFP distribution over z; "
+                        f"got {type(proposal).__name__}.")
+    shapes = (tuple(proposal.batch_shape), tuple(proposal.event_shape))
+    if shapes != ((x.shape[0],), (model.latent_dim,)):
+        raise ValueError(f"proposal: expected a distribution with batch shape ({x.shape[0]},), one per example, and "
+                         f"event shape ({model.latent_dim},), the latent_dim; got batch shape {shapes[0]} and event "
+                         f"shape {shapes[1]}.")
+    return proposal
+
+
+def proposal_log_weights(model, x, q, num_samples, condition=None, seed=None, from_head=True):
+    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k) for z_k ~ q, [K, B] float64 numpy, in chunks.
+
+    z comes from the posterior head's hooks when q is the head's own (`from_head`: the encoder's or a
+    refined one), else from q's own sampling. `seed` (an int) makes the draw reproducible; None takes
+    the model's next seed.
+    """
+    seed = noise.stateless_seed(seed, model.seed_generator)
+    batch, event = int(x.shape[0]), math.prod(model.event_shape)
+    chunk = max(1, min(num_samples, _CHUNK_ELEMENTS // max(batch * event, 1)))
+    prior, chunks = model.prior, []
+    for index, start in enumerate(range(0, num_samples, chunk)):
+        k = min(chunk, num_samples - start)
+        chunk_seed = tf.stack([tf.cast(seed[0], tf.int64), tf.cast(seed[1], tf.int64) + index])
+        if from_head:
+            eps = noise.standard_normal((k, batch, model.latent_dim), chunk_seed)
+            sample = posterior_sample(model, x, q, eps, condition)
+            log_w = log_weights(sample)
+        else:
+            z = q.sample(k, seed=tf.cast(chunk_seed, tf.int32))
+            log_w = model.log_likelihood(x, z, condition) + prior.log_prob(z) - q.log_prob(z)
+        chunks.append(log_w.numpy().astype(np.float64))
+    return np.concatenate(chunks)
+
+
+def log_mean_exp(log_w):
+    """log mean_k exp(log w_k) of numpy log-weights [K, B], without overflow: [B]."""
+    top = log_w.max(axis=0)
+    return top + np.log(np.exp(log_w - top).mean(axis=0))
