@@ -115,10 +115,10 @@ def get(registry, spec, argument, **kwargs):
 
 
 # The heads by name, and the public names of the family modules (imported last: they use the hooks' module).
-from tfvae.heads.likelihoods import (  # noqa: E402
+from tfvae.heads.likelihoods import (  # noqa: E402, F401
     LIKELIHOODS, Bernoulli, ContinuousBernoulli, DiscretizedLogistic, Gaussian, Likelihood, NegativeBinomial, Poisson,
     fused_sums,
 )
-from tfvae.heads.ops import log_gamma, softplus  # noqa: E402
-from tfvae.heads.posteriors import POSTERIORS, DiagonalGaussian, FullCovarianceGaussian, diagonal_normal  # noqa: E402
-from tfvae.heads.priors import PRIORS, GaussianMixture, MixtureOfGaussians, StandardNormal, VampPrior  # noqa: E402
+from tfvae.heads.ops import log_gamma, softplus  # noqa: E402, F401
+from tfvae.heads.posteriors import POSTERIORS, DiagonalGaussian, FullCovarianceGaussian, diagonal_normal  # noqa: E402, F401
+from tfvae.heads.priors import PRIORS, GaussianMixture, MixtureOfGaussians, StandardNormal, VampPrior  # noqa: E402, F401

@@ -1,9 +1,7 @@
 """Likelihood heads p(x|z): Bernoulli, Gaussian, continuous Bernoulli, discretized logistic, Poisson
 and negative binomial (see `tfvae.heads` for the protocol)."""
 
-import contextlib
 import math
-import threading
 
 import keras
 import numpy as np
@@ -14,10 +12,9 @@ from tfvae.heads import ops
 
 
 # Whether the graph being traced fuses likelihood sums with XLA (see `fused_sums`).
-_fusing = threading.local()
+_fusing = ops.TracingSwitch()
 
 
-@contextlib.contextmanager
 def fused_sums():
     """While open, heads whose log-likelihood is an elementwise log-density summed over the event
     (Bernoulli) trace that sum as one XLA-compiled function: one pass over the K x B x D parameters
@@ -28,12 +25,7 @@ def fused_sums():
     it closed (XLA's launch cost on 100 x 784 logits lost ~7% of throughput), and so do the export
     graphs, which TFLite converts op by op.
     """
-    previous = getattr(_fusing, "on", False)
-    _fusing.on = True
-    try:
-        yield
-    finally:
-        _fusing.on = previous
+    return _fusing.on()
 
 
 class Likelihood(keras.layers.Layer):
@@ -157,7 +149,7 @@ class Bernoulli(Likelihood):
     def log_likelihood(self, p, x):
         # The same sum as p.log_prob(x), from the logits directly: TFP's log_prob path around it took
         # ~9% of importance-sampled evaluation (benchmarks/throughput.py --evaluation-only).
-        bernoulli_sum = _bernoulli_sum_fused if getattr(_fusing, "on", False) else _bernoulli_sum
+        bernoulli_sum = _bernoulli_sum_fused if _fusing else _bernoulli_sum
         return bernoulli_sum(x, p.distribution.logits, len(self.event_shape))
 
     def in_support(self, x):

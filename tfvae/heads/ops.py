@@ -20,22 +20,36 @@ def as_float32(params):
 
 # softplus(x) = x in float32 from x = 17 on; LiteRT's SOFTPLUS kernel overflows to inf past x = 88.7.
 _SOFTPLUS_LINEAR_FROM = 80.0
+class TracingSwitch:
+    """A per-thread flag that is on inside `with switch.on():`, where a graph is traced: heads read it
+    (`bool(switch)`) to trace one form of their math or another."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def __bool__(self):
+        return getattr(self._local, "on", False)
+
+    @contextlib.contextmanager
+    def on(self):
+        previous = bool(self)
+        self._local.on = True
+        try:
+            yield
+        finally:
+            self._local.on = previous
+
+
 # Whether the graph being traced is one the export converts to TFLite (see `litert_forms`).
-_litert = threading.local()
+_litert = TracingSwitch()
 
 
-@contextlib.contextmanager
 def litert_forms():
     """While open, heads trace the forms LiteRT evaluates as TensorFlow does (`softplus`); `tfvae.signatures`
     traces every exported graph inside it. Training and evaluation keep TensorFlow's own kernels: the
     capped softplus costs four more passes over a Bernoulli's B x D logits per step, ~9% of the
     benchmark MLP's `fit` throughput."""
-    previous = getattr(_litert, "on", False)
-    _litert.on = True
-    try:
-        yield
-    finally:
-        _litert.on = previous
+    return _litert.on()
 
 
 def softplus(x):
@@ -47,7 +61,7 @@ def softplus(x):
     80, past which the function is x to float32 precision, and the linear part is added outside it;
     the gradient is sigmoid(x) everywhere (1 past 80).
     """
-    if not getattr(_litert, "on", False):
+    if not _litert:
         return tf.nn.softplus(x)
     return tf.nn.softplus(tf.minimum(x, _SOFTPLUS_LINEAR_FROM)) + tf.nn.relu(x - _SOFTPLUS_LINEAR_FROM)
 
