@@ -40,13 +40,19 @@ def test_the_refined_proposal_is_within_a_quarter_nat_where_the_encoders_is_not(
     assert np.all(refined.pareto_k[refined_error > 1.0] > 0.7)
 
 
-def test_the_encoder_proposal_on_a_well_fit_bernoulli_model_is_within_a_tenth_of_a_nat(digits):
+@pytest.fixture(scope="module")
+def bernoulli_2d(digits):
+    """A well-fit Bernoulli model of the binarized digits with a 2-D latent, and 20 test images."""
     keras.utils.set_random_seed(1)
     model = tfvae.VAE(input_shape=(64,), latent_dim=2, encoder=tfvae.networks.MLP([64]),
                       decoder=tfvae.networks.MLP([64]))
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     model.fit(digits[0], epochs=15, batch_size=50, verbose=0)
-    x = digits[1][:20]
+    return model, digits[1][:20]
+
+
+def test_the_encoder_proposal_on_a_well_fit_bernoulli_model_is_within_a_tenth_of_a_nat(bernoulli_2d):
+    model, x = bernoulli_2d
     estimate = evaluate.log_prob_estimate(model, x, 2000, seed=0)
     np.testing.assert_allclose(estimate.log_prob, exact_log_prob(model, x), atol=0.1)
     assert np.all((estimate.ess >= 1) & (estimate.ess <= 2000)) and np.all(estimate.stderr > 0)
@@ -114,3 +120,26 @@ def test_log_prob_and_elbo_take_a_seed_and_log_prob_a_proposal(poisson_2d):
     refined = model.log_prob(x, 2000, proposal="refined", seed=1).numpy()
     assert refined.shape == (len(x),) and np.median(np.abs(refined - exact)) < 0.1
     np.testing.assert_allclose(refined, evaluate.log_prob_estimate(model, x, 2000, "refined", seed=1).log_prob, rtol=1e-6)
+
+
+def test_ais_from_the_prior_reaches_quadrature_as_its_steps_grow(bernoulli_2d):
+    # Measured: mean |error| 0.57 nats at 10 steps, 0.12 at 300, 0.04 at 1,000 (32 chains).
+    model, x = bernoulli_2d
+    exact = exact_log_prob(model, x)
+    errors = {steps: np.mean(np.abs(evaluate.log_prob_estimate(model, x, 32, method="ais", ais_steps=steps,
+                                                                seed=0).log_prob - exact)) for steps in (10, 1000)}
+    assert errors[1000] < 0.1 and errors[1000] < 0.5 * errors[10], errors
+    estimate = evaluate.log_prob_estimate(model, x, 32, method="ais", ais_steps=1000, seed=0)
+    assert np.all((estimate.ess >= 1) & (estimate.ess <= 32)) and np.all(estimate.stderr > 0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "annealed"}, "method: expected one of importance, ais; got 'annealed'"),
+    ({"method": "ais", "ais_steps": 0}, "ais_steps: expected an integer >= 1; got 0"),
+    ({"method": "ais", "proposal": "refined"}, "proposal: AIS starts from the prior p(z) and takes no proposal"),
+])
+def test_bad_ais_arguments_are_refused_naming_them(kwargs, message):
+    model = tfvae.VAE(input_shape=(4,), latent_dim=2)
+    with pytest.raises(ValueError) as raised:
+        evaluate.log_prob_estimate(model, np.zeros((3, 4), np.float32), 4, **kwargs)
+    assert message in str(raised.value)

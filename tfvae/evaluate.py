@@ -24,8 +24,9 @@ from typing import NamedTuple
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
-from tfvae import arguments, checks, inference, objectives, resources
+from tfvae import arguments, checks, inference, noise, objectives, resources
 from tfvae import precision as tfvae_precision
 
 
@@ -254,21 +255,33 @@ class LogProbEstimate(NamedTuple):
     pareto_k: np.ndarray
 
 
-def log_prob_estimate(model, x, num_samples=1000, proposal="encoder", condition=None, seed=None):
+METHODS = ("importance", "ais")
+
+
+def log_prob_estimate(model, x, num_samples=1000, proposal="encoder", condition=None, seed=None,
+                      method="importance", ais_steps=100):
     """log p(x) for each example by importance sampling, with its standard error, ESS and PSIS k-hat.
 
     log w_k = log p(x|z_k) + log p(z_k) - log r(z_k) for z_k ~ r, the proposal: the encoder's
     q(z|x), q refined per example by `model.infer` (often a far better proposal where the encoder
     fits badly), or any TFP distribution over z with batch shape [B].
 
+    `method="ais"` is annealed importance sampling instead (Neal 2001; Wu et al. 2017 evaluated VAEs
+    with it): `num_samples` chains start at z ~ p(z) and move through `ais_steps` intermediate densities
+    p(z) p(x|z)^beta, beta from 0 to 1, by one HMC transition each (`tfp.mcmc.sample_annealed_importance_chain`);
+    the chains' log-weights are the w_k above, and unbiased for p(x) whatever the mixing.
+
     Args:
         model: a `tfvae.VAE`.
         x: a batch of shape (B, *model.event_shape).
-        num_samples: K, importance samples per example, >= 1.
+        num_samples: K, importance samples (or AIS chains) per example, >= 1.
         proposal: "encoder", "refined" (`model.infer(x)` with its defaults), or a TFP distribution
-            with batch shape [B] and event shape [latent_dim] (e.g. what `model.infer` returns).
+            with batch shape [B] and event shape [latent_dim] (e.g. what `model.infer` returns). AIS
+            starts from the prior and takes "encoder" only.
         condition: the conditions of x, for a conditional model.
         seed: an int for a reproducible estimate; None takes the model's next seed.
+        method: "importance" or "ais".
+        ais_steps: AIS's intermediate densities, >= 1.
 
     Returns:
         A `LogProbEstimate` of [B] arrays.
@@ -279,14 +292,49 @@ def log_prob_estimate(model, x, num_samples=1000, proposal="encoder", condition=
     """
     num_samples = arguments.positive_int(num_samples, "num_samples")
     seed = checks.seed(seed)
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(METHODS)}; got {method!r}.")
+    ais_steps = arguments.positive_int(ais_steps, "ais_steps")
+    if method == "ais" and not (isinstance(proposal, str) and proposal == "encoder"):
+        raise ValueError(f"proposal: AIS starts from the prior p(z) and takes no proposal; got {proposal!r}.")
     x = model.as_input(x)
     condition = model.as_condition(condition, x.shape[0])
-    q = objectives.proposal_distribution(model, x, proposal, condition, seed)
     resources.check_step(num_samples * math.prod(model.event_shape), "num_samples")  # one example's K at once
-    log_w = objectives.proposal_log_weights(model, x, q, num_samples, condition, seed, isinstance(proposal, str))
+    if method == "ais":
+        resources.check_step(ais_steps * num_samples * x.shape[0] * math.prod(model.event_shape), "ais_steps")
+        log_w = _ais_log_weights(model, x, num_samples, ais_steps, condition,
+                                 noise.stateless_seed(seed, model.seed_generator))
+    else:
+        q = objectives.proposal_distribution(model, x, proposal, condition, seed)
+        log_w = objectives.proposal_log_weights(model, x, q, num_samples, condition, seed, isinstance(proposal, str))
     estimate = _diagnosed(log_w)
     checks.finite_estimate(estimate.log_prob, "log_prob_estimate", x=x, condition=condition)
     return estimate
+
+
+# HMC within AIS: leapfrog steps per transition and their size, for latent spaces near N(0, I).
+_AIS_LEAPFROG_STEPS, _AIS_STEP_SIZE = 5, 0.1
+
+
+def _ais_log_weights(model, x, num_chains, num_steps, condition, seed):
+    """AIS log-weights [chains, B] (float64) of log p(x), from the prior to the posterior by HMC."""
+    prior = model.prior
+    start = prior.sample([num_chains, int(x.shape[0])], seed=tf.cast(seed, tf.int32))
+
+    def target(z):
+        return prior.log_prob(z) + model.log_likelihood(x, z, condition)
+
+    def kernel(log_prob):
+        return tfp.mcmc.HamiltonianMonteCarlo(log_prob, step_size=_AIS_STEP_SIZE, num_leapfrog_steps=_AIS_LEAPFROG_STEPS)
+
+    @tf.function(autograph=False)
+    def chains(start, seed):
+        _, log_w, _ = tfp.mcmc.sample_annealed_importance_chain(
+            num_steps=num_steps, proposal_log_prob_fn=prior.log_prob, target_log_prob_fn=target,
+            current_state=start, make_kernel_fn=kernel, seed=seed)
+        return log_w
+
+    return chains(start, tf.cast(seed, tf.int32) + 1).numpy().astype(np.float64)
 
 
 def _diagnosed(log_w):
