@@ -143,3 +143,10 @@ def test_bad_ais_arguments_are_refused_naming_them(kwargs, message):
     with pytest.raises(ValueError) as raised:
         evaluate.log_prob_estimate(model, np.zeros((3, 4), np.float32), 4, **kwargs)
     assert message in str(raised.value)
+
+
+def test_log_prob_refuses_bfloat16_with_a_proposal_it_would_ignore_it_for():
+    model = tfvae.VAE(input_shape=(4,), latent_dim=2)
+    with pytest.raises(ValueError, match="precision: 'bfloat16' runs the encoder proposal's compiled estimator only; "
+                                         "with proposal='refined' use precision='float32'"):
+        model.log_prob(np.zeros((3, 4), np.float32), 10, precision="bfloat16", proposal="refined")
