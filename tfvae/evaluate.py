@@ -16,21 +16,25 @@ Example:
     >>> evaluate.log_likelihood(model, x_test)          # {"log_likelihood": -86.8, ...} in nats
     >>> evaluate.active_units(model, x_test)            # 20
     >>> evaluate.amortization_gap(model, x_test[:1000])  # what model.infer gains over the encoder
+
+Per-example estimates with their reliability (`log_prob_estimate`, by importance sampling or AIS) and
+bidirectional Monte Carlo bounds (`bdmc`) live in `tfvae.estimates` and are named here too.
 """
 
 import math
-from typing import NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 
-from tfvae import arguments, checks, inference, noise, objectives, resources
+from tfvae import arguments, checks, inference, objectives, resources
 from tfvae import precision as tfvae_precision
+from tfvae.estimates import BDMCBounds, LogProbEstimate, bdmc, log_prob_estimate, unreliable  # noqa: F401 (public)
+from tfvae.estimates import _check_estimator, _diagnosed, _nanmax
 
 
-def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, precision="float32", condition=None):
+def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, precision="float32", condition=None,
+                   proposal="encoder", method="importance", ais_steps=100):
     """The mean test log-likelihood (importance-weighted, K = num_samples) and the ELBO, in nats.
 
     Args:
@@ -43,26 +47,42 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
         precision: "float32", or "bfloat16" for the decoder's matrix products (about twice as fast on
             CPUs with avx512_bf16 or AMX; see `tfvae.precision`).
         condition: for a conditional model and array data, the conditions, (N, *condition_shape).
+        proposal, method, ais_steps: the estimator of log p(x), as `log_prob_estimate` takes them
+            (the proposal by name: "encoder" or "refined"). The
+            default, the encoder's proposal, is the compiled estimator (and the only one bfloat16 runs);
+            the others add a pass of it for the ELBO's terms.
 
     Returns:
         A dict of floats: "log_likelihood" (mean log p(x)), "log_likelihood_stderr" (sample standard
         deviation of per-example log p(x) / sqrt(N); NaN for one example), "bits_per_dim"
         (-log_likelihood / (D ln 2), D = prod(event_shape)), "elbo", "reconstruction" (E_q log p(x|z)),
-        "kl", "gap" (log_likelihood - elbo), and the ints "num_examples" and "num_samples".
+        "kl", "gap" (log_likelihood - elbo), the reliability of the per-example estimates
+        ("pareto_k_max", "ess_min", and "unreliable_fraction", the share the `unreliable` flag marks),
+        the ints "num_examples" and "num_samples", and the strings "proposal" and "method".
     """
     num_samples = arguments.positive_int(num_samples, "num_samples")
     precision = tfvae_precision.check(precision)
+    if not isinstance(proposal, str):  # a distribution fits one batch
+        raise TypeError(f"proposal: expected one of {', '.join(objectives.PROPOSALS)} (a distribution has one batch's "
+                        f"shape: give it to log_prob_estimate); got {type(proposal).__name__}.")
+    _check_estimator(proposal, method, ais_steps, precision)
     dimensions = math.prod(model.event_shape)
     batch_size = _bounded_batch(num_samples, dimensions, batch_size, f"num_samples={num_samples}")
     batches, num_examples = _batches(model, data, batch_size, condition)
     progress = keras.utils.Progbar(
         num_examples, verbose=verbose, stateful_metrics=["log_likelihood"], unit_name="example"
     )
-    log_p, reconstruction, kl = [], [], []
+    log_p, reconstruction, kl, estimates = [], [], [], []
     seen, total = 0, 0.0
+    compiled = method == "importance" and isinstance(proposal, str) and proposal == "encoder"
     for x, c in batches:
-        terms = model.importance_sampled(x, tf.constant(num_samples), precision, c)
-        log_p.append(terms["log_prob"].numpy().astype(np.float64))
+        terms = model.importance_sampled(x, tf.constant(num_samples), precision, c, with_log_weights=compiled)
+        if compiled:
+            estimates.append(_diagnosed(terms["log_weights"].numpy().astype(np.float64)))
+            log_p.append(terms["log_prob"].numpy().astype(np.float64))
+        else:
+            estimates.append(log_prob_estimate(model, x, num_samples, proposal, c, method=method, ais_steps=ais_steps))
+            log_p.append(estimates[-1].log_prob)
         reconstruction.append(terms["reconstruction"].numpy().astype(np.float64))
         kl.append(terms["kl"].numpy().astype(np.float64))
         seen, total = seen + len(log_p[-1]), total + log_p[-1].sum()
@@ -72,6 +92,7 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
     progress.update(seen, [("log_likelihood", total / seen)], finalize=True)
     log_p, reconstruction, kl = (np.concatenate(v) for v in (log_p, reconstruction, kl))
     checks.finite_estimate(log_p, "log_likelihood")
+    estimate = LogProbEstimate(*(np.concatenate(field) for field in zip(*estimates)))
 
     mean = float(np.mean(log_p))
     elbo = float(np.mean(reconstruction - kl))
@@ -83,8 +104,13 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
         "reconstruction": float(np.mean(reconstruction)),
         "kl": float(np.mean(kl)),
         "gap": mean - elbo,
+        "pareto_k_max": _nanmax(estimate.pareto_k),
+        "ess_min": float(np.min(estimate.ess)),
+        "unreliable_fraction": float(np.mean(estimate.unreliable)),
         "num_examples": len(log_p),
         "num_samples": num_samples,
+        "proposal": proposal,
+        "method": method,
     }
 
 
@@ -235,132 +261,3 @@ def _dataset_batches(model, data, batch_size, name):
             yield x, model.as_condition(condition, x.shape[0], f"condition ({name})")
 
     return batches(), None
-
-
-class LogProbEstimate(NamedTuple):
-    """Per-example estimates of log p(x) with their reliability, each a float64 numpy array [B].
-
-    log_prob: logsumexp_k log w_k - log K, the importance-weighted estimate (in nats).
-    stderr: its Monte Carlo standard error by the delta method, sqrt(Var(w) / K) / mean(w); NaN for
-        K = 1, where no variance can be measured.
-    ess: the effective sample size of the normalized weights, (sum w)^2 / sum w^2, in [1, K].
-    pareto_k: PSIS k-hat of the K log-weights (Vehtari et al.; arviz-stats computes it, the
-        `diagnostics` extra); above 0.7 the estimate is unreliable. NaN without arviz-stats, for K < 5,
-        and for weights all equal (no tail).
-    """
-
-    log_prob: np.ndarray
-    stderr: np.ndarray
-    ess: np.ndarray
-    pareto_k: np.ndarray
-
-
-METHODS = ("importance", "ais")
-
-
-def log_prob_estimate(model, x, num_samples=1000, proposal="encoder", condition=None, seed=None,
-                      method="importance", ais_steps=100):
-    """log p(x) for each example by importance sampling, with its standard error, ESS and PSIS k-hat.
-
-    log w_k = log p(x|z_k) + log p(z_k) - log r(z_k) for z_k ~ r, the proposal: the encoder's
-    q(z|x), q refined per example by `model.infer` (often a far better proposal where the encoder
-    fits badly), or any TFP distribution over z with batch shape [B].
-
-    `method="ais"` is annealed importance sampling instead (Neal 2001; Wu et al. 2017 evaluated VAEs
-    with it): `num_samples` chains start at z ~ p(z) and move through `ais_steps` intermediate densities
-    p(z) p(x|z)^beta, beta from 0 to 1, by one HMC transition each (`tfp.mcmc.sample_annealed_importance_chain`);
-    the chains' log-weights are the w_k above, and unbiased for p(x) whatever the mixing.
-
-    Args:
-        model: a `tfvae.VAE`.
-        x: a batch of shape (B, *model.event_shape).
-        num_samples: K, importance samples (or AIS chains) per example, >= 1.
-        proposal: "encoder", "refined" (`model.infer(x)` with its defaults), or a TFP distribution
-            with batch shape [B] and event shape [latent_dim] (e.g. what `model.infer` returns). AIS
-            starts from the prior and takes "encoder" only.
-        condition: the conditions of x, for a conditional model.
-        seed: an int for a reproducible estimate; None takes the model's next seed.
-        method: "importance" or "ais".
-        ais_steps: AIS's intermediate densities, >= 1.
-
-    Returns:
-        A `LogProbEstimate` of [B] arrays.
-
-    Example:
-        >>> estimate = tfvae.evaluate.log_prob_estimate(model, x_test[:100], 2000, proposal="refined")
-        >>> estimate.log_prob, estimate.pareto_k > 0.7
-    """
-    num_samples = arguments.positive_int(num_samples, "num_samples")
-    seed = checks.seed(seed)
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {', '.join(METHODS)}; got {method!r}.")
-    ais_steps = arguments.positive_int(ais_steps, "ais_steps")
-    if method == "ais" and not (isinstance(proposal, str) and proposal == "encoder"):
-        raise ValueError(f"proposal: AIS starts from the prior p(z) and takes no proposal; got {proposal!r}.")
-    x = model.as_input(x)
-    condition = model.as_condition(condition, x.shape[0])
-    resources.check_step(num_samples * math.prod(model.event_shape), "num_samples")  # one example's K at once
-    if method == "ais":
-        resources.check_step(ais_steps * num_samples * x.shape[0] * math.prod(model.event_shape), "ais_steps")
-        log_w = _ais_log_weights(model, x, num_samples, ais_steps, condition,
-                                 noise.stateless_seed(seed, model.seed_generator))
-    else:
-        q = objectives.proposal_distribution(model, x, proposal, condition, seed)
-        log_w = objectives.proposal_log_weights(model, x, q, num_samples, condition, seed, isinstance(proposal, str))
-    estimate = _diagnosed(log_w)
-    checks.finite_estimate(estimate.log_prob, "log_prob_estimate", x=x, condition=condition)
-    return estimate
-
-
-# HMC within AIS: leapfrog steps per transition and their size, for latent spaces near N(0, I).
-_AIS_LEAPFROG_STEPS, _AIS_STEP_SIZE = 5, 0.1
-
-
-def _ais_log_weights(model, x, num_chains, num_steps, condition, seed):
-    """AIS log-weights [chains, B] (float64) of log p(x), from the prior to the posterior by HMC."""
-    prior = model.prior
-    start = prior.sample([num_chains, int(x.shape[0])], seed=tf.cast(seed, tf.int32))
-
-    def target(z):
-        return prior.log_prob(z) + model.log_likelihood(x, z, condition)
-
-    def kernel(log_prob):
-        return tfp.mcmc.HamiltonianMonteCarlo(log_prob, step_size=_AIS_STEP_SIZE, num_leapfrog_steps=_AIS_LEAPFROG_STEPS)
-
-    @tf.function(autograph=False)
-    def chains(start, seed):
-        _, log_w, _ = tfp.mcmc.sample_annealed_importance_chain(
-            num_steps=num_steps, proposal_log_prob_fn=prior.log_prob, target_log_prob_fn=target,
-            current_state=start, make_kernel_fn=kernel, seed=seed)
-        return log_w
-
-    return chains(start, tf.cast(seed, tf.int32) + 1).numpy().astype(np.float64)
-
-
-def _diagnosed(log_w):
-    """The `LogProbEstimate` of log-weights [K, B]."""
-    num_samples = log_w.shape[0]
-    w = np.exp(log_w - log_w.max(axis=0))  # in (0, 1], the largest 1
-    mean = w.mean(axis=0)
-    log_prob = objectives.log_mean_exp(log_w)
-    stderr = np.sqrt(w.var(axis=0, ddof=1) / num_samples) / mean if num_samples > 1 else np.full_like(mean, np.nan)
-    ess = np.square(w.sum(axis=0)) / np.square(w).sum(axis=0)
-    return LogProbEstimate(log_prob, stderr, ess, _pareto_k(log_w))
-
-
-def _pareto_k(log_w):
-    """PSIS k-hat of each column of log-weights [K, B], by arviz-stats; NaN without it, for K < 5, and where
-    no tail can be fitted (weights all equal: no tail to be heavy)."""
-    k_hat = np.full(log_w.shape[1], np.nan)
-    try:
-        from arviz_stats.base import array_stats
-    except ImportError:
-        return k_hat
-    if log_w.shape[0] < 5:
-        return k_hat
-    for column in range(log_w.shape[1]):
-        try:
-            k_hat[column] = float(array_stats.psislw(log_w[:, column], r_eff=1.0, axis=-1)[1])
-        except ValueError:  # "All tail values are the same"
-            pass
-    return k_hat
