@@ -228,6 +228,30 @@ def test_evaluate_in_bfloat16_is_within_five_hundredths_of_a_nat_of_float32(resu
     assert abs(bfloat16["log_likelihood"] - float32["log_likelihood"]) < 0.05
 
 
+def test_evaluate_reports_reliability_and_takes_the_better_estimators(results, run, capsys):
+    report = json.loads(results["evaluate"].stdout)
+    assert 0.0 <= report["unreliable_fraction"] <= 1.0 and 1.0 <= report["ess_min"] <= 10
+    assert (report["proposal"], report["method"]) == ("encoder", "importance")
+    assert main(["evaluate", str(run), "--num-samples", "10", "--json", "--proposal", "refined"]) == 0
+    refined = json.loads(capsys.readouterr().out)
+    assert refined["proposal"] == "refined" and np.isfinite(refined["log_likelihood"])
+    # The table names the estimator and carries the reliability figures.
+    assert main(["evaluate", str(run), "--num-samples", "4", "--method", "ais", "--ais-steps", "20"]) == 0
+    out, err = capsys.readouterr()
+    assert "AIS, 4 chains of 20 steps" in out and "unreliable" in out and "ESS min" in out
+    assert main(["evaluate", str(run), "--method", "ais", "--proposal", "refined"]) == 2
+    assert "--proposal: AIS starts from the prior p(z) and takes no proposal" in capsys.readouterr().err
+
+
+def test_evaluate_warns_in_one_line_when_many_estimates_are_unreliable():
+    report = {"unreliable_fraction": 0.4, "num_examples": 297, "proposal": "encoder", "method": "importance"}
+    warning = commands._unreliable_warning(report)
+    assert warning == ("warning: 40% of the 297 per-image estimates are unreliable (PSIS k-hat > 0.7 with a "
+                       "standard error > 0.05 nats, or ESS < 1% of K); try --proposal refined or --method ais.")
+    assert "try --method ais." in commands._unreliable_warning({**report, "proposal": "refined"})
+    assert "try more --ais-steps." in commands._unreliable_warning({**report, "method": "ais"})
+
+
 def test_export_writes_saved_model_and_tflite(results, workdir):
     result = results["export"]
 
@@ -371,7 +395,9 @@ def test_conditioning_on_a_label_of_a_million_is_one_line_about_memory(tmp_path,
 def test_the_table_of_one_example_says_it_has_no_standard_error():
     result = {"log_likelihood": -20.5, "log_likelihood_stderr": float("nan"), "bits_per_dim": 0.5, "elbo": -21.0,
               "reconstruction": -19.0, "kl": 2.0, "gap": 0.5, "active_units": 2, "latent_dim": 2, "num_samples": 10,
-              "precision": "float32", "binarized": False, "run": "r", "dataset": "digits", "num_examples": 1}
+              "precision": "float32", "binarized": False, "run": "r", "dataset": "digits", "num_examples": 1,
+              "proposal": "encoder", "method": "importance", "pareto_k_max": float("nan"), "ess_min": 1.0,
+              "unreliable_fraction": 0.0}
     table = commands._table(result)
     assert "-20.50 nats (one example: no standard error)" in table and "nan" not in table
     assert "-20.50 ± 0.25 nats" in commands._table({**result, "log_likelihood_stderr": 0.25, "num_examples": 2})

@@ -107,6 +107,7 @@ def test_log_likelihood_is_evaluates_estimate_from_the_same_noise(fitted, digits
     expected = evaluate.log_likelihood(model, digits[1], SAMPLES, verbose=0)
 
     assert history["val_log_likelihood"][-1] == expected["log_likelihood"]
+    assert history["val_unreliable_fraction"][-1] == expected["unreliable_fraction"]
     assert history["val_log_likelihood"][-1] > history["val_elbo"][-1]  # IWAE_20 over the 1-sample ELBO
 
 
@@ -148,9 +149,11 @@ def test_every_2_logs_on_epochs_2_and_4_to_history_and_tensorboard(fitted):
 
     assert seen == [1, 3]  # 0-based: the 2nd and 4th epochs
     assert len(history["val_elbo"]) == 4
-    for key in ("val_log_likelihood", "val_active_units", *(f"val_kl_{d}" for d in range(LATENT_DIM))):
+    for key in ("val_log_likelihood", "val_unreliable_fraction", "val_active_units",
+                *(f"val_kl_{d}" for d in range(LATENT_DIM))):
         assert len(history[key]) == 2, key
     assert scalars["log_likelihood"] == pytest.approx(dict(zip([1, 3], history["val_log_likelihood"])), rel=1e-6)
+    assert scalars["unreliable_fraction"] == pytest.approx(dict(zip([1, 3], history["val_unreliable_fraction"])))
     assert scalars["active_units"] == dict(zip([1, 3], map(float, history["val_active_units"])))
     for d in range(LATENT_DIM):
         assert scalars[f"kl/{d}"] == pytest.approx(dict(zip([1, 3], history[f"val_kl_{d}"])), rel=1e-6)
@@ -211,8 +214,8 @@ def test_a_prior_without_gaussian_marginals_logs_no_kl_per_dimension(digits):
     diagnostics = callbacks.Diagnostics(digits[1], num_samples=1)
     diagnostics.set_model(model)
 
-    assert diagnostics.keys() == ["val_log_likelihood", "val_active_units"]
-    assert sorted(diagnostics.diagnose()) == ["val_active_units", "val_log_likelihood"]
+    assert diagnostics.keys() == ["val_log_likelihood", "val_unreliable_fraction", "val_active_units"]
+    assert sorted(diagnostics.diagnose()) == ["val_active_units", "val_log_likelihood", "val_unreliable_fraction"]
 
 
 @pytest.mark.parametrize(
@@ -255,8 +258,10 @@ def test_tfvae_train_writes_the_diagnostics_into_history_csv(digits_run, tmp_pat
     run, train = digits_run  # 2 epochs, diagnosed every 2 with K = 10, latent 3
     with open(run / "history.csv", newline="") as f:
         first, second = csv.DictReader(f)
-    keys = ("val_log_likelihood", "val_active_units", *(f"val_kl_{d}" for d in range(DIGITS_RUN_LATENT_DIM)))
+    keys = ("val_log_likelihood", "val_unreliable_fraction", "val_active_units",
+            *(f"val_kl_{d}" for d in range(DIGITS_RUN_LATENT_DIM)))
     assert [first[key] for key in keys] == ["NA"] * len(keys)
+    assert 0.0 <= float(second["val_unreliable_fraction"]) <= 1.0
     assert float(second["val_log_likelihood"]) > float(second["val_elbo"])
     assert 0 <= int(second["val_active_units"]) <= DIGITS_RUN_LATENT_DIM
     kl = sum(float(second[f"val_kl_{d}"]) for d in range(DIGITS_RUN_LATENT_DIM))
@@ -292,7 +297,8 @@ def test_tfvae_train_writes_the_diagnostics_into_history_csv(digits_run, tmp_pat
     (old / "config.json").write_text(json.dumps(config))
     with open(old / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    columns = [key for key in rows[0] if not key.startswith(("val_log_likelihood", "val_active_units", "val_kl_"))]
+    columns = [key for key in rows[0] if not key.startswith(("val_log_likelihood", "val_unreliable_fraction",
+                                                              "val_active_units", "val_kl_"))]
     with open(old / "history.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()

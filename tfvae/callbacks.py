@@ -243,6 +243,8 @@ class Diagnostics(keras.callbacks.Callback):
     - `val_active_units`: the units with Var_x(E_q[z_d|x]) > threshold (`tfvae.evaluate.active_units`).
     - `val_log_likelihood`: the importance-sampled log p(x) with K = num_samples, in nats
       (`tfvae.evaluate.log_likelihood`).
+    - `val_unreliable_fraction`: the share of those per-example estimates that the reliability flag
+      marks (`tfvae.evaluate.unreliable`): rising, it says K no longer suffices for this model.
 
     The per-dimension KL is analytic for Gaussian marginals on both sides (a diagonal or full-covariance
     posterior, the standard normal prior), and a Monte Carlo estimate with `num_samples` draws of each
@@ -269,7 +271,7 @@ class Diagnostics(keras.callbacks.Callback):
         threshold: the variance of E_q[z_d|x] above which a unit is active, >= 0.
         batch_size: examples per batch.
         log_dir: if given, the numbers also go to TensorBoard under `log_dir/diagnostics` (scalars
-            `log_likelihood`, `active_units`, `kl/d` and the histogram `kl`), stepped by epoch like
+            `log_likelihood`, `unreliable_fraction`, `active_units`, `kl/d` and the histogram `kl`), stepped by epoch like
             `keras.callbacks.TensorBoard`.
 
     Example:
@@ -298,7 +300,7 @@ class Diagnostics(keras.callbacks.Callback):
         """The keys a diagnosed epoch logs for `model` (default: the model being fitted)."""
         model = model if model is not None else self.model
         dimensions = [f"val_kl_{d}" for d in range(model.latent_dim)] if _marginals_known(model) else []
-        return ["val_log_likelihood", "val_active_units", *dimensions]
+        return ["val_log_likelihood", "val_unreliable_fraction", "val_active_units", *dimensions]
 
     def set_model(self, model):
         super().set_model(model)
@@ -338,6 +340,7 @@ class Diagnostics(keras.callbacks.Callback):
                                                      condition=c)
             values = {
                 "val_log_likelihood": log_likelihood["log_likelihood"],
+                "val_unreliable_fraction": log_likelihood["unreliable_fraction"],
                 "val_active_units": evaluate.active_units(self.model, x, self.threshold, self.batch_size,
                                                           condition=c),
             }
@@ -354,6 +357,7 @@ class Diagnostics(keras.callbacks.Callback):
         kl = [value for key, value in values.items() if key.startswith("val_kl_")]
         with self._writer.as_default(step=epoch):
             tf.summary.scalar("log_likelihood", values["val_log_likelihood"])
+            tf.summary.scalar("unreliable_fraction", values["val_unreliable_fraction"])
             tf.summary.scalar("active_units", values["val_active_units"])
             for d, value in enumerate(kl):
                 tf.summary.scalar(f"kl/{d}", value)

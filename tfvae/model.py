@@ -312,28 +312,29 @@ class VAE(trainer.Trainer, keras.Model):
             log_prob = tf.constant(objectives.log_mean_exp(log_w), tf.float32)
         return checks.finite_estimate(log_prob, "log_prob", x=x, condition=condition)
 
-    def importance_sampled(self, x, num_samples, precision="float32", condition=None):
+    def importance_sampled(self, x, num_samples, precision="float32", condition=None, with_log_weights=False):
         """`tfvae.objectives.importance_sampled` with the model's noise, compiled: log p(x) and the ELBO's terms.
 
         The graph is traced with the likelihood's sum over pixels fused by XLA (`heads.fused_sums`).
 
         precision: "float32" or "bfloat16", the decoder's compute precision (see `tfvae.precision`).
         condition: the conditions of x for a conditional model (then log p(x|c)), else None.
+        with_log_weights: also return the log-weights [K, B] (a Python bool: a graph of its own).
         """
         with heads.fused_sums():
             if precision == "float32":
-                return self._importance_sampled(x, num_samples, condition)
+                return self._importance_sampled(x, num_samples, condition, with_log_weights)
             with tfvae_precision.computing_in([self.decoder, self.likelihood_head], tfvae_precision.check(precision)):
-                return self._importance_sampled_bfloat16(x, num_samples, condition)
+                return self._importance_sampled_bfloat16(x, num_samples, condition, with_log_weights)
 
     # One compiled function per precision: a layer's compute dtype is fixed when a graph is traced.
     @tf.function(reduce_retracing=True)
-    def _importance_sampled(self, x, num_samples, condition=None):
-        return objectives.importance_sampled(self, x, num_samples, self.noise, condition)
+    def _importance_sampled(self, x, num_samples, condition=None, with_log_weights=False):
+        return objectives.importance_sampled(self, x, num_samples, self.noise, condition, with_log_weights)
 
     @tf.function(reduce_retracing=True)
-    def _importance_sampled_bfloat16(self, x, num_samples, condition=None):
-        return objectives.importance_sampled(self, x, num_samples, self.noise, condition)
+    def _importance_sampled_bfloat16(self, x, num_samples, condition=None, with_log_weights=False):
+        return objectives.importance_sampled(self, x, num_samples, self.noise, condition, with_log_weights)
 
     def infer(self, x, steps=100, learning_rate=1e-2, num_samples=1, seed=None, condition=None):
         """A refined q(z|x): the encoder's posterior after `steps` Adam steps on each example's own ELBO.

@@ -110,7 +110,7 @@ def register(name, objective):
 _CHUNK_ELEMENTS = 2**23
 
 
-def importance_sampled(model, x, num_samples, noise, condition=None):
+def importance_sampled(model, x, num_samples, noise, condition=None, with_log_weights=False):
     """log p(x) by importance sampling with K = num_samples, and the ELBO's terms from the same z.
 
     The K samples are taken in chunks by a `tf.while_loop` whose running log-sum-exp keeps memory
@@ -122,10 +122,12 @@ def importance_sampled(model, x, num_samples, noise, condition=None):
         num_samples: K >= 1, an int or a scalar int32 tensor.
         noise: `noise(k, batch_size) -> eps [k, B, latent_dim]`, standard normal.
         condition: the conditions of x for a conditional model (then log p(x|c)), else None.
+        with_log_weights: also return the K log-weights (for their diagnostics; K x B floats).
 
     Returns:
         A dict of [B] tensors: "log_prob" (logsumexp_k log w_k - log K), "reconstruction"
-        (mean_k log p(x|z_k)) and "kl" (the KL term the ELBO uses).
+        (mean_k log p(x|z_k)) and "kl" (the KL term the ELBO uses); with `with_log_weights`,
+        "log_weights" [K, B] as well.
     """
     batch_size = tf.shape(x)[0]
     num_samples = tf.convert_to_tensor(num_samples, tf.int32)
@@ -133,22 +135,31 @@ def importance_sampled(model, x, num_samples, noise, condition=None):
     chunk = tf.clip_by_value(_CHUNK_ELEMENTS // tf.maximum(batch_size * event_size, 1), 1, num_samples)
     q = model.posterior(x, condition)
 
-    def body(done, log_sum, log_likelihood_sum, kl_sum):
+    def body(done, log_sum, log_likelihood_sum, kl_sum, *chunks):
         k = tf.minimum(chunk, num_samples - done)
         sample = posterior_sample(model, x, q, noise(k, batch_size), condition)
-        log_sum = tf.reduce_logsumexp(tf.concat([log_sum[None], log_weights(sample)], axis=0), axis=0)
+        log_w = log_weights(sample)
+        log_sum = tf.reduce_logsumexp(tf.concat([log_sum[None], log_w], axis=0), axis=0)
         kl = kl_divergence(sample) * tf.cast(k, tf.float32)
-        return done + k, log_sum, log_likelihood_sum + tf.reduce_sum(sample.log_likelihood, axis=0), kl_sum + kl
+        chunks = tuple(c.write(c.size(), log_w) for c in chunks)
+        return (done + k, log_sum, log_likelihood_sum + tf.reduce_sum(sample.log_likelihood, axis=0), kl_sum + kl,
+                *chunks)
 
     zeros = tf.zeros([batch_size])
     start = (tf.constant(0), zeros - float("inf"), zeros, zeros)
     # The [B] sums keep an unknown batch size: a batch of one would otherwise enter as (1,) and leave as (None,).
     invariants = (tf.TensorShape([]),) + (tf.TensorShape([None]),) * 3
-    _, log_sum, log_likelihood_sum, kl_sum = tf.while_loop(
+    if with_log_weights:  # a loop variable only when asked for: exported graphs keep no TensorArray
+        start += (tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False),)
+        invariants += (tf.TensorShape(None),)
+    _, log_sum, log_likelihood_sum, kl_sum, *chunks = tf.while_loop(
         lambda done, *_: done < num_samples, body, start, shape_invariants=invariants
     )
     count = tf.cast(num_samples, tf.float32)
-    return {"log_prob": log_sum - tf.math.log(count), "reconstruction": log_likelihood_sum / count, "kl": kl_sum / count}
+    terms = {"log_prob": log_sum - tf.math.log(count), "reconstruction": log_likelihood_sum / count, "kl": kl_sum / count}
+    if with_log_weights:
+        terms["log_weights"] = chunks[0].concat()
+    return terms
 
 
 # The proposals `proposal_distribution` takes by name.

@@ -158,6 +158,14 @@ def _parser():
     add("--precision", choices=("float32", "bfloat16"), default="float32",
         help="the decoder's matrix products in float32, or bfloat16: about twice as fast on CPUs with "
              "avx512_bf16 or AMX, within a few hundredths of a nat (default: float32)")
+    add("--proposal", choices=("encoder", "refined"), default="encoder",
+        help="importance sampling's proposal: the encoder's q(z|x), or q refined per image by model.infer, "
+             "a better proposal where the encoder fits badly (default: encoder)")
+    add("--method", choices=("importance", "ais"), default="importance",
+        help="importance sampling, or annealed importance sampling from the prior with K chains per image "
+             "(slower; for estimates importance sampling leaves unreliable) (default: importance)")
+    add("--ais-steps", type=_positive_int, default=1000, metavar="T",
+        help="intermediate densities per AIS chain, for --method ais (default: 1000)")
     add("--json", action="store_true", help="print JSON instead of a table")
 
     export = _run_command(

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import secrets
+import sys
 
 import keras
 import numpy as np
@@ -57,12 +58,14 @@ def evaluate(args):
     x = runs.as_model_input(runs.evaluation_images(config, dataset), model.event_shape, f"--dataset {name}")
     batch_size = _batch_for_progress(model, args.num_samples, args.batch_size)
     condition = labels_as_conditions(model, dataset.y_test, f"--dataset {name}")
-    with flags.named({"data": f"--dataset {name}"}):
+    with flags.named({"data": f"--dataset {name}", "precision": "--precision", "proposal": "--proposal"}):
         result = evaluation.log_likelihood(model, x, num_samples=args.num_samples, batch_size=batch_size,
                                            verbose=0 if args.json else 1, precision=args.precision,
-                                           condition=condition)
+                                           condition=condition, proposal=args.proposal, method=args.method,
+                                           ais_steps=args.ais_steps)
     result.update(
         precision=args.precision,
+        ais_steps=args.ais_steps if args.method == "ais" else None,
         active_units=evaluation.active_units(model, x, condition=condition),
         latent_dim=model.latent_dim,
         run=args.run,
@@ -76,7 +79,20 @@ def evaluate(args):
         print(json.dumps(result, indent=2))
     else:
         print(_table(result))
+    if result["unreliable_fraction"] > UNRELIABLE_WARNING:
+        print(_unreliable_warning(result), file=sys.stderr)
     return 0
+
+
+# The share of unreliable estimates above which `evaluate` warns.
+UNRELIABLE_WARNING = 0.05
+
+
+def _unreliable_warning(r):
+    remedy = {"encoder": "--proposal refined or --method ais", "refined": "--method ais"}.get(r["proposal"])
+    remedy = remedy if r["method"] == "importance" else "more --ais-steps"
+    return (f"warning: {r['unreliable_fraction']:.0%} of the {r['num_examples']} per-image estimates are unreliable "
+            f"(PSIS k-hat > 0.7 with a standard error > 0.05 nats, or ESS < 1% of K); try {remedy}.")
 
 
 def _table(r):
@@ -85,15 +101,20 @@ def _table(r):
     # One example has no sample standard deviation: say so rather than print "± nan".
     log_p = (f"{r['log_likelihood']:.2f} nats (one example: no standard error)" if math.isnan(stderr)
              else f"{r['log_likelihood']:.2f} ± {stderr:.2f} nats")
+    estimator = (f"AIS, {r['num_samples']} chains of {r['ais_steps']} steps" if r["method"] == "ais" else
+                 f"importance sampling, K = {r['num_samples']}" + (", refined proposal" if r["proposal"] == "refined" else ""))
+    k_hat = "n/a" if math.isnan(r["pareto_k_max"]) else f"{r['pareto_k_max']:.2f}"
     rows = [
-        ("log p(x)", log_p,
-         f"importance sampling, K = {r['num_samples']}" + (", decoder in bfloat16" if r["precision"] == "bfloat16" else "")),
+        ("log p(x)", log_p, estimator + (", decoder in bfloat16" if r["precision"] == "bfloat16" else "")),
         ("bits/dim", f"{r['bits_per_dim']:.4f}", ""),
         ("ELBO", f"{r['elbo']:.2f} nats", "reconstruction - KL"),
         ("  reconstruction", f"{r['reconstruction']:.2f} nats", "E_q log p(x|z)"),
         ("  KL", f"{r['kl']:.2f} nats", "KL(q(z|x) || p(z))"),
         ("gap", f"{r['gap']:.2f} nats", "log p(x) - ELBO"),
         ("active units", f"{r['active_units']} of {r['latent_dim']}", "Var_x E_q[z_u] > 0.01"),
+        ("unreliable", f"{r['unreliable_fraction']:.1%}", "of the per-image estimates (docs/density.md)"),
+        ("  k-hat max", k_hat, "PSIS; > 0.7 is a heavy tail"),
+        ("  ESS min", f"{r['ess_min']:.1f}", f"of {r['num_samples']}"),
     ]
     lines = [f"{r['run']}: {r['dataset']} test split, {r['num_examples']} images{binarized}"]
     lines += [f"  {name:<16} {value:<22} {note}".rstrip() for name, value, note in rows]
