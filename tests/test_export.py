@@ -112,6 +112,8 @@ def test_manifest_describes_the_export(exported):
     assert json.load(open(os.path.join(directory, "manifest.json"))) == manifest
     assert manifest["input_shape"] == [64] and manifest["latent_dim"] == 4
     assert manifest["likelihood"] == "bernoulli" and manifest["log_prob_samples"] == 100
+    # The exported log_prob is importance sampling from the encoder, whatever the Python API offers besides.
+    assert manifest["log_prob_estimator"] == {"method": "importance", "proposal": "encoder", "num_samples": 100}
     assert set(manifest["signatures"]) == {*SIGNATURES, "serving_default"}
     for name, (inputs, outputs) in SIGNATURES.items():
         assert sorted(manifest["signatures"][name]["inputs"]) == sorted(inputs)

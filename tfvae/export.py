@@ -135,6 +135,9 @@ def _write(model, staging, tflite, quantize, log_prob_samples, x):
         "prior": type(model.prior_head).__name__,
         "posterior": type(model.posterior_head).__name__,
         "log_prob_samples": log_prob_samples,
+        # What the log_prob signature estimates with: the Python API's refined proposal and AIS need
+        # gradient steps per example, which the exported graphs do not take.
+        "log_prob_estimator": {"method": "importance", "proposal": "encoder", "num_samples": log_prob_samples},
         **({"condition_shape": list(model.condition_shape)} if model.condition_shape is not None else {}),
         "signatures": _describe(concrete),
         "tflite_signatures": list(TFLITE_SIGNATURES) if tflite else [],
