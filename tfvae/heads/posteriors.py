@@ -45,6 +45,11 @@ class DiagonalGaussian(keras.layers.Layer):
             "log_variance_range": self.log_variance_range,
         }
 
+    def build(self, input_shape):
+        # Built from the shape, so a loaded model's head has its weights before they are read
+        # (without it Keras warns on every load that the layer "has unbuilt state").
+        self.dense.build(_flat_shape(input_shape))
+
     def call(self, h):
         return ops.as_float32(self.dense(ops.flatten_features(h)))
 
@@ -55,6 +60,12 @@ class DiagonalGaussian(keras.layers.Layer):
         else:
             scale = tf.exp(0.5 * tf.clip_by_value(raw_scale, *self.log_variance_range))
         return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+
+
+def _flat_shape(input_shape):
+    """The shape `ops.flatten_features` gives features of `input_shape`: (batch, their product)."""
+    rest = tuple(input_shape[1:])
+    return (input_shape[0], None if None in rest else math.prod(rest))
 
 
 def _log_variance_range(value):
@@ -91,6 +102,11 @@ class FullCovarianceGaussian(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}
+
+    def build(self, input_shape):
+        # Built from the shape, so a loaded model's head has its weights before they are read
+        # (without it Keras warns on every load that the layer "has unbuilt state").
+        self.dense.build(_flat_shape(input_shape))
 
     def call(self, h):
         return ops.as_float32(self.dense(ops.flatten_features(h)))
