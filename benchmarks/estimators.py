@@ -38,7 +38,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-import tfvae  # noqa: E402
 from tfvae import atomic, data, evaluate  # noqa: E402
 
 
@@ -107,17 +106,9 @@ def _fashion(args):
 
 
 def _poisson():
-    from sklearn.datasets import load_digits
+    from test_custom_heads import poisson_counts_model
 
-    from quadrature import exact_log_prob
-    from test_custom_heads import Poisson
-
-    counts = load_digits().data.astype(np.float32)
-    keras.utils.set_random_seed(0)
-    model = tfvae.VAE(input_shape=(64,), latent_dim=2, likelihood=Poisson(64))
-    model.fit(counts[:1500], epochs=40, batch_size=100, verbose=0)
-    x = counts[1500:1560]
-    return model, x, exact_log_prob(model, x, limit=8.0, points=401)
+    return poisson_counts_model()
 
 
 def _measure(model, x, exact, batch_size, kwargs):

@@ -15,6 +15,7 @@ from tensorflow_probability import distributions as tfd
 
 import tfvae
 from digits_models import (
+    DIGITS,
     assert_exports_with_parity,
     assert_round_trips_through_keras_files,
     assert_trained_and_log_prob_is_exact,
@@ -22,6 +23,7 @@ from digits_models import (
     train,
     two_d_model,
 )
+from quadrature import exact_log_prob
 
 # log k! for the counts a Poisson head accepts: a table lookup is a TFLite builtin, lgamma is not.
 _MAX_COUNT = 255
@@ -234,3 +236,15 @@ def test_a_head_that_breaks_the_protocol_is_refused_when_the_model_is_built(role
     with pytest.raises((ValueError, TypeError)) as error:
         tfvae.VAE(input_shape=(64,), latent_dim=2, **{role: head})
     assert message in str(error.value)
+
+
+def poisson_counts_model():
+    """The estimates issue's case, shared by tests/test_estimates.py and benchmarks/estimators.py: the
+    Poisson head above over the digits as the counts 0..16 they are, latent 2, 40 epochs, where the
+    encoder is a poor proposal for some examples; (model, 60 test images, their log p(x) by quadrature)."""
+    counts = DIGITS  # digits_models' counts 0..16
+    keras.utils.set_random_seed(0)
+    model = tfvae.VAE(input_shape=(64,), latent_dim=2, likelihood=Poisson(64))
+    model.fit(counts[:1500], epochs=40, batch_size=100, verbose=0)
+    x = counts[1500:1560]
+    return model, x, exact_log_prob(model, x, limit=8.0, points=401)
