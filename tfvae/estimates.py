@@ -213,7 +213,5 @@ def _check_estimator(proposal, method, ais_steps, precision="float32"):
     if isinstance(proposal, str) and proposal not in objectives.PROPOSALS:
         raise ValueError(f"proposal: expected one of {', '.join(objectives.PROPOSALS)} or a TFP distribution over z; "
                          f"got {proposal!r}.")
-    if precision != "float32" and (method != "importance" or proposal != "encoder"):
-        raise ValueError(f"precision: {precision!r} runs the encoder proposal's compiled estimator only; with "
-                         f"method={method!r} and proposal={proposal!r} use precision='float32'.")
+    objectives.check_precision(precision, proposal, method)
     return ais_steps

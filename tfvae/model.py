@@ -298,12 +298,8 @@ class VAE(trainer.Trainer, keras.Model):
         resources.check_step(num_samples * math.prod(self.event_shape), "num_samples")
         x = self.as_input(x)
         condition = self.as_condition(condition, x.shape[0])
-        encoder = isinstance(proposal, str) and proposal == "encoder"
-        if not encoder and precision != "float32":
-            raise ValueError(f"precision: {precision!r} runs the encoder proposal's compiled estimator only; with "
-                             f"proposal={proposal if isinstance(proposal, str) else type(proposal).__name__!r} use "
-                             f"precision='float32'.")
-        if encoder:
+        objectives.check_precision(precision, proposal)
+        if isinstance(proposal, str) and proposal == "encoder":
             with noise.seeded(self.seed_generator, seed):
                 log_prob = self.importance_sampled(x, tf.constant(num_samples), precision, condition)["log_prob"]
         else:

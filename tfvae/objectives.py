@@ -166,6 +166,17 @@ def importance_sampled(model, x, num_samples, noise, condition=None, with_log_we
 PROPOSALS = ("encoder", "refined")
 
 
+def check_precision(precision, proposal, method="importance"):
+    """Refuses a reduced precision with any estimator but the encoder proposal's compiled one, the only one
+    that runs the decoder in it (it would be ignored silently)."""
+    if precision == "float32" or (method == "importance" and isinstance(proposal, str) and proposal == "encoder"):
+        return
+    other = (f"method={method!r}" if method != "importance" else
+             f"proposal={proposal if isinstance(proposal, str) else type(proposal).__name__!r}")
+    raise ValueError(f"precision: {precision!r} runs the encoder proposal's compiled estimator only; with {other} "
+                     f"use precision='float32'.")
+
+
 def proposal_distribution(model, x, proposal, condition=None, seed=None):
     """The importance sampler's proposal over z for the float32 batch x, checked: batch shape [B], event [latent_dim].
 
