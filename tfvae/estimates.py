@@ -203,15 +203,13 @@ def _nanmax(values):
 
 
 def _check_estimator(proposal, method, ais_steps, precision="float32"):
-    """Refuses a bad method, ais_steps or proposal name before any work; a proposal distribution is checked
-    against each batch by `objectives.proposal_distribution`."""
+    """Refuses a bad method, ais_steps, proposal or precision before any work; a proposal distribution's
+    shapes are checked against each batch by `objectives.proposal_distribution`."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}; got {method!r}.")
     ais_steps = arguments.positive_int(ais_steps, "ais_steps")
     if method == "ais" and not (isinstance(proposal, str) and proposal == "encoder"):
         raise ValueError(f"proposal: AIS starts from the prior p(z) and takes no proposal; got {proposal!r}.")
-    if isinstance(proposal, str) and proposal not in objectives.PROPOSALS:
-        raise ValueError(f"proposal: expected one of {', '.join(objectives.PROPOSALS)} or a TFP distribution over z; "
-                         f"got {proposal!r}.")
+    objectives.check_proposal(proposal)
     objectives.check_precision(precision, proposal, method)
     return ais_steps

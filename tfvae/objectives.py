@@ -177,6 +177,18 @@ def check_precision(precision, proposal, method="importance"):
                      f"use precision='float32'.")
 
 
+def check_proposal(proposal):
+    """Refuses a proposal that is neither one of the PROPOSALS by name nor a TFP distribution; a
+    distribution's shapes are checked against each batch by `proposal_distribution`."""
+    if isinstance(proposal, str):
+        if proposal not in PROPOSALS:
+            raise ValueError(f"proposal: expected one of {', '.join(PROPOSALS)} or a TFP distribution over z; "
+                             f"got {proposal!r}.")
+    elif not isinstance(proposal, tfd.Distribution):
+        raise TypeError(f"proposal: expected one of {', '.join(PROPOSALS)} or a TFP distribution over z; "
+                        f"got {type(proposal).__name__}.")
+
+
 def proposal_distribution(model, x, proposal, condition=None, seed=None):
     """The importance sampler's proposal over z for the float32 batch x, checked: batch shape [B], event [latent_dim].
 
@@ -184,16 +196,11 @@ def proposal_distribution(model, x, proposal, condition=None, seed=None):
         proposal: "encoder" (q(z|x)), "refined" (`model.infer(x)` with its defaults, seeded by `seed`), or
             a TFP distribution with batch shape [B] and event shape [latent_dim].
     """
+    check_proposal(proposal)
     if isinstance(proposal, str):
-        if proposal not in PROPOSALS:
-            raise ValueError(f"proposal: expected one of {', '.join(PROPOSALS)} or a TFP distribution over z; "
-                             f"got {proposal!r}.")
         if proposal == "refined":
             return model.infer(x, seed=seed, condition=condition)
         return model.posterior(x, condition)
-    if not isinstance(proposal, tfd.Distribution):
-        raise TypeError(f"proposal: expected one of {', '.join(PROPOSALS)} or a TFP distribution over z; "
-                        f"got {type(proposal).__name__}.")
     shapes = (tuple(proposal.batch_shape), tuple(proposal.event_shape))
     if shapes != ((x.shape[0],), (model.latent_dim,)):
         raise ValueError(f"proposal: expected a distribution with batch shape ({x.shape[0]},), one per example, and "
