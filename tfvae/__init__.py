@@ -11,6 +11,7 @@ import sys
 
 __all__ = [
     "VAE",
+    "OutlierDetector",
     "callbacks",
     "data",
     "evaluate",
@@ -19,13 +20,14 @@ __all__ = [
     "inference",
     "networks",
     "objectives",
+    "ood",
     "schedules",
     "training",
 ]
 __version__ = "0.1.0"
 
 # Every submodule, the public ones and those an eager import of the public ones made attributes too.
-_SUBMODULES = frozenset(__all__[1:]) | {
+_SUBMODULES = frozenset(__all__[2:]) | {
     "arguments", "atomic", "checks", "cli", "conditions", "distribute", "launch", "model", "noise", "parity", "plots",
     "resources", "schedule_specs", "signatures", "trainer"}
 
@@ -33,6 +35,8 @@ _SUBMODULES = frozenset(__all__[1:]) | {
 def __getattr__(name):
     if name == "VAE":
         return importlib.import_module("tfvae.model").VAE
+    if name == "OutlierDetector":
+        return importlib.import_module("tfvae.ood").OutlierDetector
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
