@@ -9,6 +9,7 @@ The directory then holds `saved_model/` (for `tf.saved_model.load` and TF Servin
     decode(z) -> {x_mean}                  reconstruct(x) -> {x_mean}
     sample(num_samples) -> {x_mean}        sample_seeded(num_samples, seed) -> {x_mean}
     elbo(x) -> {elbo}                      log_prob(x) -> {log_prob}   (nats per example)
+    anomaly_score(x) -> {score, p_value}   with detector=: a calibrated tfvae.OutlierDetector
 
 See export/README.md for calling them from Python, TF Serving's REST API and Android.
 """
@@ -36,7 +37,6 @@ from tfvae.atomic import process_alive
 from tfvae.model import VAE
 
 QUANTIZE_MODES = ("dynamic", "float16")
-TFLITE_SIGNATURES = tuple(signatures_lib.SIGNATURES)
 EXPORT_FORMAT = "tfvae-export/1"
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # from <fcntl.h> and <linux/fs.h>
 
@@ -51,6 +51,7 @@ def save(
     sample_inputs=None,
     allow_untrained=False,
     sample_conditions=None,
+    detector=None,
 ):
     """Exports `model` and returns the manifest (also written as `directory/manifest.json`).
 
@@ -76,12 +77,17 @@ def save(
             optimizer step ran and every bias is exactly zero); refused otherwise.
         sample_conditions: for a conditional model, the conditions of `sample_inputs` (one row per
             x), or of the model's own draws without them; None draws them uniformly in [0, 1).
+        detector: a calibrated `tfvae.OutlierDetector` of `model`: adds the signature anomaly_score(x)
+            -> {score, p_value}. Its method runs there if it is a function of one importance-sampling
+            pass; otherwise the part of it that is (`OutlierDetector.exported`), which the manifest
+            names under "anomaly_score".
 
     Returns:
         The manifest: shapes, likelihood, signatures, versions, file sizes and measured parity; None
         on a worker of a multi-worker strategy other than the chief, which writes the export alone.
     """
     _check_model(model, allow_untrained)
+    exported = _exported_detector(detector, model)
     # Every worker checks the arguments, so a bad one fails the whole cluster, not only the chief.
     log_prob_samples = arguments.positive_int(log_prob_samples, "log_prob_samples")
     if quantize is not None and quantize not in QUANTIZE_MODES:
@@ -97,7 +103,7 @@ def save(
     staging = _sibling(directory, "partial")
     os.mkdir(staging)
     try:
-        manifest = _write(model, staging, tflite, quantize, log_prob_samples, x)
+        manifest = _write(model, staging, tflite, quantize, log_prob_samples, x, detector, exported)
         manifest["parity"]["inputs"] = inputs_source
         with open(os.path.join(staging, "manifest.json"), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2)
@@ -108,8 +114,33 @@ def save(
     return manifest
 
 
-def _write(model, staging, tflite, quantize, log_prob_samples, x):
-    module = signatures_lib.Signatures(model, log_prob_samples)
+def _exported_detector(detector, model):
+    if detector is None:
+        return None
+    from tfvae.ood import OutlierDetector
+
+    if not isinstance(detector, OutlierDetector):
+        raise TypeError(f"detector: expected None or a tfvae.OutlierDetector; got {type(detector).__name__}.")
+    if detector.model is not model:
+        raise ValueError("detector: expected a detector of the model being exported; it scores with another model.")
+    return detector.exported()
+
+
+def _anomaly_score(detector, exported):
+    """The manifest's account of the anomaly_score signature: what it computes and from what calibration."""
+    method = exported.method
+    return {
+        "method": method.name,
+        **({"scores": list(method.scores)} if method.needs_reference else {}),
+        "num_samples": method.num_samples,
+        "calibration_size": int(len(exported.calibration_scores)),
+        "detector_method": detector.method.name,
+        **({"detector_scores": list(detector.method.scores)} if detector.method.needs_reference else {}),
+    }
+
+
+def _write(model, staging, tflite, quantize, log_prob_samples, x, detector=None, exported=None):
+    module = signatures_lib.Signatures(model, log_prob_samples, exported)
     concrete = module.signatures()
     saved_model_dir = os.path.join(staging, "saved_model")
     tf.saved_model.save(module, saved_model_dir, signatures=concrete)
@@ -121,7 +152,7 @@ def _write(model, staging, tflite, quantize, log_prob_samples, x):
         key = "tflite" if mode is None else f"tflite_{mode}"
         path = os.path.join(staging, "model.tflite" if mode is None else f"model_{mode}.tflite")
         with open(path, "wb") as f:
-            f.write(_convert(saved_model_dir, mode))
+            f.write(_convert(saved_model_dir, mode, list(module.table)))
         runtimes[key] = parity.tflite_runner(path)
         files[key] = {"path": os.path.basename(path), "bytes": os.path.getsize(path)}
     densities = _density_parity(model, x) if tflite else {}
@@ -140,7 +171,8 @@ def _write(model, staging, tflite, quantize, log_prob_samples, x):
         "log_prob_estimator": {"method": "importance", "proposal": "encoder", "num_samples": log_prob_samples},
         **({"condition_shape": list(model.condition_shape)} if model.condition_shape is not None else {}),
         "signatures": _describe(concrete),
-        "tflite_signatures": list(TFLITE_SIGNATURES) if tflite else [],
+        "tflite_signatures": list(module.table) if tflite else [],
+        **({"anomaly_score": _anomaly_score(detector, exported)} if detector is not None else {}),
         "files": files,
         "versions": _versions(),
         "parity": {**parity.check(module, x, runtimes, model.likelihood_head), **densities},
@@ -304,16 +336,14 @@ def _exchange(a, b):
     raise OSError(error, f"cannot swap {a!r} and {b!r}: {os.strerror(error)}")
 
 
-def _convert(saved_model_dir, quantize):
+def _convert(saved_model_dir, quantize, signature_keys):
     """The TFLite flatbuffer, or a ValueError naming the TensorFlow ops TFLite has no builtin for.
 
     The converter does not always refuse such an op: for `Lgamma` (TFP's Poisson log_prob) it logs
     an error, folds the op into a constant of the wrong shape and returns a model that LiteRT cannot
     run. Its log is read for the ops it failed on, and what it wrote there is passed on.
     """
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        saved_model_dir, signature_keys=list(TFLITE_SIGNATURES)
-    )
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=signature_keys)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

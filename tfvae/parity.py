@@ -163,10 +163,10 @@ def _parity_of_batch(module, x, condition, runtimes):
                 for runtime, actual in results.items()
             }
         elif signature.parity == "estimate":
-            (output,) = signature.outputs
-            means = {"keras": float(np.mean(expected[output]))}
-            means.update({runtime: float(np.mean(actual[output])) for runtime, actual in results.items()})
-            parity["batch_mean"][name] = means
+            for output in signature.outputs:  # "log_prob" for log_prob's, "anomaly_score/p_value" for a second output
+                means = {"keras": float(np.mean(expected[output]))}
+                means.update({runtime: float(np.mean(actual[output])) for runtime, actual in results.items()})
+                parity["batch_mean"][name if output == signature.outputs[0] else f"{name}/{output}"] = means
     return parity
 
 

@@ -54,13 +54,17 @@ SIGNATURES = {
     "elbo": Signature(("x",), ("elbo",), "estimate"),
     "log_prob": Signature(("x",), ("log_prob",), "estimate"),
 }
+# Exported beside them when `tfvae.export.save` is given a detector (`tfvae.ood.OutlierDetector.exported`).
+ANOMALY_SCORE = Signature(("x",), ("score", "p_value"), "estimate")
 
 
-def signatures_of(model):
-    """The signatures of `model`'s export: `SIGNATURES`, each with the input "condition" last for a conditional model."""
+def signatures_of(model, detector=None):
+    """The signatures of `model`'s export: `SIGNATURES` (and "anomaly_score" with a detector), each with the
+    input "condition" last for a conditional model."""
+    table = {**SIGNATURES, **({"anomaly_score": ANOMALY_SCORE} if detector is not None else {})}
     if model.condition_shape is None:
-        return SIGNATURES
-    return {name: s._replace(inputs=(*s.inputs, "condition")) for name, s in SIGNATURES.items()}
+        return table
+    return {name: s._replace(inputs=(*s.inputs, "condition")) for name, s in table.items()}
 
 
 class Signatures(tf.Module):
@@ -69,9 +73,11 @@ class Signatures(tf.Module):
     Args:
         model: a built `tfvae.VAE`.
         log_prob_samples: K, the importance samples behind the `log_prob` signature.
+        detector: None, or an exportable `tfvae.ood.OutlierDetector` of the model (its `exported()`),
+            for the "anomaly_score" signature.
     """
 
-    def __init__(self, model, log_prob_samples):
+    def __init__(self, model, log_prob_samples, detector=None):
         super().__init__(name="tfvae_export")
         # The tf.Variables behind the Keras variables, as keras.export.ExportArchive tracks them.
         self.model_variables = [v.value for v in model.variables]
@@ -145,6 +151,16 @@ class Signatures(tf.Module):
             terms = objectives.importance_sampled(model, x, log_prob_samples, _noise(latent_dim), condition)
             return {"log_prob": terms["log_prob"]}
 
+        def anomaly_score(x, condition=None):
+            _unseed_graph()
+            x = checked_x(x)
+            if detector.takes_binary_input():
+                x = _checked(x, "x", event_shape, lambda v: tf.reduce_all(tf.equal(v, tf.round(v))),
+                             "binary values (0 or 1): the detector codes x as a binary image")
+            condition = checked_condition(condition, x)
+            terms = objectives.importance_sampled(model, x, detector.method.num_samples, _noise(latent_dim), condition)
+            return detector.graph_outputs(terms, x)
+
         functions = {
             "encode": encode,
             "decode": decode,
@@ -153,13 +169,14 @@ class Signatures(tf.Module):
             "sample_seeded": sample_seeded,
             "elbo": elbo,
             "log_prob": log_prob,
+            **({"anomaly_score": anomaly_score} if detector is not None else {}),
         }
         specs = {"x": x_spec, "z": z_spec, "num_samples": n_spec, "seed": seed_spec}
         if condition_shape is not None:
             specs["condition"] = tf.TensorSpec((None, *condition_shape), tf.float32, name="condition")
-        assert functions.keys() == SIGNATURES.keys(), "each signature in SIGNATURES has one function here"
         # The signatures this model exports, its inputs included; `tfvae.export` checks these.
-        self.table = signatures_of(model)
+        self.table = signatures_of(model, detector)
+        assert functions.keys() == self.table.keys(), "each exported signature has one function here"
         # The Python functions themselves run eagerly on the Keras model: the reference of the parity checks.
         self.python_functions = functions
         self.functions = {
