@@ -111,7 +111,8 @@ def results(run, inputs):
             "sample": command("sample", run, "-n", 10, "-o", "out/samples.png", "--seed", 3),
             "reconstruct": command("reconstruct", run, "--input", "pngs", "-o", "recon.png"),
             "encode": command("encode", run, "--input", "digits.npy", "-o", "z.npy"),
-            "score": command("score", run, "--input", "digits.npz", "-o", "scores.csv", "--num-samples", 20),
+            "score": command("score", run, "--input", "digits.npz", "-o", "scores.csv", "--num-samples", 20,
+                             "--plot", "scores.png"),
             "plot-latent": command("plot-latent", run, "-o", "latent.png"),
             "evaluate": command("evaluate", run, "--num-samples", 10, "--json"),
             "export": command("export", run, "--out", "export/digits"),
@@ -188,16 +189,21 @@ def test_encode_writes_posterior_means(results, run, inputs):
         assert moments["stddev"].shape == z.shape and np.all(moments["stddev"] > 0)
 
 
-def test_score_writes_log_p_per_input(results, inputs):
+def test_score_writes_scores_p_values_and_flags_calibrated_on_the_test_split(results, inputs):
     result = results["score"]
 
     assert result.returncode == 0, result.stderr
+    assert "calibrated on 297 images of the digits test split" in result.stdout
     with open(inputs / "scores.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["index", "log_prob"]
+    assert rows[0] == ["index", "score", "p_value", "flagged"]
     assert [int(r[0]) for r in rows[1:]] == list(range(30))
-    log_p = np.array([float(r[1]) for r in rows[1:]])
-    assert np.all(np.isfinite(log_p)) and np.all(log_p < 0)
+    score, p, flagged = (np.array([float(r[i]) for r in rows[1:]]) for i in (1, 2, 3))
+    assert np.all(np.isfinite(score))
+    # Conformal p-values over 297 calibration images: multiples of 1/298, flagged where <= 0.05.
+    np.testing.assert_allclose(p * 298, np.round(p * 298), atol=1e-3)
+    assert np.all((p >= 1 / 298 - 1e-6) & (p <= 1)) and np.array_equal(flagged == 1, p <= 0.05)
+    assert png_size(inputs / "scores.png")[0] > 0
 
 
 def test_plot_latent_draws_the_test_set(results, workdir):
@@ -315,6 +321,14 @@ def test_bad_runs_inputs_and_flags_are_refused_and_the_run_is_left_alone(run, in
     check_error(capsys, ["sample", run, "-o", run / "model.keras"], "-o: expected a file ending in .png or .npy")
     check_error(capsys, ["score", run, "--input", inputs / "digits.npy", "-o", run / "history.csv"],
                 "is a file of the run")
+    check_error(capsys, ["score", run, "--input", inputs / "digits.npy", "-o", tmp_path / "s.csv",
+                         "--false-positive-rate", "0.001"],
+                "--false-positive-rate: 0.001 needs at least 999 calibration examples ((n + 1) >= 1 / rate)")
+    check_error(capsys, ["score", run, "--input", inputs / "digits.npy", "-o", tmp_path / "s.csv",
+                         "--calibrate", tmp_path / "wrong_shape.npy"],
+                "wrong_shape.npy: expected images of shape (N, 8, 8, 1) for this model; got shape (4, 7, 7)")
+    check_error(capsys, ["score", run, "--input", inputs / "digits.npy", "-o", tmp_path / "s.csv",
+                         "--method", "typicality"], "--method: invalid choice: 'typicality'")
     check_error(capsys, ["export", run, "--out", run, "--overwrite"], "an export there would replace it")
     check_error(capsys, ["export", run, "--out", run.parent, "--overwrite"], "an export there would replace it")
     check_error(capsys, ["evaluate", run, "--dataset", "mnist-5k", "--num-samples", 2],

@@ -127,7 +127,7 @@ def test_sampling_scoring_and_export_beyond_the_rule_are_refused_with_the_estima
                 "outputs; the limit is 2.1e+09")
     np.save(tmp_path / "x.npy", np.zeros((2, 8, 8)))
     check_error(capsys, ["score", run, "--input", tmp_path / "x.npy", "--num-samples", 10**8, "-o", tmp_path / "s.csv"],
-                "--num-samples 100000000 (per example): one step without progress would compute 6.4e+09")
+                "--num-samples: one step without progress would compute 6.4e+09")
     check_error(capsys, ["export", run, "--log-prob-samples", 10**9, "--out", tmp_path / "e"],
                 "--log-prob-samples 1000000000 (checked in 3 runtimes on 64 examples): one step without progress "
                 "would compute 1.2e+13 decoder outputs")

@@ -1,4 +1,4 @@
-"""Pictures of a VAE: grids of images (samples, reconstructions) and a 2-D map of the latent space.
+"""Pictures of a VAE: grids of images (samples, reconstructions), a 2-D map of the latent space, score histograms.
 
 Every function writes a PNG atomically (a temporary file in the same directory, then a rename), so
 an interrupted run never leaves a truncated picture. Matplotlib is used without pyplot: drawing here
@@ -166,6 +166,39 @@ def latent_scatter(z, labels, path, title=None, size=6.0, dpi=100):
     ax.set_ylabel(axis_names[1])
     if title:
         ax.set_title(title)
+    figure.tight_layout()
+    with _atomic(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+    return path
+
+
+def score_histogram(calibration, scores, path, xlabel="score", labels=("calibration", "input"), size=(7.0, 4.0), dpi=100):
+    """Writes overlaid histograms of the calibration data's scores and the inputs' (`tfvae.OutlierDetector`).
+
+    Args:
+        calibration: [n] scores of held-out in-distribution data.
+        scores: [N] scores of the inputs.
+        path: the PNG to write; its directory must exist.
+        xlabel: what the scores are.
+        labels: the legend's names of the two.
+
+    Returns:
+        path.
+    """
+    from matplotlib.figure import Figure
+
+    groups = [np.asarray(a, dtype=np.float64).reshape(-1) for a in (calibration, scores)]
+    for name, values in zip(("calibration", "scores"), groups):
+        if len(values) == 0 or not np.isfinite(values).all():
+            raise ValueError(f"{name}: expected a non-empty array of finite scores; got {len(values)} values.")
+    bins = np.histogram_bin_edges(np.concatenate(groups), bins=50)
+    figure = Figure(figsize=size, dpi=dpi)
+    ax = figure.add_subplot()
+    for i, (values, label) in enumerate(zip(groups, labels)):
+        ax.hist(values, bins=bins, density=True, alpha=0.5, color=_color(i, 2), label=f"{label} ({len(values)})")
+    ax.set_xlabel(f"{xlabel} (higher = more unlike the data)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize="small")
     figure.tight_layout()
     with _atomic(path) as tmp:
         figure.savefig(tmp, format="png", dpi=dpi)

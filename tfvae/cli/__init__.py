@@ -215,16 +215,25 @@ def _parser():
     add("-o", "--output", required=True, metavar="FILE", help="a .npy or .npz file")
 
     score = _run_command(
-        commands, "score", "commands:score", "log p(x) of each input, an anomaly score",
-        "Estimate log p(x) in nats of each input by importance sampling and write a CSV with the header "
-        "index,log_prob (and a file column for a folder of images). The lowest are the most unusual inputs.",
+        commands, "score", "score:score", "how unlike the run's data each input is",
+        "Score each input (higher = more unlike the data the run was trained on), rank it against held-out "
+        "in-distribution images (conformal p-value) and flag it at a false-positive rate; write a CSV with the "
+        "header index,score,p_value,flagged (and a file column for a folder of images). Inputs of a run trained "
+        "binarized are binarized as evaluate does. See docs/ood.md.",
     )
     add = score.add_argument
     add("--input", required=True, metavar="DATA", help=DATA)
     add("-o", "--output", required=True, metavar="FILE", help="the .csv to write")
-    add("--num-samples", type=_positive_int, default=1000, metavar="K",
-        help="K, importance samples per input (default: 1000)")
-    add("--batch-size", type=_positive_int, default=100, metavar="B", help="inputs per batch (default: 100)")
+    add("--method", choices=OOD_METHODS, default=None,
+        help="the score (default: combined, Fisher's combination of log_prob, inference_gap and complexity)")
+    add("--calibrate", metavar="DATA", help="held-out in-distribution images to rank against (default: the test "
+        "split of the run's dataset)")
+    add("--false-positive-rate", type=_rate, default=0.05, metavar="A",
+        help="flag inputs whose p-value is at most A (default: 0.05)")
+    add("--plot", metavar="FILE", help="also draw a .png histogram of the calibration and input scores")
+    add("--num-samples", type=_positive_int, default=None, metavar="K",
+        help="K, importance samples per input (default: the method's, 100)")
+    add("--batch-size", type=_positive_int, default=500, metavar="B", help="inputs per batch (default: 500)")
 
     plot = _run_command(
         commands, "plot-latent", "commands:plot_latent", "scatter plot of the latent codes",
@@ -264,6 +273,19 @@ def _integer_at_least(low, expected):
 
 
 _positive_int = _integer_at_least(1, "an integer >= 1")
+# tfvae.ood.SCORES' names, here without importing TensorFlow (a test holds the two equal).
+OOD_METHODS = ("combined", "log_prob", "inference_gap", "complexity", "regret")
+
+
+def _rate(text):
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1); got {text!r}")
+    return value
 _non_negative_int = _integer_at_least(0, "an integer >= 0")
 _class_index = _integer_at_least(0, "a class index, an integer >= 0")
 

@@ -1,18 +1,15 @@
-"""The `tfvae` commands that use a trained run: evaluate, export, sample, reconstruct, encode, score, plot-latent.
+"""The `tfvae` commands that use a trained run: evaluate, export, sample, reconstruct, encode, plot-latent (score: cli/score.py).
 
 Each checks its request against the resource rule (`tfvae.resources`) before any work starts, and
 reports errors of the library in the words of the command line: flags, not parameter names.
 """
 
-import csv
-import io
 import json
 import math
 import os
 import secrets
 import sys
 
-import keras
 import numpy as np
 
 from tfvae import plots, resources
@@ -255,32 +252,6 @@ def encode(args):
     else:
         _save_npy(output, mean)
         print(f"Wrote the posterior means, shape {mean.shape}, to {output}.")
-    return 0
-
-
-def score(args):
-    output = runs.output_path(args.output, (".csv",))
-    model = runs.load_model(args.run)
-    x, _, names = runs.read_input(args.input, model.event_shape)
-    batch_size = _batch_for_progress(model, args.num_samples, args.batch_size)
-    progress = keras.utils.Progbar(len(x), unit_name="example")
-    log_probs = []
-    with flags.named({"x": f"--input {args.input}"}):
-        for start in range(0, len(x), batch_size):
-            batch = x[start : start + batch_size]
-            log_probs.append(np.asarray(model.log_prob(batch, num_samples=args.num_samples), dtype=np.float64))
-            progress.add(len(batch))
-    log_probs = np.concatenate(log_probs)
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["index", "log_prob"] + (["file"] if names else []))
-    for i, value in enumerate(log_probs):
-        writer.writerow([i, f"{value:.6f}"] + ([names[i]] if names else []))
-    runs.write_text(output, text.getvalue())
-    lowest = int(np.argmin(log_probs))
-    print(f"Wrote log p(x) in nats (K = {args.num_samples}) of {len(x)} inputs to {output}: mean "
-          f"{log_probs.mean():.2f}, lowest {log_probs[lowest]:.2f} (index {lowest}"
-          + (f", {names[lowest]})." if names else ")."))
     return 0
 
 
