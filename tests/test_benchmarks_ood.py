@@ -1,0 +1,37 @@
+"""benchmarks/ood.py: its figures on scores whose ranking is known, and the committed result (the full run takes minutes)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from benchmark_scripts import load
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_figures_are_auroc_aupr_and_fpr_at_95_tpr():
+    ood = load("ood.py")
+    inside = np.arange(100.0)  # scores 0..99
+    scores = {"in_distribution": inside, "above": inside + 1000.0, "interleaved": inside + 0.5}
+    p_values = {"in_distribution": np.full(100, 0.5), "above": np.full(100, 0.01)}
+    figures = ood.figures(scores, p_values)
+    assert figures["above"] == {"auroc": 1.0, "aupr": 1.0, "fpr_at_95_tpr": 0.0}
+    # s + 0.5 beats s itself and everything below: 100 * 101 / 2 pairs of 10,000.
+    assert figures["interleaved"]["auroc"] == pytest.approx(0.505)
+    # 95% of positives are those >= 5.5, above 94 of the 100 negatives (6..99).
+    assert figures["interleaved"]["fpr_at_95_tpr"] == pytest.approx(0.94)
+    assert figures["flagged_at_5_percent"] == {"in_distribution": 0.0, "above": 1.0}
+
+
+def test_the_committed_result_is_the_default_methods_and_its_exports():
+    with open(os.path.join(ROOT, "benchmarks", "results", "ood-fashion.json"), encoding="utf-8") as f:
+        result = json.load(f)
+    assert result["default_method"] == "combined"
+    methods = result["methods"]
+    assert set(methods) == {*load("ood.py").METHODS, "export"}
+    assert methods["export"]["manifest"]["method"] == "combined"
+    for runtime in ("saved_model", "tflite"):
+        for name in ("mnist", "vflip", "noise"):
+            assert abs(methods["export"][runtime][name]["auroc"] - methods["combined"][name]["auroc"]) <= 0.02
