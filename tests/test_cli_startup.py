@@ -157,7 +157,7 @@ def results(digits_run, tmp_path_factory):
 
 
 def test_train_prints_no_tensorflow_logs(results):
-    # `sample` and `export` are checked on test_cli's commands, which run in a user's environment too.
+    # `score`, `evaluate` and `export` are checked on test_cli's commands, which run in a user's environment too.
     result = results["train"]
     assert result.returncode == 0, result.stderr
     assert tensorflow_logs(result) == []

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import subprocess
 
 import keras
 import numpy as np
@@ -430,15 +431,17 @@ def test_export_of_a_conditional_model_needs_the_sample_inputs_conditions(condit
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
-    """`tfvae train --condition labels` on the digits and `sample --condition` from its run, each in a
-    subprocess; `evaluate` and `export` of the run in this process (test_cli runs each command in its own)."""
+    """`tfvae train --condition labels` on the digits in a subprocess; `sample --condition`, `evaluate` and
+    `export` of the run in this process (test_cli runs commands in their own)."""
     workdir = tmp_path_factory.mktemp("cli")
     trained = run_tfvae("train", "--dataset", "digits", "--condition", "labels", "--latent-dim", 4, "--epochs", 15,
                         "--batch-size", 50, "--learning-rate", 3e-3, "--out", "cvae", cwd=workdir)
     assert trained.returncode == 0, trained.stderr
     assert "tfvae sample cvae --condition C" in trained.stdout
-    sample = run_tfvae("sample", "cvae", "--condition", 3, "-n", 50, "-o", "threes.npy", "--seed", 0, cwd=workdir)
     run = str(workdir / "cvae")
+    with contextlib.redirect_stdout(io.StringIO()) as sampled:
+        status = main(["sample", run, "--condition", "3", "-n", "50", "-o", str(workdir / "threes.npy"), "--seed", "0"])
+    sample = subprocess.CompletedProcess(["sample"], status, sampled.getvalue(), "")
     with contextlib.redirect_stdout(io.StringIO()) as evaluated:
         status = {"evaluate": main(["evaluate", run, "--num-samples", "10", "--json"])}
     report = evaluated.getvalue()
