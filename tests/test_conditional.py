@@ -448,6 +448,14 @@ def cli_run(tmp_path_factory):
     with contextlib.redirect_stdout(io.StringIO()):
         status["export"] = main(["export", run, "--out", str(workdir / "export"), "--no-tflite",
                                  "--log-prob-samples", "10"])
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for name, labels in (("right", digits.target[1500:1600]), ("wrong", (digits.target[1500:1600] + 1) % CLASSES)):
+        np.savez(workdir / f"{name}.npz", x=digits.images[1500:1600] / 16.0, y=labels)
+        with contextlib.redirect_stdout(io.StringIO()):
+            status[f"score {name}"] = main(["score", run, "--input", str(workdir / f"{name}.npz"),
+                                            "-o", str(workdir / f"{name}.csv"), "--num-samples", "10"])
     return workdir, trained, {"sample": sample, "status": status, "report": report}
 
 
@@ -455,7 +463,13 @@ def test_cli_trains_a_conditional_run_and_samples_a_class(cli_run, classifier):
     workdir, trained, results = cli_run
     assert "samples.png has a column per class" in trained.stdout
     assert results["sample"].returncode == 0, results["sample"].stderr
-    assert results["status"] == {"evaluate": 0, "export": 0}
+    assert results["status"] == {"evaluate": 0, "export": 0, "score right": 0, "score wrong": 0}
+    # `score` takes each input's label from the .npz as its condition: under the wrong class, a digit is unlike the data.
+    scores = {}
+    for name in ("right", "wrong"):
+        with open(workdir / f"{name}.csv", newline="") as f:
+            scores[name] = np.array([float(row["score"]) for row in csv.DictReader(f)])
+    assert len(scores["right"]) == 100 and scores["wrong"].mean() > scores["right"].mean()
     config = json.loads((workdir / "cvae" / "config.json").read_text())
     assert config["condition"] == "labels"
     assert keras.models.load_model(workdir / "cvae" / "model.keras").condition_shape == (CLASSES,)

@@ -5,7 +5,7 @@ import io
 import os
 
 from tfvae import plots
-from tfvae.cli import flags, runs
+from tfvae.cli import commands, flags, runs
 
 NAMES = {"num_samples": "--num-samples", "method": "--method", "false_positive_rate": "--false-positive-rate"}
 
@@ -21,16 +21,18 @@ def score(args):
     options = {} if args.num_samples is None else {"num_samples": args.num_samples}
     with flags.named(NAMES):
         detector = ood.OutlierDetector(model, args.method, batch_size=args.batch_size, **options)
-    calibration, source = _calibration(args, config, model)
+    calibration, calibration_condition, source = _calibration(args, config, model)
     with flags.named(NAMES):
         conformal.check_resolves(len(calibration), args.false_positive_rate)
-    x, _, names = runs.read_input(args.input, model.event_shape)
+    x, labels, names = runs.read_input(args.input, model.event_shape)
+    # A run trained with --condition labels scores each input under its label.
+    condition = commands.labels_as_conditions(model, labels, f"--input {args.input}")
     with flags.named({"x": f"--input {args.input}"}):
         x = _as_trained(x, model, config)
     with flags.named({"x": f"--calibrate {source}"}):
-        detector.calibrate(calibration)
+        detector.calibrate(calibration, calibration_condition)
     with flags.named({"x": f"--input {args.input}"}):
-        scores = detector.score(x)
+        scores = detector.score(x, condition)
     p_values = conformal.p_values(detector.calibration_scores, scores)
     flagged = p_values <= args.false_positive_rate
     _write_csv(output, scores, p_values, flagged, names)
@@ -51,15 +53,18 @@ def _config(args):
 
 
 def _calibration(args, config, model):
-    """(the calibration images as the model is scored on them, what they are): --calibrate, or the run's test split."""
+    """(the calibration images as the model is scored on them, their conditions or None, what they are):
+    --calibrate, or the run's test split."""
     if args.calibrate is not None:
-        x, _, _ = runs.read_input(args.calibrate, model.event_shape)
+        x, labels, _ = runs.read_input(args.calibrate, model.event_shape)
+        condition = commands.labels_as_conditions(model, labels, f"--calibrate {args.calibrate}")
         with flags.named({"x": f"--calibrate {args.calibrate}"}):
-            return _as_trained(x, model, config), args.calibrate
+            return _as_trained(x, model, config), condition, args.calibrate
     with flags.named({"name_or_path": "--dataset"}):
         dataset = runs.load_dataset(config["dataset"], config.get("data_dir"))
     x = runs.as_model_input(runs.evaluation_images(config, dataset), model.event_shape, f"the run's {config['dataset']}")
-    return x, f"the {config['dataset']} test split"
+    condition = commands.labels_as_conditions(model, dataset.y_test, f"the run's {config['dataset']}")
+    return x, condition, f"the {config['dataset']} test split"
 
 
 def _as_trained(x, model, config):
