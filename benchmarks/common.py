@@ -1,9 +1,10 @@
-"""What the throughput benchmarks share: the benchmark's model and data, timing, the machine, atomic writes.
+"""What the benchmarks share: the benchmark's model and data, timing, the machine, atomic writes, resumable entries.
 
 Used by `throughput.py` and the benchmark files it runs (training_speed, matmul_peak, inference_speed,
-cli_startup, evaluation_speed); defined once here.
+cli_startup, evaluation_speed), and by the resumable ones (estimators, ood); defined once here.
 """
 
+import json
 import os
 import platform
 import statistics
@@ -130,3 +131,16 @@ def write_atomically(path, text):
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def load_entries(work_dir):
+    """The figures a resumable benchmark measured so far: {name: entry} from work_dir/entries.json."""
+    path = os.path.join(work_dir, "entries.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_entries(work_dir, entries):
+    write_atomically(os.path.join(work_dir, "entries.json"), json.dumps(entries, indent=2) + "\n")

@@ -38,7 +38,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-from tfvae import atomic, data, evaluate  # noqa: E402
+from tfvae import data, evaluate  # noqa: E402
+
+import common  # noqa: E402
 
 
 def _parser():
@@ -70,7 +72,7 @@ def main(argv=None):
     work_dir = args.work_dir or os.path.join("benchmarks", "runs", f"estimators-{args.setup}")
     os.makedirs(work_dir, exist_ok=True)
     model, x, exact = _fashion(args) if args.setup == "fashion" else _poisson()
-    entries = _load(work_dir)
+    entries = common.load_entries(work_dir)
     methods = [("importance-encoder", dict(num_samples=args.num_samples)),
                ("importance-refined", dict(num_samples=args.num_samples, proposal="refined"))]
     methods += [(f"ais-{steps}", dict(num_samples=args.ais_chains, method="ais", ais_steps=steps))
@@ -78,7 +80,7 @@ def main(argv=None):
     for name, kwargs in methods:
         if name not in entries:
             entries[name] = _measure(model, x, exact, args.batch_size, kwargs)
-            _save(work_dir, entries)
+            common.save_entries(work_dir, entries)
         print(name, json.dumps(entries[name]), flush=True)
     if args.setup == "fashion" and args.bdmc_examples and "bdmc" not in entries:
         start = time.perf_counter()
@@ -87,7 +89,7 @@ def main(argv=None):
                            "lower": float(bounds.lower.mean()), "upper": float(bounds.upper.mean()),
                            "gap": float(np.mean(bounds.upper - bounds.lower)),
                            "seconds": time.perf_counter() - start}
-        _save(work_dir, entries)
+        common.save_entries(work_dir, entries)
     result = {"benchmark": "estimators", "setup": args.setup, "examples": len(x), "num_samples": args.num_samples,
               "ais_chains": args.ais_chains, "methods": entries,
               "command": "python " + shlex.join(["benchmarks/estimators.py", *(argv or sys.argv[1:])]),
@@ -96,7 +98,7 @@ def main(argv=None):
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
-        _write(args.output, text + "\n")
+        common.write_atomically(args.output, text + "\n")
 
 
 def _fashion(args):
@@ -133,23 +135,6 @@ def _measure(model, x, exact, batch_size, kwargs):
                       "error_max_abs": float(np.abs(error).max()), "examples_over_1_nat": int(far.sum()),
                       "pareto_k_above_0.7_among_over_1_nat": float(np.mean(estimate.pareto_k[far] > 0.7)) if far.any() else None})
     return entry
-
-
-def _load(work_dir):
-    path = os.path.join(work_dir, "entries.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def _save(work_dir, entries):
-    _write(os.path.join(work_dir, "entries.json"), json.dumps(entries, indent=2) + "\n")
-
-
-def _write(path, text):
-    with atomic.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ import tensorflow as tf  # noqa: E402
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve  # noqa: E402
 
 import tfvae  # noqa: E402
-from tfvae import atomic, data  # noqa: E402
+from tfvae import data  # noqa: E402
+
+import common  # noqa: E402
 
 METHODS = {
     "log_prob": {},
@@ -150,19 +152,19 @@ def main(argv=None):
     calibration, sets = datasets(args.calibration, args.examples, args.grey)
     calibration = calibration.reshape(-1, *model.event_shape)
     sets = {name: x.reshape(-1, *model.event_shape) for name, x in sets.items()}
-    entries = _load(args.work_dir)
+    entries = common.load_entries(args.work_dir)
     for name, options in (GREY_METHODS if args.grey else METHODS).items():
         if name not in entries:
             options = dict(options)
             method = options.pop("method", name)
             entries[name] = {"method": method, "options": options,
                              **measure(tfvae.OutlierDetector(model, method, **options), calibration, sets)}
-            _save(args.work_dir, entries)
+            common.save_entries(args.work_dir, entries)
         print(name, json.dumps({k: v for k, v in entries[name].items() if k in sets or k == "examples_per_second"}),
               flush=True)
     if "export" not in entries:
         entries["export"] = exported(tfvae.OutlierDetector(model), calibration, sets, args.work_dir)
-        _save(args.work_dir, entries)
+        common.save_entries(args.work_dir, entries)
     result = {"benchmark": "ood", "images": "8-bit grey" if args.grey else "binary",
               "likelihood": type(model.likelihood_head).__name__, "calibration_examples": len(calibration),
               "examples": {name: len(x) for name, x in sets.items()}, "default_method": tfvae.ood.DEFAULT_METHOD,
@@ -173,25 +175,8 @@ def main(argv=None):
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
-        _write(args.output, text + "\n")
+        common.write_atomically(args.output, text + "\n")
     return result
-
-
-def _load(work_dir):
-    path = os.path.join(work_dir, "entries.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def _save(work_dir, entries):
-    _write(os.path.join(work_dir, "entries.json"), json.dumps(entries, indent=2) + "\n")
-
-
-def _write(path, text):
-    with atomic.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 if __name__ == "__main__":

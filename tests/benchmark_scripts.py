@@ -24,7 +24,10 @@ def run(name, *args, timeout=300):
 
 
 def load(name):
-    """benchmarks/NAME imported as a module (its argument checks answer without a subprocess's start-up)."""
+    """benchmarks/NAME imported as a module (its argument checks answer without a subprocess's start-up), with
+    benchmarks/ on sys.path for its imports of the other files there, as `python benchmarks/NAME` has it."""
+    if os.path.join(ROOT, "benchmarks") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     spec = importlib.util.spec_from_file_location(name.removesuffix(".py") + "_benchmark", path(name))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
