@@ -25,13 +25,26 @@ def test_figures_are_auroc_aupr_and_fpr_at_95_tpr():
     assert figures["flagged_at_5_percent"] == {"in_distribution": 0.0, "above": 1.0}
 
 
-def test_the_committed_result_is_the_default_methods_and_its_exports():
-    with open(os.path.join(ROOT, "benchmarks", "results", "ood-fashion.json"), encoding="utf-8") as f:
-        result = json.load(f)
-    assert result["default_method"] == "combined"
-    methods = result["methods"]
-    assert set(methods) == {*load("ood.py").METHODS, "export"} and result["images"] == "binary"
-    assert methods["export"]["manifest"]["method"] == "combined"
+def result(name):
+    with open(os.path.join(ROOT, "benchmarks", "results", name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_the_committed_binary_result_has_every_method_and_the_default_exported_whole():
+    binary = result("ood-fashion.json")
+    assert binary["default_method"] == "complexity" and binary["images"] == "binary"
+    methods = binary["methods"]
+    assert set(methods) == {*load("ood.py").METHODS, "export"}
+    assert methods["export"]["manifest"]["method"] == "complexity"
     for runtime in ("saved_model", "tflite"):
         for name in ("mnist", "vflip", "noise"):
-            assert abs(methods["export"][runtime][name]["auroc"] - methods["combined"][name]["auroc"]) <= 0.02
+            assert abs(methods["export"][runtime][name]["auroc"] - methods["complexity"][name]["auroc"]) <= 0.02
+
+
+def test_the_committed_grey_result_exports_the_fallback_of_the_png_coder():
+    grey = result("ood-fashion-grey.json")
+    assert grey["images"] == "8-bit grey" and set(grey["methods"]) == {*load("ood.py").GREY_METHODS, "export"}
+    export = grey["methods"]["export"]
+    assert export["manifest"]["method"] == "inference_gap" and export["manifest"]["detector_method"] == "complexity"
+    for runtime in ("saved_model", "tflite"):
+        assert abs(export[runtime]["mnist"]["auroc"] - grey["methods"]["inference_gap"]["mnist"]["auroc"]) <= 0.02

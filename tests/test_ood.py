@@ -91,10 +91,11 @@ def test_regret_is_the_elbo_refinement_gains(binary):
     assert regret[100:].mean() > regret[:100].mean()  # the encoder fits its own data best
 
 
-def test_the_default_detector_flags_noise_and_holds_its_false_positive_rate(binary):
+@pytest.mark.parametrize("method", [None, "combined"])
+def test_the_default_and_the_combination_flag_noise_and_hold_their_false_positive_rate(binary, method):
     model, x, noise = binary
-    detector = tfvae.OutlierDetector(model)
-    assert detector.method.name == ood.DEFAULT_METHOD == "combined"
+    detector = tfvae.OutlierDetector(model, method)
+    assert detector.method.name == (method or ood.DEFAULT_METHOD) and ood.DEFAULT_METHOD == "complexity"
     detector.calibrate(x[:150])
     fresh = x[150:]
     assert auroc(detector.score(fresh), detector.score(noise)) > 0.97
@@ -115,7 +116,7 @@ def test_calibration_is_needed_for_p_values_and_for_the_combination(binary):
     with pytest.raises(ValueError, match=r"predict: the detector is not calibrated"):
         complexity.predict(x[:5])
     with pytest.raises(ValueError, match=r"score: the 'combined' method ranks x against in-distribution data"):
-        tfvae.OutlierDetector(model).score(x[:5])
+        tfvae.OutlierDetector(model, "combined").score(x[:5])
     with pytest.raises(ValueError, match=r"false_positive_rate: 0.01 needs at least 99 calibration examples.*on 20"):
         complexity.calibrate(x[:20]).predict(x[:5], false_positive_rate=0.01)
 
@@ -144,7 +145,7 @@ def test_bad_methods_options_and_inputs_are_refused(binary):
 
 def test_a_detector_saves_and_loads_with_its_model(binary, tmp_path):
     model, x, _ = binary
-    detector = tfvae.OutlierDetector(model, num_samples=50).calibrate(x[:100])
+    detector = tfvae.OutlierDetector(model, "combined", num_samples=50).calibrate(x[:100])
     path = tmp_path / "detector.keras"
     detector.save(path)
     loaded = tfvae.OutlierDetector.load(path)
@@ -210,9 +211,8 @@ def test_the_export_scores_in_every_runtime_as_the_detector_it_names(binary, tmp
     detector = tfvae.OutlierDetector(model).calibrate(x[:150])
     manifest = tfvae.export.save(model, tmp_path / "e", detector=detector, sample_inputs=x)
     # The context coder is TensorFlow ops: the whole default runs in the export.
-    assert manifest["anomaly_score"] == {"method": "combined", "scores": ["log_prob", "inference_gap", "complexity"],
-                                         "num_samples": 100, "calibration_size": 150, "detector_method": "combined",
-                                         "detector_scores": ["log_prob", "inference_gap", "complexity"]}
+    assert manifest["anomaly_score"] == {"method": "complexity", "num_samples": 100, "calibration_size": 150,
+                                         "detector_method": "complexity"}
     assert detector.exported() is detector
     assert "anomaly_score" in manifest["tflite_signatures"]
     exported = detector.exported()
@@ -227,16 +227,38 @@ def test_the_export_scores_in_every_runtime_as_the_detector_it_names(binary, tmp
         np.testing.assert_allclose(p, conformal.p_values(exported.calibration_scores, score), atol=1e-6)
 
 
+class EagerOnly(ood.Score):
+    """A user's score without a graph form."""
+
+    name = "eager_only"
+
+    def __call__(self, evidence):
+        return -evidence.importance(self.num_samples)["reconstruction"]
+
+
 def test_a_detector_without_a_graph_form_exports_the_part_that_has_one_or_is_refused(binary, tmp_path):
     model, x, _ = binary
-    regret = tfvae.OutlierDetector(model, "regret", steps=5).calibrate(x[:40])
-    with pytest.raises(ValueError, match=r"detector: the 'regret' method does not run in an exported graph; export "
-                                         r"a detector of one that does \(log_prob, inference_gap, complexity"):
-        tfvae.export.save(model, tmp_path / "e", detector=regret)
-    assert not (tmp_path / "e").exists()
+    # A single score no graph runs exports the inference gap, calibrated on the same data (and saved with it).
+    packed = tfvae.OutlierDetector(model, "complexity", coder="bits").calibrate(x[:40])
+    packed.save(tmp_path / "packed.keras")
+    for detector in (packed, tfvae.OutlierDetector.load(tmp_path / "packed.keras")):
+        fallback = detector.exported()
+        assert fallback.method.name == "inference_gap"
+        np.testing.assert_array_equal(fallback.calibration_scores,
+                                      tfvae.OutlierDetector(model, "inference_gap").calibrate(x[:40]).calibration_scores)
+    manifest = tfvae.export.save(model, tmp_path / "e", detector=packed, tflite=False, sample_inputs=x)
+    assert manifest["anomaly_score"]["method"] == "inference_gap"
+    assert manifest["anomaly_score"]["detector_method"] == "complexity"
+    # A combination exports the part of it that runs in a graph, or is refused if none does.
+    ood.register(EagerOnly)
     mixed = tfvae.OutlierDetector(model, "combined", scores=["regret", "complexity", "log_prob"]).calibrate(x[:40])
     kept = mixed.exported()
     assert list(kept.method.scores) == ["complexity", "log_prob"]
     # Its calibration is the combination's statistic over the kept scores' stored calibration scores.
     np.testing.assert_allclose(kept.calibration_scores, conformal.fisher(
         [conformal.leave_one_out_p_values(mixed.method.reference[name]) for name in ("complexity", "log_prob")]))
+    eager = tfvae.OutlierDetector(model, "combined", scores=["regret", "eager_only"]).calibrate(x[:40])
+    with pytest.raises(ValueError, match=r"detector: none of the combined scores \['regret', 'eager_only'\] runs in an "
+                                         r"exported graph"):
+        tfvae.export.save(model, tmp_path / "f", detector=eager)
+    assert not (tmp_path / "f").exists()

@@ -225,7 +225,7 @@ def _parser():
     add("--input", required=True, metavar="DATA", help=DATA)
     add("-o", "--output", required=True, metavar="FILE", help="the .csv to write")
     add("--method", choices=OOD_METHODS, default=None,
-        help="the score (default: combined, Fisher's combination of log_prob, inference_gap and complexity)")
+        help="the score (default: complexity, -log2 p(x) minus the bits of a lossless code of x)")
     add("--calibrate", metavar="DATA", help="held-out in-distribution images to rank against (default: the test "
         "split of the run's dataset)")
     add("--false-positive-rate", type=_rate, default=0.05, metavar="A",
@@ -274,7 +274,7 @@ def _integer_at_least(low, expected):
 
 _positive_int = _integer_at_least(1, "an integer >= 1")
 # tfvae.ood.SCORES' names, here without importing TensorFlow (a test holds the two equal).
-OOD_METHODS = ("combined", "log_prob", "inference_gap", "complexity", "regret")
+OOD_METHODS = ("complexity", "log_prob", "inference_gap", "regret", "combined")
 
 
 def _rate(text):

@@ -11,7 +11,10 @@ import numpy as np
 from tfvae import arguments, atomic, checks, resources
 from tfvae.ood import conformal, scores as scores_lib
 
-DEFAULT_METHOD = "combined"
+DEFAULT_METHOD = "complexity"
+# What an export runs for a single score that no graph can (regret; complexity by bz2 or PNG): the best of those
+# that run in one (benchmarks/ood.py), from the importance pass the score shares, so calibrating it costs little.
+EXPORT_FALLBACK = "inference_gap"
 DETECTOR_FILE = "tfvae_detector.json"  # the entry a saved detector adds to the model's .keras file
 FORMAT = "tfvae-outlier-detector/1"
 
@@ -19,14 +22,14 @@ FORMAT = "tfvae-outlier-detector/1"
 class OutlierDetector:
     """Scores inputs by how unlike the model's data they are, and turns scores into conformal p-values.
 
-    The default method, "combined", is Fisher's combination of the conformal p-values of -log p(x),
-    the inference gap and input complexity, all from one importance-sampling pass of K = 100 (see
-    docs/ood.md for what each catches and the measurements behind the choice).
+    The default method, "complexity", is -log2 p(x) (importance sampling, K = 100) minus the bits of a
+    lossless code of x: the score that measured best on binary and 8-bit images alike, the combination
+    of scores included (docs/ood.md has the measurements behind the choice).
 
     Args:
         model: a trained `tfvae.VAE`.
-        method: a score's name ("log_prob", "inference_gap", "complexity", "regret", "combined" or one
-            registered with `tfvae.ood.register`), a `tfvae.ood.Score`, or None for "combined".
+        method: a score's name ("complexity", "log_prob", "inference_gap", "regret", "combined" or one
+            registered with `tfvae.ood.register`), a `tfvae.ood.Score`, or None for "complexity".
         seed: the noise of every estimate: the same x gets the same score.
         batch_size: examples per estimate.
         **options: the score's own, e.g. num_samples=300, or coder="png" for "complexity".
@@ -52,6 +55,7 @@ class OutlierDetector:
         batch_size = arguments.positive_int(batch_size, "batch_size")
         self.batch_size = resources.examples_per_step(num_samples, event_size, batch_size)
         self.calibration_scores = None
+        self.fallback_calibration_scores = None  # EXPORT_FALLBACK's, for a method no graph runs
 
     def score(self, x, condition=None):
         """The score of each x, higher = more anomalous: float64 numpy [N]."""
@@ -70,7 +74,12 @@ class OutlierDetector:
             components = {name: np.concatenate([p[name] for p in parts]) for name in self.method.scores}
             self.calibration_scores = self.method.fit(components)
         else:
+            evidence = list(evidence)
             self.calibration_scores = np.concatenate([self.method(e) for e in evidence])
+            if self._falls_back():
+                fallback = self._fallback()
+                fallback.calibration_scores = np.concatenate([fallback.method(e) for e in evidence])
+                self.fallback_calibration_scores = fallback.calibration_scores
         return self
 
     def p_value(self, x, condition=None):
@@ -93,15 +102,15 @@ class OutlierDetector:
 
         Itself if its method runs in a graph (`Score.in_graph`: a function of x and one importance-sampling
         pass); for a combination, the combination of its scores that do (regret takes gradient steps,
-        complexity with a coder other than "context" runs bz2 or PNG); ValueError when none does."""
+        complexity with a coder other than "context" runs bz2 or PNG), ValueError when none does; for
+        another single score, `EXPORT_FALLBACK`'s detector, calibrated on the same data."""
         self._check_calibrated("exported")
         method = self.method
         if not method.needs_reference:
-            if not method.in_graph(self.model):
-                raise ValueError(
-                    f"detector: the {method.name!r} method does not run in an exported graph; export a detector of "
-                    f"one that does ({', '.join(_exportable(self.model))}) or of 'combined'."
-                )
+            if self._falls_back():
+                fallback = self._fallback()
+                fallback.calibration_scores = self.fallback_calibration_scores
+                return fallback
             return self
         kept = [name for name, score in method.scores.items() if score.in_graph(self.model)]
         if not kept:
@@ -135,6 +144,13 @@ class OutlierDetector:
             score = method.from_terms(terms, x)
         return {"score": score, "p_value": p_values(self.calibration_scores, score)}
 
+    def _falls_back(self):
+        return not self.method.needs_reference and not self.method.in_graph(self.model)
+
+    def _fallback(self):
+        return OutlierDetector(self.model, EXPORT_FALLBACK, self.seed, self.batch_size,
+                               num_samples=self.method.num_samples)
+
     def takes_binary_input(self):
         """Whether the scores code x as a binary image (the "context" and "bits" coders): then only 0s and 1s."""
         scores = self.method.scores.values() if self.method.needs_reference else [self.method]
@@ -156,6 +172,8 @@ class OutlierDetector:
         calibration = None
         if self.calibration_scores is not None:
             calibration = {"scores": self.calibration_scores.tolist()}
+            if self.fallback_calibration_scores is not None:
+                calibration["fallback_scores"] = self.fallback_calibration_scores.tolist()
             if self.method.needs_reference:
                 calibration["reference"] = {k: v.tolist() for k, v in self.method.reference.items()}
         return {"format": FORMAT, "method": self.method.name, "options": self.method.get_config(), "seed": self.seed,
@@ -167,6 +185,8 @@ class OutlierDetector:
         calibration = config.get("calibration")
         if calibration is not None:
             detector.calibration_scores = np.asarray(calibration["scores"], np.float64)
+            if "fallback_scores" in calibration:
+                detector.fallback_calibration_scores = np.asarray(calibration["fallback_scores"], np.float64)
             if detector.method.needs_reference:
                 detector.method.reference = {k: np.asarray(v, np.float64) for k, v in calibration["reference"].items()}
         return detector
@@ -200,8 +220,3 @@ class OutlierDetector:
                 "build one with tfvae.OutlierDetector(model)."
             )
         return cls.from_config(keras.models.load_model(path), config)
-
-
-def _exportable(model):
-    return [name for name, score in scores_lib.SCORES.items()
-            if not score.needs_reference and score().in_graph(model)]
