@@ -77,9 +77,8 @@ class OutlierDetector:
             evidence = list(evidence)
             self.calibration_scores = np.concatenate([self.method(e) for e in evidence])
             if self._falls_back():
-                fallback = self._fallback()
-                fallback.calibration_scores = np.concatenate([fallback.method(e) for e in evidence])
-                self.fallback_calibration_scores = fallback.calibration_scores
+                fallback = self._fallback().method
+                self.fallback_calibration_scores = np.concatenate([fallback(e) for e in evidence])
         return self
 
     def p_value(self, x, condition=None):
@@ -148,8 +147,8 @@ class OutlierDetector:
         return not self.method.needs_reference and not self.method.in_graph(self.model)
 
     def _fallback(self):
-        return OutlierDetector(self.model, EXPORT_FALLBACK, self.seed, self.batch_size,
-                               num_samples=self.method.num_samples)
+        # With its own K (complexity's, 100 by default, shares the importance pass).
+        return OutlierDetector(self.model, EXPORT_FALLBACK, self.seed, self.batch_size)
 
     def takes_binary_input(self):
         """Whether the scores code x as a binary image (the "context" and "bits" coders): then only 0s and 1s."""
