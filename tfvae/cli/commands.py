@@ -46,7 +46,7 @@ def evaluate(args):
     from tfvae import evaluate as evaluation
 
     model = runs.load_model(args.run)
-    config = _config_if_any(args.run)
+    config = config_if_any(args.run)
     name = args.dataset or config.get("dataset")
     if name is None:
         raise ValueError(f"{args.run}: has no {runs.CONFIG} to name its dataset; pass --dataset.")
@@ -129,7 +129,7 @@ def export(args):
         raise ValueError(f"--out: {directory} holds the run {args.run}; an export there would replace it.")
     exporting.check_directory(os.path.abspath(directory), args.overwrite, "--out", "--overwrite")
     model = runs.load_model(args.run)
-    config = _config_if_any(args.run)
+    config = config_if_any(args.run)
     sample_inputs = sample_conditions = None
     if "dataset" in config:
         dataset = runs.load_dataset(config["dataset"], config.get("data_dir"))
@@ -292,7 +292,8 @@ def _grid_pixels(event_shape):
     return (height * scale + 1) * (width * scale + 1) * channels
 
 
-def _config_if_any(run):
+def config_if_any(run):
+    """The run's config.json, or {} for a run directory without one."""
     return runs.read_config(run) if os.path.isfile(os.path.join(run, runs.CONFIG)) else {}
 
 

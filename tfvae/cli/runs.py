@@ -187,9 +187,13 @@ def checkpoint_path(run, epochs_done):
 
 def evaluation_images(config, dataset, split="test"):
     """The split ("test" or "train") as the model is scored on it: one fixed binary draw if it was trained binarized."""
+    return as_evaluated(config, dataset.x_test if split == "test" else dataset.x_train)
+
+
+def as_evaluated(config, x):
+    """Images x as the run's model is scored on them: one fixed binary draw if it was trained binarized."""
     from tfvae import data
 
-    x = dataset.x_test if split == "test" else dataset.x_train
     if config.get("binarization") in ("dynamic", "static"):
         x = data.binarize_static(x, seed=TEST_BINARIZATION_SEED)
     return x

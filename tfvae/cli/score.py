@@ -2,7 +2,6 @@
 
 import csv
 import io
-import os
 
 from tfvae import plots
 from tfvae.cli import commands, flags, runs
@@ -17,7 +16,8 @@ def score(args):
     output = runs.output_path(args.output, (".csv",))
     plot = None if args.plot is None else runs.output_path(args.plot, (".png",), "--plot")
     model = runs.load_model(args.run)
-    config = _config(args)
+    # Without --calibrate the run's config.json must name its dataset, whose test split calibrates.
+    config = runs.read_config(args.run) if args.calibrate is None else commands.config_if_any(args.run)
     options = {} if args.num_samples is None else {"num_samples": args.num_samples}
     with flags.named(NAMES):
         detector = ood.OutlierDetector(model, args.method, batch_size=args.batch_size, **options)
@@ -45,13 +45,6 @@ def score(args):
     return 0
 
 
-def _config(args):
-    """The run's config.json; without --calibrate it must exist, to name the run's dataset."""
-    if args.calibrate is None or os.path.isfile(os.path.join(args.run, runs.CONFIG)):
-        return runs.read_config(args.run)
-    return {}
-
-
 def _calibration(args, config, model):
     """(the calibration images as the model is scored on them, their conditions or None, what they are):
     --calibrate, or the run's test split."""
@@ -69,12 +62,10 @@ def _calibration(args, config, model):
 
 def _as_trained(x, model, config):
     """x checked against the likelihood's support, then binarized as `evaluate` does for a run trained binarized."""
-    from tfvae import checks, data
+    from tfvae import checks
 
     checks.check_values(x, "x", model.likelihood_head)
-    if config.get("binarization") in ("dynamic", "static"):
-        x = data.binarize_static(x, seed=runs.TEST_BINARIZATION_SEED)
-    return x
+    return runs.as_evaluated(config, x)
 
 
 def _write_csv(path, scores, p_values, flagged, names):
