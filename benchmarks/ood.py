@@ -130,8 +130,9 @@ def exported(detector, calibration, sets, work_dir):
     manifest = tfvae.export.save(detector.model, directory, detector=detector, sample_inputs=calibration)
     saved = tf.saved_model.load(os.path.join(directory, "saved_model")).signatures["anomaly_score"]
     lite = Interpreter(os.path.join(directory, "model.tflite")).get_signature_runner("anomaly_score")
+    keras_side = detector.exported()
     runtimes = {
-        "keras": lambda x: (detector.exported().score(x), detector.exported().p_value(x)),
+        "keras": lambda x: (keras_side.score(x), keras_side.p_value(x)),
         "saved_model": lambda x: tuple(saved(x=tf.constant(x))[k].numpy() for k in ("score", "p_value")),
         "tflite": lambda x: tuple(lite(x=x)[k] for k in ("score", "p_value")),
     }

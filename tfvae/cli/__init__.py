@@ -273,6 +273,10 @@ def _integer_at_least(low, expected):
 
 
 _positive_int = _integer_at_least(1, "an integer >= 1")
+_non_negative_int = _integer_at_least(0, "an integer >= 0")
+_class_index = _integer_at_least(0, "a class index, an integer >= 0")
+
+
 # tfvae.ood.SCORES' names, here without importing TensorFlow (a test holds the two equal).
 OOD_METHODS = ("complexity", "log_prob", "inference_gap", "regret", "combined")
 
@@ -286,8 +290,6 @@ def _rate(text):
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1); got {text!r}")
     return value
-_non_negative_int = _integer_at_least(0, "an integer >= 0")
-_class_index = _integer_at_least(0, "a class index, an integer >= 0")
 
 
 def _learning_rate(text):
