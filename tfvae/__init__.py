@@ -22,6 +22,7 @@ __all__ = [
     "objectives",
     "ood",
     "schedules",
+    "sources",
     "training",
 ]
 __version__ = "0.1.0"
