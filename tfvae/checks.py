@@ -150,6 +150,8 @@ def check_training_data(data, event_shape, name, likelihood=None, labelled=False
     if isinstance(data, tf.data.Dataset):
         _check_dataset(data, event_shape, name)
         return data
+    if isinstance(data, tf.distribute.DistributedDataset):  # each worker's own (strategy.distribute_datasets_from_function)
+        return data
     rank = len(event_shape) + 1
     data = _as_batch_of_numbers(data, rank)
     if labelled and isinstance(data, (tuple, list)) and len(data) in (1, 2) and np.ndim(data[0]) > 0:

@@ -93,14 +93,16 @@ class Trainer:
 
         In-memory arrays take `tfvae.data.make_dataset`'s pipeline (see
         `tfvae.training.arrays_as_datasets`), with Keras's `batch_size`, `shuffle` and
-        `validation_split` kept (a conditional model's conditions travel with their x).
+        `validation_split` kept (a conditional model's conditions travel with their x). A distributed
+        dataset (`strategy.distribute_datasets_from_function`, each worker reading its own shard, as
+        `tfvae.sources` datasets can) is taken as it is: its values are not checked batch by batch.
         """
         batch_size = checks.keras_count(batch_size)
         epochs = arguments.positive_int(epochs, "epochs")
         _check_fit_options(kwargs)
         x = self._check_data(x, "x")
         # A step decodes K samples of each example of the batch at once (a dataset's batch is not known here).
-        rows = 1 if isinstance(x, tf.data.Dataset) else batch_size or training.KERAS_BATCH_SIZE
+        rows = 1 if training.is_dataset(x) else batch_size or training.KERAS_BATCH_SIZE
         resources.check_step(rows * self.num_samples * math.prod(self.event_shape),
                              f"num_samples={self.num_samples} with batch_size={rows}")
         y = self._check_conditions(x, y, "condition (y)")
@@ -109,7 +111,7 @@ class Trainer:
             kwargs["validation_data"] = self._check_labelled_conditions(kwargs["validation_data"], "validation_data")
         if not self.compiled:
             self.compile()
-        if not isinstance(x, tf.data.Dataset):
+        if not training.is_dataset(x):
             conditions = None if self.condition_shape is None else y
             x, kwargs = training.arrays_as_datasets(x, batch_size, kwargs, conditions)
             if isinstance(x, tf.data.Dataset):  # the labels (ignored, or the conditions) and the batch size are in it
@@ -121,7 +123,7 @@ class Trainer:
             steps=kwargs.get("steps_per_epoch") or training.batches_per_epoch(x, batch_size),
             test_steps=kwargs.get("validation_steps") or training.batches_per_epoch(
                 validation, kwargs.get("validation_batch_size") or batch_size))
-        if isinstance(x, tf.data.Dataset):
+        if training.is_dataset(x):
             # A dataset shuffles itself (tfvae.data.make_dataset does): Keras's default shuffle=True
             # would only warn that it is ignored.
             kwargs.setdefault("shuffle", False)
@@ -234,7 +236,7 @@ class Trainer:
         then yield (x, condition) pairs); for an unconditional model y as it was given, labels ignored."""
         if self.condition_shape is None:
             return y
-        if isinstance(x, tf.data.Dataset):
+        if training.is_dataset(x):
             checks.check_dataset_conditions(x, self.condition_shape, "x")
             return y
         if y is None:

@@ -128,13 +128,19 @@ def fitted_steps_per_execution(largest, steps=(), data=None, batch_size=None):
     return divisors[0] if divisors else min(largest, batches or largest)
 
 
+def is_dataset(data):
+    """Whether `data` is a tf.data.Dataset, or a distributed one (each worker's, from
+    `strategy.distribute_datasets_from_function`), which `fit` takes as it is."""
+    return isinstance(data, (tf.data.Dataset, tf.distribute.DistributedDataset))
+
+
 def batches_per_epoch(data, batch_size):
     """Batches in one pass over an array (Keras's default batch size is 32), an (x, y) pair of arrays or a
     finite dataset; else None."""
     if isinstance(data, (tuple, list)) and data:
         data = data[0]
-    if isinstance(data, tf.data.Dataset):
-        cardinality = int(data.cardinality())
+    if is_dataset(data):
+        cardinality = int(data.cardinality() if callable(data.cardinality) else data.cardinality)
         return cardinality if cardinality > 0 else None
     return math.ceil(len(data) / (batch_size or KERAS_BATCH_SIZE)) if hasattr(data, "__len__") else None
 
