@@ -85,8 +85,9 @@ def test_an_image_too_large_to_decode_is_one_line_naming_it(folders, results, ru
 
     assert result.returncode == 2
     assert error_lines(result.stderr) == [
-        f"tfvae: error: {os.path.join('bomb', 'big.png')}: cannot read the image: it is too large (Image size "
-        "(400000000 pixels) exceeds limit of 178956970 pixels, could be decompression bomb DOS attack)."
+        f"tfvae: error: {os.path.join('bomb', 'big.png')}: cannot read the image (it is too large: its header claims "
+        "400000000 pixels, more than the 178956970 an image may have); 1 of the 1 images in bomb do not decode. "
+        "tfvae train --skip-bad-files skips them."
     ]
     for argv in (["reconstruct", "-o", "r.png"], ["score", "-o", "s.csv"], ["plot-latent", "-o", "p.png"]):
         check_error(capsys, [argv[0], run, "--input", folders / "bomb", *argv[1:]], "big.png: cannot read the image")
@@ -202,7 +203,7 @@ def test_library_errors_name_the_flags(run, capsys, tmp_path):  # noqa: F811
     check_error(capsys, ["export", run, "--out", tmp_path / "e", "--no-tflite", "--quantize", "dynamic"],
                 "--quantize: 'dynamic' needs the TFLite model (drop --no-tflite).")
     check_error(capsys, ["evaluate", run, "--dataset", tmp_path / "missing.npy"],
-                f"--dataset: no such file '{tmp_path / 'missing.npy'}'.")
+                f"--dataset: no such file or folder '{tmp_path / 'missing.npy'}'.")
     check_error(capsys, ["score", run, "--input", tmp_path / "grey.npy", "-o", tmp_path / "s.csv"],
                 f"--input {tmp_path / 'grey.npy'}: the Bernoulli likelihood expects values in [0, 1]")
     check_error(capsys, ["reconstruct", run, "--input", tmp_path / "grey.npy", "-o", tmp_path / "r.npy"],

@@ -71,8 +71,8 @@ def test_help_version_and_usage_errors_do_not_import_tensorflow(args, status, tm
     [(["evaluate", "no-such-run"], "no-such-run: no such run directory."),
      (["sample", "empty"], "empty: no model.keras in this run directory; train one with tfvae train --out empty."),
      (["encode", "empty", "--input", "x.npy", "-o", "z.npy"], "empty: no model.keras"),
-     (["train", "--dataset", "mnits"], "--dataset: expected one of digits, mnist-5k, fashion_mnist, mnist or an"),
-     (["train", "--dataset", "missing.npz"], "--dataset: no such file 'missing.npz'."),
+     (["train", "--dataset", "mnits"], "--dataset: expected one of digits, mnist-5k, fashion_mnist, mnist, a folder of images"),
+     (["train", "--dataset", "missing.npz"], "--dataset: no such file or folder 'missing.npz'."),
      (["train", "--resume", "--out", "no-such-run"], "no-such-run: no such run directory."),
      (["train", "--out", ""], "--out: expected a run directory; got ''."),
      (["train", "--kl-schedule", "cyclical:period=0", "--out", "run"],
@@ -94,11 +94,10 @@ def test_a_mistyped_run_dataset_input_or_schedule_is_refused_before_tensorflow_i
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # nothing written
 
 
-def test_the_command_lines_dataset_names_are_the_librarys():
-    from tfvae import data
-    from tfvae.cli import runs
+def test_the_sources_bundled_names_are_the_datasets_tfvae_data_loads():
+    from tfvae import data, sources
 
-    assert runs.DATASETS == data.DATASETS
+    assert sources.BUNDLED == data.DATASETS
 
 
 def test_verbose_is_accepted_before_and_after_the_command():

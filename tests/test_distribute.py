@@ -287,3 +287,27 @@ def test_a_worker_other_than_the_chief_writes_nothing(digits, tmp_path, monkeypa
         tfvae.export.save(model, tmp_path / "export", quantize="int4")
     with pytest.raises(ValueError, match=r"log_prob_samples"):
         tfvae.export.save(model, tmp_path / "export", log_prob_samples=0)
+
+
+def test_two_workers_read_disjoint_shards_of_a_streamed_source_that_together_are_the_epoch(tmp_path):
+    """As `tfvae train` shards a streamed dataset: each worker reads its own images of the folder, every
+    training image is read once an epoch by one of them, and the two train one model on their shards."""
+    import test_sources
+
+    folder = tmp_path / "images"
+    for i, image in enumerate(test_sources._images(150)):
+        os.makedirs(folder / f"{i % 4}", exist_ok=True)
+        test_sources.Image.fromarray(image).save(folder / f"{i % 4}" / f"{i:03d}.png")
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    logs.mkdir()
+    out.mkdir()
+    workers = launch.start([sys.executable, os.path.join(HERE, "sharded_worker.py"), str(out), str(folder)], 2,
+                           logs=logs, env=_env())
+    assert [worker.wait(timeout=240) for worker in workers] == [0, 0], _tails(logs)
+    results = [json.loads((out / f"seen-{i}.json").read_text()) for i in range(2)]
+    assert results[0]["replicas"] == 2
+    expected = sorted(test_sources._index(tfvae.sources.open(folder).read("train")[0]))
+    assert not set(results[0]["seen"]) & set(results[1]["seen"])
+    assert sorted(results[0]["seen"] + results[1]["seen"]) == expected
+    assert abs(len(results[0]["seen"]) - len(results[1]["seen"])) <= 1  # every other image of the epoch's order
+    assert results[0]["loss"] == results[1]["loss"] and np.isfinite(results[0]["loss"]).all()

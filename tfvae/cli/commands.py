@@ -16,17 +16,17 @@ from tfvae import plots, resources
 from tfvae.cli import flags, quiet_native_logs, runs
 
 BATCH = 500  # examples per forward pass for encode/reconstruct
+EXPORT_CHECKED = 10_000  # examples of each split of a streamed source that an export is checked on
 
 
-def check_training(config, dataset):
+def check_training(config, shape):
     """Refuses, before `tfvae train` builds or writes anything, a run that would not fit the resource rule.
 
     Args:
         config: the run's configuration (tfvae.cli.train), with latent_dim, architecture,
             batch_size and num_samples.
-        dataset: the loaded `tfvae.data` dataset.
+        shape: the shape of one example of its data.
     """
-    shape = dataset.x_train.shape[1:]
     latent_dim, batch_size, num_samples = config["latent_dim"], config["batch_size"], config["num_samples"]
     parameters = resources.model_bytes(shape, latent_dim, config["architecture"])
     resources.check_memory(parameters, f"--latent-dim {latent_dim}")
@@ -50,11 +50,10 @@ def evaluate(args):
     name = args.dataset or config.get("dataset")
     if name is None:
         raise ValueError(f"{args.run}: has no {runs.CONFIG} to name its dataset; pass --dataset.")
-    with flags.named({"name_or_path": "--dataset"}):
-        dataset = runs.load_dataset(name, config.get("data_dir"))
-    x = runs.as_model_input(runs.evaluation_images(config, dataset), model.event_shape, f"--dataset {name}")
+    x, labels = runs.evaluation_data(config, runs.open_source(config, name))
+    x = runs.as_model_input(x, model.event_shape, f"--dataset {name}")
     batch_size = _batch_for_progress(model, args.num_samples, args.batch_size)
-    condition = labels_as_conditions(model, dataset.y_test, f"--dataset {name}")
+    condition = labels_as_conditions(model, labels, f"--dataset {name}")
     with flags.named({"data": f"--dataset {name}", "precision": "--precision", "proposal": "--proposal"}):
         result = evaluation.log_likelihood(model, x, num_samples=args.num_samples, batch_size=batch_size,
                                            verbose=0 if args.json else 1, precision=args.precision,
@@ -132,13 +131,16 @@ def export(args):
     config = config_if_any(args.run)
     sample_inputs = sample_conditions = None
     if "dataset" in config:
-        dataset = runs.load_dataset(config["dataset"], config.get("data_dir"))
+        source = runs.open_source(config)
         # The test images first (the batch checked against Keras), then the training images: the export is
         # checked on the data the model was trained on, where a few images can reach extreme parameters.
-        sample_inputs = np.concatenate([runs.evaluation_images(config, dataset, split)
-                                        for split in ("test", "train")])
+        # A streamed source gives the first EXPORT_CHECKED of each split.
+        limit = None if source.kind == "bundled" else EXPORT_CHECKED
+        (x_test, y_test), (x_train, y_train) = (runs.evaluation_data(config, source, split, limit)
+                                                for split in ("test", "train"))
+        sample_inputs = np.concatenate([x_test, x_train])
         if model.condition_shape is not None:
-            sample_conditions = labels_as_conditions(model, np.concatenate([dataset.y_test, dataset.y_train]),
+            sample_conditions = labels_as_conditions(model, np.concatenate([y_test, y_train]),
                                                      f"the run's dataset {config['dataset']}")
     # The parity check runs log_prob with K samples on each runtime without a progress bar.
     runtimes = 2 + (not args.no_tflite) + (quantize is not None)  # Keras, the SavedModel, each TFLite model
@@ -263,9 +265,9 @@ def plot_latent(args):
         source = args.input
     else:
         config = runs.read_config(args.run)
-        dataset = runs.load_dataset(config["dataset"], config.get("data_dir"))
-        x = runs.as_model_input(dataset.x_test, model.event_shape, f"the run's dataset {config['dataset']}")
-        labels, source = dataset.y_test, f"{config['dataset']} test split"
+        x, labels = runs.open_source(config).read("test")
+        x = runs.as_model_input(x, model.event_shape, f"the run's dataset {config['dataset']}")
+        source = f"{config['dataset']} test split"
     with flags.named({"x": f"--input {source}" if args.input is not None else source}):
         z = _batched(lambda b: np.asarray(model.encode(b).mean()), x)
     how = "posterior means" if model.latent_dim <= 2 else f"posterior means, {model.latent_dim}-D projected by PCA"

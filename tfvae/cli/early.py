@@ -13,8 +13,8 @@ from tfvae.cli import flags, runs
 
 
 def check(args):
-    """Raises the error the command would raise later for args' run, --input, --dataset, --resume or
-    --kl-schedule."""
+    """Raises the error the command would raise later for args' run, --input, --dataset, --test-dataset,
+    --resume or --kl-schedule."""
     run = getattr(args, "run", None)
     if run is not None:
         runs.check_trained(run)
@@ -22,6 +22,8 @@ def check(args):
         runs.check_input(args.input)
     if getattr(args, "dataset", None) is not None:
         runs.check_dataset(args.dataset)
+    if getattr(args, "test_dataset", None) is not None:
+        runs.check_dataset(args.test_dataset, "--test-dataset")
     if hasattr(args, "resume"):  # tfvae train, which checks --out first too
         runs.check_out(args.out)
         if args.resume and args.out is not None:

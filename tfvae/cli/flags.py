@@ -13,6 +13,7 @@ _API_ADVICE = {
     "pass overwrite=True": "pass --overwrite",
     "use likelihood='gaussian'": "train with --likelihood gaussian",
     "needs tflite=True": "needs the TFLite model (drop --no-tflite)",
+    "Pass skip_bad_files=True to skip them": "tfvae train --skip-bad-files skips them",
 }
 
 

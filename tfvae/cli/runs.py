@@ -26,17 +26,15 @@ import re
 import numpy as np
 
 from tfvae.atomic import atomic_path, process_alive
+from tfvae.cli import flags
 
 CONFIG = "config.json"
 MODEL = "model.keras"
 HISTORY = "history.csv"
 CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Binarized test sets are one fixed draw, so every evaluation of a run scores the same binary images.
 TEST_BINARIZATION_SEED = 1234
-# The names `tfvae.data.load` takes (tfvae.data.DATASETS, which imports TensorFlow; a test keeps them equal).
-DATASETS = ("digits", "mnist-5k", "fashion_mnist", "mnist")
 _CHECKPOINT = re.compile(r"epoch-(\d+)\.keras")
 _TEMPORARY = re.compile(r"\.tmp-(\d+)-.*")
 
@@ -185,9 +183,11 @@ def checkpoint_path(run, epochs_done):
     return os.path.join(run, CHECKPOINTS, f"epoch-{epochs_done:04d}.keras")
 
 
-def evaluation_images(config, dataset, split="test"):
-    """The split ("test" or "train") as the model is scored on it: one fixed binary draw if it was trained binarized."""
-    return as_evaluated(config, dataset.x_test if split == "test" else dataset.x_train)
+def evaluation_data(config, source, split="test", limit=None):
+    """(x, labels or None) of the source's split as the run's model is scored on them: one fixed binary
+    draw if it was trained binarized (each example's own, for a streamed source; see tfvae.sources)."""
+    binarized = config.get("binarization") in ("dynamic", "static")
+    return source.read(split, limit, "static" if binarized else None, TEST_BINARIZATION_SEED)
 
 
 def as_evaluated(config, x):
@@ -199,22 +199,35 @@ def as_evaluated(config, x):
     return x
 
 
-def check_dataset(name):
-    """Refuses a --dataset that is neither a dataset's name nor an existing .npz/.npy file."""
-    if name in DATASETS:
-        return
-    if not str(name).endswith((".npz", ".npy")):
-        raise ValueError(f"--dataset: expected one of {', '.join(DATASETS)} or an .npz/.npy file; got {name!r}.")
-    if not os.path.isfile(name):
-        raise FileNotFoundError(f"--dataset: no such file {name!r}.")
+def check_dataset(name, flag="--dataset"):
+    """Refuses a --dataset that names no source (tfvae.sources.kind_of); returns its kind."""
+    from tfvae import sources
+
+    try:
+        return sources.kind_of(name)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"{flag}: {e}") from None
 
 
-def load_dataset(name, data_dir=None):
-    """`tfvae.data.load` with the error naming the command-line flag."""
-    from tfvae import data
+# The source options of `tfvae train`, as the library names them -> the flags.
+SOURCE_FLAGS = {"image_size": "--image-size", "test": "--test-dataset", "skip_bad_files": "--skip-bad-files",
+                "name_or_path": "--dataset"}
 
-    check_dataset(name)
-    return data.load(name, data_dir=data_dir)
+
+def open_source(config, name=None):
+    """The run's data as a `tfvae.sources` source, opened as its config.json says (image size, test
+    split, bad files); or the source `name` (evaluate --dataset), opened with the run's image size."""
+    from tfvae import sources
+
+    own = name is None or name == config.get("dataset")
+    name = config["dataset"] if name is None else name
+    images = check_dataset(name) in ("images", "tfrecord")
+    if config.get("test_dataset") is not None:
+        check_dataset(config["test_dataset"], "--test-dataset")
+    with flags.named(SOURCE_FLAGS):
+        return sources.open(name, image_size=config.get("image_size") if own or images else None,
+                            test=config.get("test_dataset") if own else None,
+                            skip_bad_files=bool(config.get("skip_bad_files")), data_dir=config.get("data_dir"))
 
 
 def read_input(path, event_shape):
@@ -222,18 +235,27 @@ def read_input(path, event_shape):
 
     Args:
         path: a .npy file, an .npz file (its only array, or x / x_test / images / arr_0, with labels
-            from y / y_test / labels), or a folder of PNG/JPEG images, which are converted to the
-            model's channels (grey or RGB), resized to its height and width and scaled to [0, 1].
+            from y / y_test / labels), a .csv table, TFRecord files or a folder of images (with labels from
+            its subfolders), whose images are converted to the model's channels (grey or RGB), resized to
+            its height and width and scaled to [0, 1] (see tfvae.sources).
         event_shape: the model's input shape, e.g. (28, 28, 1).
 
     Returns:
-        (x float32 of shape (N, *event_shape), labels or None, file names or None).
+        (x float32 of shape (N, *event_shape), labels or None, the examples' names or None).
     """
+    from tfvae import sources
+
     path = os.fspath(path)
-    check_input(path)
-    if os.path.isdir(path):
-        x, names = _read_image_folder(path, event_shape)
-        return x, None, names
+    kind = check_input(path)
+    if kind in ("images", "tfrecord"):
+        height, width, channels = _image_shape(event_shape, path)
+        with flags.named(SOURCE_FLAGS):
+            source = sources.open(path, image_size=(height, width), channels=channels)
+        x, labels = source.read("all")
+        return x.reshape(len(x), *event_shape), labels, source.names("all")
+    if kind == "csv":
+        x, labels = sources.open(path).read("all")
+        return as_model_input(x, event_shape, path), labels, None
     labels = None
     try:
         if path.endswith(".npy"):
@@ -247,14 +269,26 @@ def read_input(path, event_shape):
     return as_model_input(x, event_shape, path), labels, None
 
 
-def check_input(path):
-    """Refuses an --input that is neither a folder nor an existing .npy/.npz file."""
-    if os.path.isdir(path):
-        return
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--input: no such file or folder {path!r}.")
-    if not path.endswith((".npy", ".npz")):
-        raise ValueError(f"--input: expected a .npy or .npz file or a folder of PNG/JPEG images; got {path!r}.")
+def check_input(path, flag="--input"):
+    """Refuses an --input that names no file or folder of data; returns its kind (tfvae.sources.KINDS)."""
+    kind = check_dataset(path, flag)
+    if kind == "bundled":
+        raise ValueError(f"{flag}: expected a file or folder of data; got the dataset name {path!r} (a folder of "
+                         f"that name would need ./{path}).")
+    return kind
+
+
+def _image_shape(event_shape, path):
+    """(height, width, channels) of the images a model of this event shape takes."""
+    side = math.isqrt(event_shape[0])
+    if len(event_shape) == 3 and event_shape[-1] in (1, 3):
+        return tuple(event_shape)
+    if len(event_shape) == 2:
+        return (*event_shape, 1)
+    if len(event_shape) == 1 and side * side == event_shape[0]:  # flattened square grey images, e.g. (784,)
+        return side, side, 1
+    raise ValueError(f"--input: this model takes x of shape {tuple(event_shape)}, not images; give a .npy, .npz "
+                     f"or .csv file, not {path}.")
 
 
 def _pick_arrays(arrays):
@@ -302,63 +336,6 @@ def as_model_input(x, event_shape, source):
         raise ValueError(f"{source}: expected values within float32's range of ±{np.finfo(np.float32).max:.3g}; "
                          f"got {int(too_large.sum())} too large, e.g. {x[too_large].flat[0]:g}.")
     return x.astype(np.float32)
-
-
-def _read_image_folder(folder, event_shape):
-    from PIL import Image, UnidentifiedImageError
-
-    names = sorted(
-        n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, n))
-    )
-    if not names:
-        raise ValueError(f"--input: no PNG or JPEG images in the folder {folder!r}.")
-    side = math.isqrt(event_shape[0])
-    if len(event_shape) == 3 and event_shape[-1] in (1, 3):
-        height, width, channels = event_shape
-    elif len(event_shape) == 2:
-        (height, width), channels = event_shape, 1
-    elif len(event_shape) == 1 and side * side == event_shape[0]:  # flattened square grey images, e.g. (784,)
-        height = width = side
-        channels = 1
-    else:
-        raise ValueError(
-            f"--input: this model takes x of shape {tuple(event_shape)}, not images; give a .npy or .npz file."
-        )
-    images = []
-    for name in names:
-        path = os.path.join(folder, name)
-        try:
-            images.append(_read_image(path, height, width, channels))
-        except Image.DecompressionBombError as e:
-            raise ValueError(f"{path}: cannot read the image: it is too large ({str(e).rstrip('.')}).") from None
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise ValueError(f"{path}: cannot read the image ({e}).") from None
-    return np.stack(images).reshape(len(images), *event_shape), names
-
-
-# Pillow's modes of wide integer pixels: a 16-bit grey PNG opens as one of them.
-_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_WIDE_FULL_SCALE = 65535
-
-
-def _read_image(path, height, width, channels):
-    """One image file as float32 (height, width, channels) in [0, 1].
-
-    8-bit images are divided by 255 and 16-bit ones by 65535; an alpha channel is dropped, a
-    palette looked up, and grey and colour converted to the model's channels.
-    """
-    from PIL import Image
-
-    with Image.open(path) as image:
-        if image.mode not in _WIDE_MODES:
-            image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-            return np.asarray(image, dtype=np.float32).reshape(height, width, -1) / 255.0
-        # Converting to "L" would clip 16-bit values at 255: resize the values as floats instead.
-        values = np.asarray(image, dtype=np.float32)
-        if values.size and (values.min() < 0 or values.max() > _WIDE_FULL_SCALE):
-            raise ValueError(f"expected 16-bit pixels in 0..65535; got {values.min():g}..{values.max():g}")
-        grey = Image.fromarray(values / _WIDE_FULL_SCALE).resize((width, height), Image.BILINEAR)
-        return np.repeat(np.asarray(grey, dtype=np.float32)[..., np.newaxis], channels, axis=-1)
 
 
 def output_path(path, suffixes, flag="-o"):

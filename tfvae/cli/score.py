@@ -53,10 +53,9 @@ def _calibration(args, config, model):
         condition = commands.labels_as_conditions(model, labels, f"--calibrate {args.calibrate}")
         with flags.named({"x": f"--calibrate {args.calibrate}"}):
             return _as_trained(x, model, config), condition, args.calibrate
-    with flags.named({"name_or_path": "--dataset"}):
-        dataset = runs.load_dataset(config["dataset"], config.get("data_dir"))
-    x = runs.as_model_input(runs.evaluation_images(config, dataset), model.event_shape, f"the run's {config['dataset']}")
-    condition = commands.labels_as_conditions(model, dataset.y_test, f"the run's {config['dataset']}")
+    x, labels = runs.evaluation_data(config, runs.open_source(config))
+    x = runs.as_model_input(x, model.event_shape, f"the run's {config['dataset']}")
+    condition = commands.labels_as_conditions(model, labels, f"the run's {config['dataset']}")
     return x, condition, f"the {config['dataset']} test split"
 
 

@@ -14,18 +14,22 @@ import csv
 import importlib.util
 import io
 import os
+import re
 import sys
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from tfvae import VAE, callbacks, data, distribute, heads, plots, resources, schedules, training
+from tfvae import VAE, callbacks, data, distribute, heads, plots, resources, schedules, sources, training
 from tfvae.cli import TRAIN_DEFAULTS as DEFAULTS
 from tfvae.cli import commands, flags, runs
 
 RECONSTRUCTED_IMAGES = 32
 SAMPLED_IMAGES = 64  # about; a conditional run's are a whole number of rows of one sample per class
 VALIDATION_BATCH = 500
+DIAGNOSED = 10_000  # test examples of a streamed source that the diagnostics score
+SUPPORT_BATCH = 4096  # examples of a stream checked at a time before training
 
 
 def train(args):
@@ -108,44 +112,85 @@ def _prepare(config, done, checkpoint, strategy=None):
     The model is made (or loaded) in `strategy`'s scope, if given; it then trains under it.
 
     Returns:
-        (dataset, training batches, validation batches, model); completes config["input_shape"].
+        (source, training batches, validation batches, model); completes config["input_shape"] and
+        config["data"], what the source is.
     """
     for key, registry in (("likelihood", heads.LIKELIHOODS), ("prior", heads.PRIORS)):
         if config[key] not in registry:  # a hand-edited config.json
             raise ValueError(f"--{key}: expected one of {', '.join(registry)}; got {config[key]!r}.")
-    dataset = runs.load_dataset(config["dataset"], config["data_dir"])
-    image_shape = tuple(dataset.x_train.shape[1:])
+    source = runs.open_source(config)
+    image_shape = tuple(source.event_shape)
     if "input_shape" in config and tuple(config["input_shape"]) != image_shape:  # a resumed run's
-        raise ValueError(f"--dataset: {config['dataset']} now has images of shape {image_shape}; the run was trained "
+        raise ValueError(f"--dataset: {config['dataset']} now has examples of shape {image_shape}; the run was trained "
                          f"on {tuple(config['input_shape'])}.")
     config["input_shape"] = list(image_shape)
-    commands.check_training(config, dataset)
+    described, before = source.describe(), config.get("data")
+    config["data"] = described
+    commands.check_training(config, image_shape)
     if config["diagnostics_every"]:  # refused now, not after the first epoch
         resources.check_step(config["diagnostics_samples"] * int(np.prod(image_shape)),
                              f"--diagnostics-samples {config['diagnostics_samples']} (per test image)")
-    train_conditions, test_conditions = _conditions(config, dataset)
+    classes = _classes(config, source)
+    labels = None if classes is None else "one_hot"
     keras.utils.set_random_seed(config["seed"])
     binarization = None if config["binarization"] == "none" else config["binarization"]
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = _model(config, checkpoint, image_shape, classes)
     # A resumed run goes on with the shuffles and binary draws an uninterrupted run would have: each new
     # iterator of the pipeline draws the next ones, so the iterators `done` epochs of fit made are made and
     # dropped first. A strategy's distributed copy of the pipeline counts its own iterators from 0: there the
     # seed moves on instead, so no epoch's draws come again.
     seed = config["seed"] + (done if strategy is not None else 0)
-    train_data = data.make_dataset(dataset.x_train, config["batch_size"], binarization, seed=seed,
-                                   labels=train_conditions)
+    train_data = _training_batches(source, config, binarization, seed, labels, strategy)
     if strategy is None:
         data.skip_iterations(train_data, done * training.KERAS_ITERATORS_PER_EPOCH)
-    x_test = runs.evaluation_images(config, dataset)
-    validation_data = data.make_dataset(x_test, VALIDATION_BATCH, shuffle=False, labels=test_conditions)
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = _model(config, checkpoint, image_shape, train_conditions)
-    # fit checks a tf.data dataset's shape only; the values must lie where the likelihood has density.
-    for split, x in (("train", dataset.x_train), ("test", x_test)):
-        commands.check_support(x, f"--dataset {config['dataset']} ({split} split)", model.likelihood_head)
-    return dataset, train_data, validation_data, model
+    validation_data = source.dataset("test", VALIDATION_BATCH, "static" if binarization else None, shuffle=False,
+                                     seed=runs.TEST_BINARIZATION_SEED, labels=labels)
+    _check_support(config, source, model, binarization)
+    for ds in (train_data, validation_data):  # checked whole: fit need not check each batch again
+        if isinstance(ds, tf.data.Dataset):
+            data.mark_checked(ds)
+    if before is not None and (before["train_examples"], before["test_examples"]) != (
+            described["train_examples"], described["test_examples"]):
+        print(f"warning: {config['dataset']} now has {described['train_examples']} train and "
+              f"{described['test_examples']} test examples; the run began with {before['train_examples']} and "
+              f"{before['test_examples']}.", file=sys.stderr)
+    return source, train_data, validation_data, model
 
 
-def _model(config, checkpoint, image_shape, train_conditions):
+def _check_support(config, source, model, binarization):
+    """Refuses data outside the likelihood's support before the run is written: a bundled dataset whole, a
+    stream a batch at a time (one pass), except images to binarize, which decode into [0, 1]."""
+    if source.kind in ("images", "tfrecord") and binarization is not None:
+        return
+    for split in ("train", "test"):
+        name = f"--dataset {config['dataset']} ({split} split)"
+        if source.kind == "bundled":
+            x = source.arrays.x_train if split == "train" else runs.evaluation_data(config, source)[0]
+            commands.check_support(x, name, model.likelihood_head)
+            continue
+        for x in source.dataset(split, SUPPORT_BATCH, shuffle=False):
+            commands.check_support(x.numpy(), name, model.likelihood_head)
+
+
+def _training_batches(source, config, binarization, seed, labels, strategy):
+    """The training split's batches; under a cluster strategy, each worker's own shard of each epoch (a
+    bundled dataset is read whole by every worker, which keeps its replicas' shares of each global batch)."""
+    batch_size = config["batch_size"]
+    if strategy is None or source.kind == "bundled":
+        return source.dataset("train", batch_size, binarization, seed=seed, labels=labels)
+    if batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"--batch-size: expected a multiple of the cluster's {strategy.num_replicas_in_sync} "
+                         f"replicas, which read a streamed dataset in equal shares; got {batch_size}.")
+
+    def shard(context):
+        return source.dataset("train", context.get_per_replica_batch_size(batch_size), binarization, seed=seed,
+                              labels=labels, shard=(context.num_input_pipelines, context.input_pipeline_id))
+
+    return strategy.distribute_datasets_from_function(shard)
+
+
+def _model(config, checkpoint, image_shape, classes):
     """The checkpoint's model, or a new one as config says, compiled."""
     if checkpoint is not None:
         model = _load_checkpoint(checkpoint, config)
@@ -162,41 +207,60 @@ def _model(config, checkpoint, image_shape, train_conditions):
                 num_samples=config["num_samples"],
                 seed=config["seed"],
                 kl_schedule=config["kl_schedule"],
-                condition_shape=None if train_conditions is None else train_conditions.shape[1:],
+                condition_shape=None if classes is None else (classes,),
             )
         model.compile(optimizer=training.Adam(config["learning_rate"]))
     return model
 
 
-def _conditions(config, dataset):
-    """The one-hot class labels of the train and test splits for `--condition labels`; (None, None) without it."""
+def _classes(config, source):
+    """The number of classes a run with `--condition labels` is conditioned on; None without it."""
     if config["condition"] is None:
-        return None, None
+        return None
     if config["condition"] != "labels":  # a hand-edited config.json
         raise ValueError(f"--condition: expected labels; got {config['condition']!r}.")
-    source = f"--condition labels: the dataset {config['dataset']}"
-    labels = [y for y in (dataset.y_train, dataset.y_test) if y is not None]
-    classes = max(int(y.max()) + 1 for y in labels) if labels else 0
-    # One-hot rows for every image, and the samples grid's column per class (a classes x classes block).
-    resources.check_memory(4 * classes * (sum(map(len, labels)) + classes),
-                           f"{source}: {classes} classes (the largest label + 1)")
-    return tuple(commands.one_hot_labels(y, classes, source) for y in (dataset.y_train, dataset.y_test))
+    if source.classes is None:
+        raise ValueError(f"--condition labels: the dataset {config['dataset']} has no labels; a conditional model "
+                         f"needs them as its conditions.")
+    # The samples grid's column per class (a classes x classes block).
+    resources.check_memory(4 * source.classes * source.classes,
+                           f"--condition labels: the dataset {config['dataset']}: {source.classes} classes "
+                           f"(the largest label + 1)")
+    return source.classes
 
 
-def _image_grids(run, model, dataset, test_conditions, shown, log_dir):
-    """The pictures' callback for the test images at indices `shown`. A conditional run's samples.png
-    has a column per class, and its reconstructions are of the images under their own classes."""
+def _shown(config, source, model):
+    """(test images, their one-hot conditions or None) of the pictures: spread over a bundled test split
+    (sorted by class in mnist-5k), the first of a streamed one (in hash order)."""
+    if source.kind == "bundled":
+        x, y = source.read("test")
+        shown = np.linspace(0, len(x) - 1, RECONSTRUCTED_IMAGES).astype(int)
+        x, y = x[shown], None if y is None else y[shown]
+    else:
+        x, y = source.read("test", RECONSTRUCTED_IMAGES)
+    return x, commands.labels_as_conditions(model, y, f"--dataset {config['dataset']}")
+
+
+def _diagnosed(config, source, model):
+    """(x, conditions or None) that the diagnostics score: the test split, at most DIAGNOSED of a streamed one."""
+    x, y = runs.evaluation_data(config, source, limit=None if source.kind == "bundled" else DIAGNOSED)
+    return x, commands.labels_as_conditions(model, y, f"--dataset {config['dataset']}")
+
+
+def _image_grids(run, model, x, condition, log_dir):
+    """The pictures' callback for the test images x. A conditional run's samples.png has a column per
+    class, and its reconstructions are of the images under their own classes."""
     if model.condition_shape is None:
-        return callbacks.ImageGrids(run, x=dataset.x_test[shown], num_samples=SAMPLED_IMAGES, log_dir=log_dir)
+        return callbacks.ImageGrids(run, x=x, num_samples=SAMPLED_IMAGES, log_dir=log_dir)
     classes = model.condition_shape[0]
     rows = max(1, SAMPLED_IMAGES // classes)
-    return callbacks.ImageGrids(run, x=dataset.x_test[shown], condition=test_conditions[shown],
+    return callbacks.ImageGrids(run, x=x, condition=condition,
                                 num_samples=rows * classes, ncols=classes,
                                 sample_condition=np.tile(np.eye(classes, dtype=np.float32), (rows, 1)),
                                 log_dir=log_dir)
 
 
-def _train(run, config, done, dataset, train_data, validation_data, model):
+def _train(run, config, done, source, train_data, validation_data, model):
     """Writes the run and fits; the caller holds the run's lock.
 
     config.json comes first: a run killed before it holds nothing of a run's and `tfvae train --out`
@@ -211,25 +275,24 @@ def _train(run, config, done, dataset, train_data, validation_data, model):
     log_dir = os.path.join(run, "logs")
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     image_shape = tuple(config["input_shape"])
-    shown = np.linspace(0, len(dataset.x_test) - 1, RECONSTRUCTED_IMAGES).astype(int)  # test images' indices
-    pictures = _drawable(dataset.x_test[shown])
+    x_shown, c_shown = _shown(config, source, model)
+    pictures = _drawable(x_shown)
     # Order matters: diagnostics first, so that their numbers reach history.csv and TensorBoard; the
     # checkpoint last (see the module docstring).
     fit_callbacks = []
-    _, test_conditions = _conditions(config, dataset)
     if config["diagnostics_every"]:
-        fit_callbacks.append(callbacks.Diagnostics(runs.evaluation_images(config, dataset), condition=test_conditions,
-                                                   every=config["diagnostics_every"],
+        x, condition = _diagnosed(config, source, model)
+        fit_callbacks.append(callbacks.Diagnostics(x, condition=condition, every=config["diagnostics_every"],
                                                    num_samples=config["diagnostics_samples"]))
     diagnosed = fit_callbacks[0].keys(model) if fit_callbacks else []
     fit_callbacks.append(HistoryCSV(history, diagnosed))
     if tensorboard:
         fit_callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0))
     if pictures:
-        fit_callbacks.append(_image_grids(run, model, dataset, test_conditions, shown, log_dir if tensorboard else None))
+        fit_callbacks.append(_image_grids(run, model, x_shown, c_shown, log_dir if tensorboard else None))
     fit_callbacks.append(Checkpoint(run))
 
-    _describe(run, config, dataset, done)
+    _describe(run, config, source, done)
     if not tensorboard:
         print("TensorBoard is not installed, so no logs/ are written (pip install tensorboard).")
     if model.condition_shape is not None:
@@ -256,9 +319,8 @@ def _new_config(args):
         config["binarization"] = "dynamic" if config["likelihood"] == "bernoulli" else "none"
     if config["num_samples"] is None:
         config["num_samples"] = 5 if config["objective"] == "iwae" else 1
-    for key in ("dataset", "data_dir"):
-        if config[key] is not None and (key == "data_dir" or config[key].endswith((".npz", ".npy"))):
-            config[key] = os.path.abspath(config[key])  # a run must find its data from any directory
+    for key in ("dataset", "data_dir", "test_dataset"):
+        config[key] = _comparable(key, config[key])  # a run must find its data from any directory
     config["kl_schedule"] = _kl_schedule_spec(config["kl_schedule"])
     return config
 
@@ -278,6 +340,8 @@ def _resume_config(config, args, done):
     config.setdefault("diagnostics_every", 0)
     config.setdefault("diagnostics_samples", DEFAULTS["diagnostics_samples"])
     config.setdefault("condition", DEFAULTS["condition"])  # and before --condition
+    for key in ("image_size", "test_dataset", "skip_bad_files"):  # and before streamed sources
+        config.setdefault(key, DEFAULTS[key])
     missing = [key for key in DEFAULTS if key not in config]
     if missing:
         raise ValueError(f"{args.out}/{runs.CONFIG}: missing {', '.join(missing)}; not a config of tfvae train.")
@@ -299,15 +363,18 @@ def _resume_config(config, args, done):
 
 
 def _comparable(key, value):
-    if key in ("dataset", "data_dir") and value is not None and (key == "data_dir" or value.endswith((".npz", ".npy"))):
+    if key in ("dataset", "data_dir", "test_dataset") and value is not None and (key == "data_dir" or value not in
+                                                                                  sources.BUNDLED):
         return os.path.abspath(value)
+    if key == "image_size" and value is not None:
+        return list(value)
     if key == "kl_schedule":
         return _kl_schedule_spec(value)
     return value
 
 
 def _free_run_name(dataset):
-    stem = os.path.splitext(os.path.basename(dataset))[0]
+    stem = re.sub(r"[^\w.-]", "", os.path.splitext(os.path.basename(os.path.normpath(dataset)))[0]) or "data"
     run, n = os.path.join("runs", stem), 1
     while os.path.exists(run):
         n += 1
@@ -350,21 +417,28 @@ def _keep_history_before(path, epochs_done):
     runs.write_text(path, text.getvalue())
 
 
-def _describe(run, config, dataset, done):
+def _describe(run, config, source, done):
     shape = "x".join(map(str, config["input_shape"]))
     epochs = config["epochs"]
     plan = f"epoch {done + 1} of {epochs}" if done else f"{epochs} epoch{'s' * (epochs != 1)}"
     if done >= epochs:  # killed after its last checkpoint, before model.keras was written
         plan = f"all {epochs} epochs trained, writing {runs.MODEL}"
     print(
-        f"{'Resuming' if done else 'Training'} {run}: {config['dataset']} ({len(dataset.x_train)} train, "
-        f"{len(dataset.x_test)} test, {shape}), {config['architecture']} VAE, latent_dim {config['latent_dim']}, "
+        f"{'Resuming' if done else 'Training'} {run}: {config['dataset']} ({source.size('train')} train, "
+        f"{source.size('test')} test, {shape}{_streamed(source)}), {config['architecture']} VAE, latent_dim {config['latent_dim']}, "
         f"{config['likelihood']} likelihood, {config['prior']} prior, {config['objective']} objective"
         f"{', KL schedule ' + config['kl_schedule'] if config['kl_schedule'] else ''}"
         f"{', conditioned on the labels' if config['condition'] else ''}; {plan}, "
         f"batch {config['batch_size']}.",
         flush=True,
     )
+
+
+def _streamed(source):
+    if source.kind == "bundled":
+        return ""
+    skipped = f", {source.skipped} unreadable skipped" if source.skipped else ""
+    return f", {source.kind} streamed{skipped}"
 
 
 def _drawable(images):
