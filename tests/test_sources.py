@@ -182,9 +182,13 @@ def test_a_16_bit_rgba_and_colour_images_are_converted_never_clipped(tmp_path):
     rgba[..., :3], rgba[..., 3] = 200, 7
     Image.fromarray(rgba).save(folder / "b_rgba.png")
     Image.fromarray(np.full((4, 4), 90, np.uint8)).save(folder / "c.bmp")
+    Image.fromarray(np.full((4, 4), 60, np.uint8)).save(folder / "d.gif")
+    Image.fromarray(np.full((4, 4), 120, np.uint8)).save(folder / "e.jpg", quality=95)
     grey = sources.open(folder, channels=1)
     x, _ = grey.read("all")
     names = grey.names("all")
+    np.testing.assert_allclose(x[names.index("d.gif")], 60 / 255, rtol=1e-6)  # a palette, looked up
+    np.testing.assert_allclose(x[names.index("e.jpg")], 120 / 255, atol=1.5 / 255)  # lossy: within a level
     np.testing.assert_allclose(x[names.index("a16.png")], 51000 / 65535, rtol=1e-6)  # 16-bit: by 65535
     np.testing.assert_allclose(x[names.index("b_rgba.png")], 200 / 255, rtol=1e-6)  # alpha dropped, grey kept
     np.testing.assert_allclose(x[names.index("c.bmp")], 90 / 255, rtol=1e-6)
