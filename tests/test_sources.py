@@ -267,3 +267,13 @@ def test_kinds_are_told_without_tensorflow(files):
         sources.kind_of(root / "missing.npy")
     with pytest.raises(ValueError, match="expected one of digits"):
         sources.kind_of(root / "table.txt")
+
+
+def test_a_split_without_examples_says_to_give_a_test_split(tmp_path):
+    os.makedirs(tmp_path / "one")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "one" / "only.png")
+    source = sources.open(tmp_path / "one")
+    empty = "train" if source.size("test") else "test"
+    message = rf"split: .*one has no {empty} examples: .* all 1 are in the other.*test=PATH"
+    with pytest.raises(ValueError, match=message):
+        source.dataset(empty)

@@ -93,7 +93,9 @@ class Source:
         if seed is None and binarization == "static":
             seed = int(np.random.default_rng().integers(2**62))  # one draw, then fixed, as data.binarize_static
         if self.size(split) == 0:
-            raise ValueError(f"split: {self.path} has no {split} examples.")
+            raise ValueError(f"split: {self.path} has no {split} examples: by the split rule ({self.split_rule}) all "
+                             f"{self.size('all')} are in the other; give a test split of its own with test=PATH "
+                             f"(--test-dataset PATH).")
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         if shuffle:  # the first pair of each iterator orders its epoch; the batches' draws take the pairs after it
             epoch = seeds.take(1).flat_map(lambda pair: self._batches(split, batch_size, pair, shard, drop_remainder))
