@@ -34,6 +34,17 @@ def _int_at_least(value, low, name, maximum=None):
     return int(value)
 
 
+def latent_dims(value, name="latent_dim"):
+    """`value` as a tuple of the stochastic layers' sizes, bottom first: (d,) for an int d >= 1, or a
+    non-empty tuple or list of such ints, one per layer."""
+    if isinstance(value, (tuple, list)):
+        if not value or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in value):
+            raise ValueError(f"{name}: expected an integer >= 1, or a non-empty tuple of them (one per stochastic "
+                             f"layer, bottom first, e.g. (40, 40)); got {value!r}.")
+        return tuple(int(d) for d in value)
+    return (positive_int(value, name),)
+
+
 def finite_float(value, name, minimum=0.0, inclusive=False):
     """Returns `value` as a float, or raises unless it is a finite number above `minimum` (or equal, if
     inclusive) that float32, the graph's precision, holds: 1e308 would be inf there."""

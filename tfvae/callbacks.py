@@ -241,6 +241,8 @@ class Diagnostics(keras.callbacks.Callback):
     - `val_kl_0` ... `val_kl_{latent_dim-1}`: E_x KL(q(z_d|x) || p(z_d)), the KL of each latent
       dimension's marginals, in nats. A dimension near 0 carries no information about x.
     - `val_active_units`: the units with Var_x(E_q[z_d|x]) > threshold (`tfvae.evaluate.active_units`).
+    - for a hierarchy, `val_active_units_z1` ... and `val_kl_z1` ...: each layer's active units and KL
+      (`tfvae.objectives.layer_kl`), bottom first.
     - `val_log_likelihood`: the importance-sampled log p(x) with K = num_samples, in nats
       (`tfvae.evaluate.log_likelihood`).
     - `val_unreliable_fraction`: the share of those per-example estimates that the reliability flag
@@ -300,7 +302,9 @@ class Diagnostics(keras.callbacks.Callback):
         """The keys a diagnosed epoch logs for `model` (default: the model being fitted)."""
         model = model if model is not None else self.model
         dimensions = [f"val_kl_{d}" for d in range(model.latent_dim)] if _marginals_known(model) else []
-        return ["val_log_likelihood", "val_unreliable_fraction", "val_active_units", *dimensions]
+        layers = range(1, len(model.latent_dims) + 1) if len(model.latent_dims) > 1 else []
+        layers = [f"val_{key}_z{i}" for i in layers for key in ("active_units", "kl")]
+        return ["val_log_likelihood", "val_unreliable_fraction", "val_active_units", *layers, *dimensions]
 
     def set_model(self, model):
         super().set_model(model)
@@ -338,12 +342,15 @@ class Diagnostics(keras.callbacks.Callback):
         try:
             log_likelihood = evaluate.log_likelihood(self.model, x, self.num_samples, self.batch_size, verbose=0,
                                                      condition=c)
+            active = evaluate.active_units(self.model, x, self.threshold, self.batch_size, condition=c)
             values = {
                 "val_log_likelihood": log_likelihood["log_likelihood"],
                 "val_unreliable_fraction": log_likelihood["unreliable_fraction"],
-                "val_active_units": evaluate.active_units(self.model, x, self.threshold, self.batch_size,
-                                                          condition=c),
+                "val_active_units": int(np.sum(active)),
             }
+            if len(self.model.latent_dims) > 1:  # a hierarchy's layers, bottom first
+                values.update({f"val_active_units_z{i}": n for i, n in enumerate(active, 1)})
+                values.update({f"val_{name}": value for name, value in log_likelihood.items() if name.startswith("kl_z")})
             kl = kl_per_dimension(self.model, x, self.num_samples, self.batch_size, c)
         finally:
             state.assign(saved)

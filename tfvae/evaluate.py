@@ -56,7 +56,8 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
         A dict of floats: "log_likelihood" (mean log p(x)), "log_likelihood_stderr" (sample standard
         deviation of per-example log p(x) / sqrt(N); NaN for one example), "bits_per_dim"
         (-log_likelihood / (D ln 2), D = prod(event_shape)), "elbo", "reconstruction" (E_q log p(x|z)),
-        "kl", "gap" (log_likelihood - elbo), the reliability of the per-example estimates
+        "kl", for a hierarchy "kl_z1" ... "kl_zL" (each layer's KL, which sum to "kl"), "gap"
+        (log_likelihood - elbo), the reliability of the per-example estimates
         ("pareto_k_max", "ess_min", and "unreliable_fraction", the share the `unreliable` flag marks),
         the ints "num_examples" and "num_samples", and the strings "proposal" and "method".
     """
@@ -72,7 +73,7 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
     progress = keras.utils.Progbar(
         num_examples, verbose=verbose, stateful_metrics=["log_likelihood"], unit_name="example"
     )
-    log_p, reconstruction, kl, estimates = [], [], [], []
+    log_p, reconstruction, kl, estimates, layers = [], [], [], [], []
     seen, total = 0, 0.0
     compiled = method == "importance" and isinstance(proposal, str) and proposal == "encoder"
     for x, c in batches:
@@ -85,6 +86,7 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
             log_p.append(estimates[-1].log_prob)
         reconstruction.append(terms["reconstruction"].numpy().astype(np.float64))
         kl.append(terms["kl"].numpy().astype(np.float64))
+        layers.append({name: value.numpy().astype(np.float64) for name, value in terms.items() if name.startswith("kl_z")})
         seen, total = seen + len(log_p[-1]), total + log_p[-1].sum()
         progress.update(seen, [("log_likelihood", total / seen)], finalize=False)
     if not log_p:
@@ -103,6 +105,7 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
         "elbo": elbo,
         "reconstruction": float(np.mean(reconstruction)),
         "kl": float(np.mean(kl)),
+        **{name: float(np.mean(np.concatenate([batch[name] for batch in layers]))) for name in layers[0]},
         "gap": mean - elbo,
         "pareto_k_max": _nanmax(estimate.pareto_k),
         "ess_min": float(np.min(estimate.ess)),
@@ -128,8 +131,12 @@ def active_units(model, data, threshold=0.01, batch_size=1000, return_variances=
         return_variances: also return the per-unit variances.
         condition: for a conditional model and array data, the conditions, (N, *condition_shape).
 
+    For a hierarchy (`latent_dim=(d_1, ..., d_L)`) the units are counted per layer, E_q[z] being the
+    posterior's mean as `tfvae.heads.Chain.mean` takes it (each layer's given the mean of the one drawn before).
+
     Returns:
-        The count (int), or (count, variances [latent_dim] numpy) with `return_variances`.
+        The count (int), for a hierarchy a list of counts, one per layer, bottom first; with
+        `return_variances`, (count(s), variances [latent_dim] numpy).
     """
     threshold = arguments.finite_float(threshold, "threshold", inclusive=True)
     batches, _ = _batches(model, data, batch_size, condition)
@@ -143,7 +150,8 @@ def active_units(model, data, threshold=0.01, batch_size=1000, return_variances=
         raise _no_examples()
     # In float64 the one-pass E[m^2] - E[m]^2 loses nothing at these magnitudes.
     variances = np.maximum(total_squares / count - np.square(total / count), 0.0)
-    active = int(np.sum(variances > threshold))
+    active = [int(np.sum(layer > threshold)) for layer in np.split(variances, np.cumsum(model.latent_dims)[:-1])]
+    active = active[0] if len(active) == 1 else active
     return (active, variances) if return_variances else active
 
 

@@ -17,7 +17,11 @@ class VAE(trainer.Trainer, keras.Model):
 
     Args:
         input_shape: shape of one x, e.g. (784,) or (28, 28, 1).
-        latent_dim: dimension of z.
+        latent_dim: dimension of z; or a tuple (d_1, ..., d_L), one per stochastic layer from the bottom
+            (next to x) up, for a hierarchical VAE (`tfvae.heads.hierarchy`): z = [z_1, ..., z_L],
+            q(z_L|x) prod q(z_i|x, z_{i+1}), p(z_L) prod p(z_i|z_{i+1}) and p(x|z_1, ..., z_L). Then
+            `posterior` names every layer's head, `prior` the top layer's p(z_L), and the networks of the
+            layers below the top are MLPs like the encoder's ("gated_mlp" for "gated_mlp" and "conv").
         encoder: body from x to features: None or "mlp" (MLP [200, 200] tanh), "gated_mlp" (GatedMLP
             [300, 300]), "conv", or any Keras layer.
         decoder: body from z to features: None, "mlp", "gated_mlp", "conv", or any Keras layer.
@@ -74,7 +78,8 @@ class VAE(trainer.Trainer, keras.Model):
         super().__init__(**kwargs)
         self.condition_shape = conditions.condition_shape(condition_shape)
         self.event_shape = tuple(arguments.positive_int(d, "input_shape") for d in _as_tuple(input_shape))
-        self.latent_dim = arguments.positive_int(latent_dim, "latent_dim")
+        self.latent_dims = arguments.latent_dims(latent_dim)  # one per stochastic layer, bottom first
+        self.latent_dim = sum(self.latent_dims)  # the size of z, every layer's concatenated
         self.num_samples = arguments.positive_int(num_samples, "num_samples")
         objectives.get(objective)  # refuses an unknown name here, not at the first step
         self.objective = objective
@@ -88,6 +93,9 @@ class VAE(trainer.Trainer, keras.Model):
 
         self.encoder = networks.get(_deserialize(encoder), "encoder", self.event_shape)
         self.decoder = networks.get(_deserialize(decoder), "decoder", self.event_shape)
+        if len(self.latent_dims) > 1:
+            posterior, prior = self._hierarchy(_deserialize(posterior), _deserialize(prior), encoder)
+            self._head_names.update({"posterior": None, "prior": None})  # saved whole: their networks are in them
         self.posterior_head = heads.get(
             heads.POSTERIORS, _deserialize(posterior), "posterior", latent_dim=self.latent_dim
         )
@@ -100,7 +108,9 @@ class VAE(trainer.Trainer, keras.Model):
 
         self._beta = keras.Variable(_beta(beta), trainable=False, name="beta")
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="noise")
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "elbo", "reconstruction", "kl")}
+        layers = [f"kl_z{i}" for i in range(1, len(self.latent_dims) + 1)] if len(self.latent_dims) > 1 else []
+        names = ("loss", "elbo", "reconstruction", "kl", *layers)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         bodies = [spec or "mlp" for spec in (encoder, decoder)]
         if all(spec in ("mlp", "gated_mlp", "conv") for spec in bodies):  # tfvae's, whose size resources knows
             # Mixed bodies are estimated as MLPs, the smallest: a refused model would certainly not fit.
@@ -120,7 +130,7 @@ class VAE(trainer.Trainer, keras.Model):
         return {
             **super().get_config(),
             "input_shape": list(self.event_shape),
-            "latent_dim": self.latent_dim,
+            "latent_dim": self.latent_dim if len(self.latent_dims) == 1 else list(self.latent_dims),
             "encoder": serialize(self.encoder),
             "decoder": serialize(self.decoder),
             **heads,
@@ -145,6 +155,19 @@ class VAE(trainer.Trainer, keras.Model):
                 f"be the prior of a conditional model (condition_shape={self.condition_shape}); use 'normal' or "
                 f"'mixture'."
             ) from None
+
+    def _hierarchy(self, posterior, prior, encoder):
+        """The heads of a hierarchy: those named become `HierarchicalPosterior` and `HierarchicalPrior` of them."""
+        kind = "gated_mlp" if encoder in ("gated_mlp", "conv") else "mlp"
+
+        def bodies():
+            return [networks.get(kind, "encoder", self.event_shape) for _ in self.latent_dims[1:]]
+
+        if isinstance(posterior, str):
+            posterior = heads.HierarchicalPosterior(self.latent_dims, bodies(), layer=posterior)
+        if isinstance(prior, str):
+            prior = heads.HierarchicalPrior(self.latent_dims, bodies(), top=prior, event_shape=self.event_shape)
+        return posterior, prior
 
     @property
     def beta(self):
@@ -362,12 +385,13 @@ class VAE(trainer.Trainer, keras.Model):
         q = self.posterior(x, condition)
         sample = objectives.posterior_sample(self, x, q, self.noise(num_samples, tf.shape(x)[0]), condition)
         elbo, reconstruction, kl = objectives.elbo(sample)
+        layers = objectives.layer_kl(sample)  # a hierarchy's KL of each layer, kl_z1 ... kl_zL
         applied = {}
         if step is None or self.kl_schedule is None:
             bound = objective(sample, beta)
         else:
             bound, applied = self.kl_schedule.bound(sample, objective, beta, step)
-        return {"bound": bound, "elbo": elbo, "reconstruction": reconstruction, "kl": kl, **applied}
+        return {"bound": bound, "elbo": elbo, "reconstruction": reconstruction, "kl": kl, **layers, **applied}
 
     # Compiled once per batch shape and K: eager evaluation of many samples would be slow.
     @tf.function(reduce_retracing=True)
@@ -393,8 +417,9 @@ class VAE(trainer.Trainer, keras.Model):
             loss += extra / replicas
             per_example += extra
         self.trackers["loss"].update_state(per_example)
-        for name in ("elbo", "reconstruction", "kl"):
-            self.trackers[name].update_state(terms[name])
+        for name, tracker in self.trackers.items():
+            if name != "loss":
+                tracker.update_state(terms[name])
         # What the KL schedule applied at this step (beta, kl_term): logged as the last step's, not as means.
         applied = {name: value for name, value in terms.items() if name not in ("bound", *self.trackers)}
         return loss, {**{name: tracker.result() for name, tracker in self.trackers.items()}, **applied}

@@ -179,6 +179,36 @@ class ConvDecoder(keras.layers.Layer):
         return h
 
 
+@keras.saving.register_keras_serializable(package="tfvae")
+class Bottom(keras.layers.Layer):
+    """A decoder body that reads z_1 alone of a hierarchy's z = [z_1, ..., z_L]: p(x|z_1), as in Burda et al.'s
+    (2015) two-layer model. What follows z in its input (a conditional model's condition) is kept.
+
+    Args:
+        latent_dims: (d_1, ..., d_L), the model's layers, bottom first.
+        body: the Keras layer that z_1 (and the condition) go through.
+
+    Example:
+        >>> decoder = Bottom((100, 50), MLP([100, 100]))   # p(x|z_1) of z_1 [100], z_2 [50]
+    """
+
+    def __init__(self, latent_dims, body, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dims = [int(d) for d in latent_dims]
+        self.body = keras.saving.deserialize_keras_object(body) if isinstance(body, dict) else body
+
+    def get_config(self):
+        return {**super().get_config(), "latent_dims": self.latent_dims,
+                "body": keras.saving.serialize_keras_object(self.body)}
+
+    def build(self, input_shape):
+        if not self.body.built:  # a body deserialized from a .keras file comes built
+            self.body.build((input_shape[0], input_shape[-1] - sum(self.latent_dims[1:])))
+
+    def call(self, z):
+        return self.body(keras.ops.concatenate([z[..., : self.latent_dims[0]], z[..., sum(self.latent_dims) :]], -1))
+
+
 def get(spec, role, event_shape):
     """The body for `role` ("encoder" or "decoder") of a model over x of shape `event_shape`.
 

@@ -58,6 +58,16 @@ def kl_divergence(sample):
         return tf.reduce_mean(sample.log_q - sample.p.log_prob(sample.z), axis=0)
 
 
+def layer_kl(sample):
+    """A hierarchy's KL by layer, {"kl_z1": [B], ..., "kl_zL": [B]}: the Monte Carlo mean over the K samples of
+    log q(z_i|x, z_{i+1}) - log p(z_i|z_{i+1}), which sum to `kl_divergence`'s; {} for one layer."""
+    if not (isinstance(sample.q, heads.Chain) and isinstance(sample.p, heads.Chain)):
+        return {}
+    log_q = sample.q.layer_log_probs(sample.z, sample.eps)
+    log_p = sample.p.layer_log_probs(sample.z)
+    return {f"kl_z{i}": tf.reduce_mean(q_i - p_i, axis=0) for i, (q_i, p_i) in enumerate(zip(log_q, log_p), 1)}
+
+
 def elbo(sample, beta=1.0):
     """The (beta-weighted) ELBO and its two terms, each [B].
 
@@ -126,37 +136,42 @@ def importance_sampled(model, x, num_samples, noise, condition=None, with_log_we
 
     Returns:
         A dict of [B] tensors: "log_prob" (logsumexp_k log w_k - log K), "reconstruction"
-        (mean_k log p(x|z_k)) and "kl" (the KL term the ELBO uses); with `with_log_weights`,
-        "log_weights" [K, B] as well.
+        (mean_k log p(x|z_k)) and "kl" (the KL term the ELBO uses), for a hierarchy each layer's too
+        ("kl_z1", ...: `layer_kl`); with `with_log_weights`, "log_weights" [K, B] as well.
     """
     batch_size = tf.shape(x)[0]
     num_samples = tf.convert_to_tensor(num_samples, tf.int32)
     event_size = tf.reduce_prod(tf.shape(x)[1:])
     chunk = tf.clip_by_value(_CHUNK_ELEMENTS // tf.maximum(batch_size * event_size, 1), 1, num_samples)
     q = model.posterior(x, condition)
+    # A hierarchy's KL of each layer too, from the same samples (sums in the loop only for a hierarchy).
+    layers = [f"kl_z{i}" for i in range(1, len(q.latent_dims) + 1)] if isinstance(q, heads.Chain) else []
 
-    def body(done, log_sum, log_likelihood_sum, kl_sum, *chunks):
+    def body(done, log_sum, log_likelihood_sum, kl_sum, layer_sums, *chunks):
         k = tf.minimum(chunk, num_samples - done)
         sample = posterior_sample(model, x, q, noise(k, batch_size), condition)
         log_w = log_weights(sample)
         log_sum = tf.reduce_logsumexp(tf.concat([log_sum[None], log_w], axis=0), axis=0)
-        kl = kl_divergence(sample) * tf.cast(k, tf.float32)
+        weight = tf.cast(k, tf.float32)
+        kl = kl_divergence(sample) * weight
+        layer_sums = [total + layer * weight for total, layer in zip(layer_sums, layer_kl(sample).values())]
         chunks = tuple(c.write(c.size(), log_w) for c in chunks)
         return (done + k, log_sum, log_likelihood_sum + tf.reduce_sum(sample.log_likelihood, axis=0), kl_sum + kl,
-                *chunks)
+                layer_sums, *chunks)
 
     zeros = tf.zeros([batch_size])
-    start = (tf.constant(0), zeros - float("inf"), zeros, zeros)
+    start = (tf.constant(0), zeros - float("inf"), zeros, zeros, [zeros] * len(layers))
     # The [B] sums keep an unknown batch size: a batch of one would otherwise enter as (1,) and leave as (None,).
-    invariants = (tf.TensorShape([]),) + (tf.TensorShape([None]),) * 3
+    invariants = (tf.TensorShape([]),) + (tf.TensorShape([None]),) * 3 + ([tf.TensorShape([None])] * len(layers),)
     if with_log_weights:  # a loop variable only when asked for: exported graphs keep no TensorArray
         start += (tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False),)
         invariants += (tf.TensorShape(None),)
-    _, log_sum, log_likelihood_sum, kl_sum, *chunks = tf.while_loop(
+    _, log_sum, log_likelihood_sum, kl_sum, layer_sums, *chunks = tf.while_loop(
         lambda done, *_: done < num_samples, body, start, shape_invariants=invariants
     )
     count = tf.cast(num_samples, tf.float32)
-    terms = {"log_prob": log_sum - tf.math.log(count), "reconstruction": log_likelihood_sum / count, "kl": kl_sum / count}
+    terms = {"log_prob": log_sum - tf.math.log(count), "reconstruction": log_likelihood_sum / count, "kl": kl_sum / count,
+             **{name: total / count for name, total in zip(layers, layer_sums)}}
     if with_log_weights:
         terms["log_weights"] = chunks[0].concat()
     return terms

@@ -129,7 +129,9 @@ class FreeBits(schedule_specs.FreeBits, _Term):
     of latent dimension d's KL, so no dimension is pushed below `nats` onto the prior.
 
     Needs a posterior and a prior that factorize over the latent dimensions with an analytic KL per
-    dimension (the "diagonal" posterior and the "normal" prior); the step does not change it.
+    dimension (the "diagonal" posterior and the "normal" prior); the step does not change it. In a
+    hierarchy (`latent_dim=(d_1, ..., d_L)`) the floor is on each layer's KL instead (Kingma et al.'s
+    groups), sum_i max(nats, KL_i), whatever the layers' heads.
 
     Args:
         nats: the floor on each dimension's KL, in nats, > 0.
@@ -142,12 +144,19 @@ class FreeBits(schedule_specs.FreeBits, _Term):
         return tf.fill(tf.shape(_as_step(step)), tf.constant(self.nats, tf.float32))
 
     def term(self, sample, step):
-        kl = distribute.global_mean(_kl_per_dimension(sample.q, sample.p))  # [latent_dim]
+        layers = objectives.layer_kl(sample)
+        if layers:
+            kl = distribute.global_mean(tf.stack(list(layers.values()), axis=-1))  # [L]
+        else:
+            kl = distribute.global_mean(_kl_per_dimension(sample.q, sample.p))  # [latent_dim]
         return {"kl_term": tf.reduce_sum(tf.maximum(self(step), kl))}
 
     def check(self, model):
         super().check(model)
-        q = model.posterior(tf.zeros((1, *model.event_shape)))
+        if len(model.latent_dims) > 1:  # the floor is per layer: any layers' heads have a KL by layer
+            return
+        c = None if model.condition_shape is None else tf.zeros((1, *model.condition_shape))
+        q = model.posterior(tf.zeros((1, *model.event_shape)), c)
         if _kl_per_dimension(q, model.prior) is None:
             raise ValueError(
                 f"kl_schedule: FreeBits needs a posterior and a prior that factorize over the latent dimensions "

@@ -290,7 +290,10 @@ def _elbo(model, x, condition=None):
 
 def _prior_sample(prior, uniform, eps):
     """z ~ p(z) from noise: `uniform` [n, 1] ~ U(0, 1) picks a mixture component, `eps` [n, latent_dim]
-    ~ N(0, I) places z in it. TFP's own mixture sampling uses stateless ops TFLite lacks."""
+    ~ N(0, I) places z in it. TFP's own mixture sampling uses stateless ops TFLite lacks. A hierarchy's
+    top layer is drawn so, and the layers below from the rest of eps through their heads."""
+    if isinstance(prior, heads.Chain):
+        return prior.descend(_prior_sample(prior.top, uniform, prior.split(eps)[-1]), eps)
     if isinstance(prior, tfd.MixtureSameFamily):
         cdf = tf.cumsum(tf.nn.softmax(prior.mixture_distribution.logits_parameter()))
         component = tf.minimum(tf.reduce_sum(tf.cast(uniform > cdf, tf.int32), axis=-1), tf.size(cdf) - 1)

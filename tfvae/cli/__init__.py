@@ -118,7 +118,8 @@ def _parser():
         "(default: refuse the dataset, naming the file)")
     add("--data-dir", metavar="DIR", help="folder of the idx files of fashion_mnist or mnist "
         "(default: $TFVAE_DATA_DIR)")
-    add("--latent-dim", type=_positive_int, metavar="D", help=f"dimension of z (default: {d['latent_dim']})")
+    add("--latent-dim", type=_latent_dims, metavar="D", help=f"dimension of z, or D1,D2,... for a hierarchy of "
+        f"stochastic layers, bottom first (default: {d['latent_dim']})")
     add("--architecture", choices=("mlp", "gated_mlp", "conv"),
         help=f"encoder and decoder (default: {d['architecture']})")
     add("--likelihood", choices=LIKELIHOODS, metavar="NAME",
@@ -326,6 +327,18 @@ def _image_size(text):
     if len(sides) not in (1, 2) or min(sides) < 1:
         raise argparse.ArgumentTypeError(f"expected H or H,W in pixels, e.g. 28 or 32,48; got {text!r}")
     return sides * (3 - len(sides))
+
+
+def _latent_dims(text):
+    """An argparse type: D, an int (one stochastic layer), or D1,D2,... (a hierarchy) as a list."""
+    try:
+        dims = [int(part) for part in text.split(",")]
+    except ValueError:
+        dims = []
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected D or D1,D2,... (one per stochastic layer), integers >= 1, "
+                                         f"e.g. 16 or 40,40; got {text!r}")
+    return dims[0] if len(dims) == 1 else dims
 
 
 def _seed(text):

@@ -28,8 +28,10 @@ def check_training(config, shape):
         shape: the shape of one example of its data.
     """
     latent_dim, batch_size, num_samples = config["latent_dim"], config["batch_size"], config["num_samples"]
+    given = latent_dim if isinstance(latent_dim, int) else ",".join(map(str, latent_dim))
+    latent_dim = latent_dim if isinstance(latent_dim, int) else sum(latent_dim)  # every layer's z, concatenated
     parameters = resources.model_bytes(shape, latent_dim, config["architecture"])
-    resources.check_memory(parameters, f"--latent-dim {latent_dim}")
+    resources.check_memory(parameters, f"--latent-dim {given}")
     step = resources.step_bytes(shape, latent_dim, config["architecture"], batch_size, num_samples)
     resources.check_memory(parameters + step, f"--num-samples {num_samples} with --batch-size {batch_size}")
 
@@ -63,7 +65,7 @@ def evaluate(args):
         precision=args.precision,
         ais_steps=args.ais_steps if args.method == "ais" else None,
         active_units=evaluation.active_units(model, x, condition=condition),
-        latent_dim=model.latent_dim,
+        latent_dim=model.get_config()["latent_dim"],  # a hierarchy's per layer, as active_units counts
         run=args.run,
         dataset=name,
         split="test",
@@ -100,14 +102,17 @@ def _table(r):
     estimator = (f"AIS, {r['num_samples']} chains of {r['ais_steps']} steps" if r["method"] == "ais" else
                  f"importance sampling, K = {r['num_samples']}" + (", refined proposal" if r["proposal"] == "refined" else ""))
     k_hat = "n/a" if math.isnan(r["pareto_k_max"]) else f"{r['pareto_k_max']:.2f}"
+    layers = r["latent_dim"] if isinstance(r["latent_dim"], list) else []  # a hierarchy's, bottom first
     rows = [
         ("log p(x)", log_p, estimator + (", decoder in bfloat16" if r["precision"] == "bfloat16" else "")),
         ("bits/dim", f"{r['bits_per_dim']:.4f}", ""),
         ("ELBO", f"{r['elbo']:.2f} nats", "reconstruction - KL"),
         ("  reconstruction", f"{r['reconstruction']:.2f} nats", "E_q log p(x|z)"),
         ("  KL", f"{r['kl']:.2f} nats", "KL(q(z|x) || p(z))"),
+        *((f"    layer z{i}", f"{r[f'kl_z{i}']:.2f} nats", f"KL of z{i}") for i in range(1, len(layers) + 1)),
         ("gap", f"{r['gap']:.2f} nats", "log p(x) - ELBO"),
-        ("active units", f"{r['active_units']} of {r['latent_dim']}", "Var_x E_q[z_u] > 0.01"),
+        ("active units", f"{_per_layer(r['active_units'])} of {_per_layer(r['latent_dim'])}",
+         "Var_x E_q[z_u] > 0.01" + ("; layers z1 + z2 + ..." if layers else "")),
         ("unreliable", f"{r['unreliable_fraction']:.1%}", "of the per-image estimates (docs/density.md)"),
         ("  k-hat max", k_hat, "PSIS; > 0.7 is a heavy tail"),
         ("  ESS min", f"{r['ess_min']:.1f}", f"of {r['num_samples']}"),
@@ -115,6 +120,11 @@ def _table(r):
     lines = [f"{r['run']}: {r['dataset']} test split, {r['num_examples']} images{binarized}"]
     lines += [f"  {name:<16} {value:<22} {note}".rstrip() for name, value, note in rows]
     return "\n".join(lines)
+
+
+def _per_layer(counts):
+    """A count, or a hierarchy's counts per layer as "3 + 2"."""
+    return " + ".join(map(str, counts)) if isinstance(counts, list) else str(counts)
 
 
 def export(args):

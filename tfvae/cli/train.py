@@ -396,8 +396,8 @@ def _load_checkpoint(path, config):
     if (model.condition_shape is None) != (config["condition"] is None):
         raise ValueError(f"{path}: its model is {'un' * (model.condition_shape is None)}conditional; the run's "
                          f"{runs.CONFIG} says condition = {config['condition']!r}.")
-    if model.latent_dim != config["latent_dim"]:
-        raise ValueError(f"{path}: its model has latent_dim {model.latent_dim}; the run's {runs.CONFIG} says "
+    if (latent_dim := model.get_config()["latent_dim"]) != config["latent_dim"]:  # a hierarchy's is a list
+        raise ValueError(f"{path}: its model has latent_dim {latent_dim}; the run's {runs.CONFIG} says "
                          f"{config['latent_dim']}.")
     return model
 
