@@ -35,6 +35,14 @@ def training_flops_per_example(input_dim=784, hidden=HIDDEN, latent_dim=LATENT_D
     return 3 * 2 * macs
 
 
+def two_layer_training_flops_per_example(input_dim=784, hidden=HIDDEN, latent_dim=LATENT_DIM):
+    """`training_flops_per_example` of latent_dim=(d, d): the encoder to q(z2|x), q(z1|x, z2) on [h, z2],
+    p(z1|z2) on z2 (each an MLP of `hidden`), and the decoder on [z1, z2]."""
+    stacks = [[input_dim, *hidden, 2 * latent_dim], [hidden[-1] + latent_dim, *hidden, 2 * latent_dim],
+              [latent_dim, *hidden, 2 * latent_dim], [2 * latent_dim, *hidden, input_dim]]
+    return 3 * 2 * sum(a * b for widths in stacks for a, b in zip(widths[:-1], widths[1:]))
+
+
 def gemm_shapes(batch_size, input_dim=784, hidden=HIDDEN, latent_dim=LATENT_DIM):
     encoder = [input_dim, *hidden, 2 * latent_dim]
     decoder = [latent_dim, *hidden, input_dim]

@@ -84,8 +84,10 @@ class UsageError(Exception):
 
 
 def build_model(setup, input_dim, latent_dim, prior, objective, num_samples, seed, log_variance_range=None):
-    """The setup's one-stochastic-layer VAE on flat inputs of size `input_dim`; q(z|x)'s scale by softplus,
-    or by a log-variance clipped to `log_variance_range` (the VampPrior authors' Hardtanh(-6, 2))."""
+    """The setup's VAE on flat inputs of size `input_dim`, with one stochastic layer (an int `latent_dim`)
+    or a hierarchy (a list, bottom first: the HVAE of Tomczak & Welling 2018, every layer's network the
+    setup's MLP); each Gaussian layer's scale by softplus, or by a log-variance clipped to
+    `log_variance_range` (the VampPrior authors' Hardtanh(-6, 2), on every layer of their HVAE too)."""
     spec = SETUPS[setup]
 
     def body():
@@ -93,14 +95,22 @@ def build_model(setup, input_dim, latent_dim, prior, objective, num_samples, see
             return networks.GatedMLP(spec["hidden"])
         return networks.MLP(spec["hidden"], activation="tanh")
 
+    dims = [latent_dim] if isinstance(latent_dim, int) else list(latent_dim)
+    gaussians = [heads.DiagonalGaussian(d, log_variance_range=log_variance_range) for d in dims]
+    posterior, prior_head = gaussians[0], prior  # "vamp": 500 pseudo-inputs, the VampPrior paper's and the Exemplar VAE's
+    if len(dims) > 1:
+        posterior = heads.HierarchicalPosterior(dims, [body() for _ in dims[1:]], layer=gaussians)
+        prior_head = heads.HierarchicalPrior(dims, [body() for _ in dims[1:]], top=prior, event_shape=(input_dim,),
+                                             layer=[heads.DiagonalGaussian(d, log_variance_range=log_variance_range)
+                                                    for d in dims[:-1]])
     return tfvae.VAE(
         input_shape=(input_dim,),
         latent_dim=latent_dim,
         encoder=body(),
         decoder=body(),
         likelihood="bernoulli",
-        prior=prior,  # "vamp": 500 pseudo-inputs, the VampPrior paper's and the Exemplar VAE's
-        posterior=heads.DiagonalGaussian(latent_dim, log_variance_range=log_variance_range),
+        prior=prior_head,
+        posterior=posterior,
         objective=objective,
         num_samples=num_samples,
         seed=seed,
@@ -441,7 +451,9 @@ def run(args, argv=None):
         "benchmark": "density",
         "setup": args.setup,
         "dataset": args.dataset,
-        "architecture": f"{x_train.shape[1]}-{'-'.join(map(str, spec['hidden']))}-{args.latent_dim} {body}, Bernoulli",
+        "architecture": f"{x_train.shape[1]}-{'-'.join(map(str, spec['hidden']))}-{latent_name(args.latent_dim)} {body}, "
+                        f"Bernoulli",
+        "stochastic_layers": 1 if isinstance(args.latent_dim, int) else len(args.latent_dim),
         "prior": args.prior,
         "objective": args.objective,
         "train_num_samples": args.num_samples,
@@ -468,6 +480,8 @@ def run(args, argv=None):
         "test_elbo": result["elbo"],
         "test_reconstruction": result["reconstruction"],
         "test_kl": result["kl"],
+        **({"test_kl_layers": [result[f"kl_z{i}"] for i in range(1, len(args.latent_dim) + 1)]}
+           if not isinstance(args.latent_dim, int) else {}),
         "test_gap": result["gap"],
         "final_train_loss": history["loss"][-1] if history.get("loss") else None,
         "active_units": active,
@@ -537,7 +551,8 @@ def make_parser():
                         help="p(z): N(0, I) or the VampPrior with 500 pseudo-inputs (default normal)")
     parser.add_argument("--objective", choices=sorted(tfvae.objectives.OBJECTIVES), default="elbo")
     parser.add_argument("--num-samples", type=int, default=1, help="K in the training objective (default 1)")
-    parser.add_argument("--latent-dim", type=int, default=None, help="default: burda 50, exemplar-vae 40")
+    parser.add_argument("--latent-dim", type=latent_dims, default=None,
+                        help="D, or D1,D2,... for a hierarchy, bottom first (default: burda 50, exemplar-vae 40)")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="Adam's; default: burda 1e-3, exemplar-vae 5e-4")
@@ -580,6 +595,21 @@ def make_parser():
     return parser
 
 
+def latent_dims(text):
+    """--latent-dim: an int D >= 1, or a list of them for a hierarchy ("40,40"), as the run's state keeps it."""
+    try:
+        dims = [int(part) for part in text.split(",")]
+    except ValueError:
+        dims = []
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected D or D1,D2,... (integers >= 1); got {text!r}")
+    return dims[0] if len(dims) == 1 else dims
+
+
+def latent_name(latent_dim):
+    return str(latent_dim) if isinstance(latent_dim, int) else "(" + ",".join(map(str, latent_dim)) + ")"
+
+
 def parse_args(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -589,7 +619,7 @@ def parse_args(argv=None):
                  "patience"):
         if getattr(args, name) is None:
             setattr(args, name, setup[name])
-    for name in ("epochs", "num_samples", "latent_dim", "batch_size", "steps_per_execution", "eval_samples",
+    for name in ("epochs", "num_samples", "batch_size", "steps_per_execution", "eval_samples",
                  "eval_batch_size", "infer_samples", "gap_examples", "gap_elbo_samples", "plateau_patience"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1; got {getattr(args, name)}")

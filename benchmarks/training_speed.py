@@ -12,7 +12,7 @@ import tensorflow as tf
 import keras_io_vae
 import torch_vae
 import tfvae
-from common import LATENT_DIM, summary, torch_available, training_flops_per_example
+from common import LATENT_DIM, summary, torch_available, training_flops_per_example, two_layer_training_flops_per_example
 from tfvae import data
 
 
@@ -47,7 +47,9 @@ def train_tfvae(x, epochs, batch_size, warmup_epochs, seed, variant="defaults"):
     """
     keras.utils.set_random_seed(seed)
     model_class = {"binarize_in_train_step": _InStepBinarizationVAE, "tf_normal": _TFNormalVAE}.get(variant, tfvae.VAE)
-    model = model_class(input_shape=(x.shape[1],), latent_dim=LATENT_DIM)
+    # "two_layers": the same MLPs with a second stochastic layer of the same size above z (tfvae.heads.hierarchy).
+    latent_dim = (LATENT_DIM, LATENT_DIM) if variant == "two_layers" else LATENT_DIM
+    model = model_class(input_shape=(x.shape[1],), latent_dim=latent_dim)
     if variant == "steps_per_execution=1":
         model.compile(steps_per_execution=1)
     elif variant == "jit_compile=True":
@@ -92,8 +94,8 @@ def _peer_once(peer, x, args, seed):
 def benchmark_training(x, args, log):
     """Every contender trains once per round, in a rotating order; returns per-contender summaries."""
     flops = training_flops_per_example(x.shape[1])
-    # tfvae twice: fit on make_dataset's pipeline, and fit(x, batch_size=...) on an array.
-    contenders, skipped, versions = ["tfvae", "tfvae_arrays"], {}, {}
+    # tfvae thrice: fit on make_dataset's pipeline, fit(x, batch_size=...) on an array, and the 2-layer hierarchy.
+    contenders, skipped, versions = ["tfvae", "tfvae_arrays", "tfvae_2_layers"], {}, {}
     for peer in args.peers:
         reason = torch_available() if peer == "torch" else None
         if reason:
@@ -105,8 +107,9 @@ def benchmark_training(x, args, log):
         shift = round_ % len(contenders)
         for name in contenders[shift:] + contenders[:shift]:
             seed = args.seed + round_
-            if name == "tfvae_arrays":
-                run, _ = train_tfvae(x, args.epochs, args.batch_size, args.warmup_epochs, seed, "arrays")
+            if name in ("tfvae_arrays", "tfvae_2_layers"):
+                variant = "arrays" if name == "tfvae_arrays" else "two_layers"
+                run, _ = train_tfvae(x, args.epochs, args.batch_size, args.warmup_epochs, seed, variant)
             elif name == "tfvae":
                 run, model = train_tfvae(x, args.epochs, args.batch_size, args.warmup_epochs, seed)
                 defaults = {
@@ -118,12 +121,13 @@ def benchmark_training(x, args, log):
                 run, versions[name] = _peer_once(name, x, args, seed)
             runs[name].append(run)
             log(f"round {round_ + 1}/{args.repeats} {name}: {run['examples_per_second']:.0f} examples/s")
-    result = {name: summary(r, flops) for name, r in runs.items()}
+    two_layers = two_layer_training_flops_per_example(x.shape[1])
+    result = {name: summary(r, two_layers if name == "tfvae_2_layers" else flops) for name, r in runs.items()}
     result["tfvae"]["defaults"] = defaults
     for name, reason in skipped.items():
         result[name] = {"skipped": reason}
     ratios, per_round = {}, {}
-    for ours in ("tfvae", "tfvae_arrays"):
+    for ours in ("tfvae", "tfvae_arrays", "tfvae_2_layers"):
         rates = [r["examples_per_second"] for r in runs[ours]]
         for name in contenders:
             if name.startswith("tfvae"):
@@ -131,11 +135,13 @@ def benchmark_training(x, args, log):
             key = f"{ours}_vs_{name}"
             ratios[key] = result[ours]["examples_per_second_median"] / result[name]["examples_per_second_median"]
             per_round[key] = statistics.median(t / r["examples_per_second"] for t, r in zip(rates, runs[name]))
-    ratios["tfvae_arrays_vs_tfvae"] = (result["tfvae_arrays"]["examples_per_second_median"]
-                                       / result["tfvae"]["examples_per_second_median"])
+    for ours in ("tfvae_arrays", "tfvae_2_layers"):
+        ratios[f"{ours}_vs_tfvae"] = (result[ours]["examples_per_second_median"]
+                                      / result["tfvae"]["examples_per_second_median"])
     return {
         "model": "784-200-200-50 tanh MLP VAE (Burda et al. 2015), diagonal Gaussian q, N(0, I) prior, "
-                 "Bernoulli p(x|z), Adam 1e-3, dynamic binarization",
+                 "Bernoulli p(x|z), Adam 1e-3, dynamic binarization; tfvae_2_layers: latent_dim=(50, 50), "
+                 "q(z2|x) q(z1|x,z2), p(z2) p(z1|z2), each conditional a 200-200 tanh MLP",
         "batch_size": args.batch_size,
         "examples": len(x),
         "epochs": args.epochs,

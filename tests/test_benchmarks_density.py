@@ -101,6 +101,28 @@ def test_exemplar_vae_setup_builds_the_papers_model():
     np.testing.assert_array_equal(plain.likelihood_head.dense.bias.numpy(), 0.0)
 
 
+def test_a_latent_dim_list_builds_the_two_level_hvae_with_the_log_variance_range_on_every_layer():
+    script = load_script()
+    args = script.parse_args(["--setup", "exemplar-vae", "--prior", "vamp", "--latent-dim", "40,40",
+                              "--posterior-log-variance-range", "-6", "2"])
+    assert args.latent_dim == [40, 40]
+    model = script.new_model(args, np.full((10, 784), 0.25, np.float32))
+    assert model.latent_dims == (40, 40) and model.latent_dim == 80
+    posterior, prior = model.posterior_head, model.prior_head
+    gaussians = [posterior.first_head, *posterior.layer_heads, *prior.layer_heads]
+    assert all(head.log_variance_range == [-6.0, 2.0] for head in gaussians)
+    assert all(type(b).__name__ == "GatedMLP" and b.units == [300, 300] for b in posterior.bodies + prior.bodies)
+    assert type(prior.top_head).__name__ == "VampPrior" and prior.top_head.num_components == 500
+    assert script.latent_name(args.latent_dim) == "(40,40)"
+
+
+@pytest.mark.parametrize("text", ["0", "40,0", "40,", "a"])
+def test_a_bad_latent_dim_is_a_clear_error(text, capsys):
+    with pytest.raises(SystemExit):
+        load_script().parse_args(["--latent-dim", text])
+    assert "argument --latent-dim: expected D or D1,D2,... (integers >= 1)" in capsys.readouterr().err
+
+
 def test_the_authors_initialization_and_posterior_scale_are_levers():
     script = load_script()
     args = script.parse_args(["--setup", "exemplar-vae", "--he-init", "--posterior-log-variance-range", "-6", "2"])
