@@ -108,8 +108,7 @@ class VAE(trainer.Trainer, keras.Model):
 
         self._beta = keras.Variable(_beta(beta), trainable=False, name="beta")
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="noise")
-        layers = [f"kl_z{i}" for i in range(1, len(self.latent_dims) + 1)] if len(self.latent_dims) > 1 else []
-        names = ("loss", "elbo", "reconstruction", "kl", *layers)
+        names = ("loss", "elbo", "reconstruction", "kl", *objectives.layer_kl_names(self.latent_dims))
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         bodies = [spec or "mlp" for spec in (encoder, decoder)]
         if all(spec in ("mlp", "gated_mlp", "conv") for spec in bodies):  # tfvae's, whose size resources knows

@@ -58,6 +58,11 @@ def kl_divergence(sample):
         return tf.reduce_mean(sample.log_q - sample.p.log_prob(sample.z), axis=0)
 
 
+def layer_kl_names(latent_dims):
+    """The names of a hierarchy's KL by layer, "kl_z1" ... "kl_zL" (bottom first); none for one layer."""
+    return [f"kl_z{i}" for i in range(1, len(latent_dims) + 1)] if len(latent_dims) > 1 else []
+
+
 def layer_kl(sample):
     """A hierarchy's KL by layer, {"kl_z1": [B], ..., "kl_zL": [B]}: the Monte Carlo mean over the K samples of
     log q(z_i|x, z_{i+1}) - log p(z_i|z_{i+1}), which sum to `kl_divergence`'s; {} for one layer."""
@@ -65,7 +70,8 @@ def layer_kl(sample):
         return {}
     log_q = sample.q.layer_log_probs(sample.z, sample.eps)
     log_p = sample.p.layer_log_probs(sample.z)
-    return {f"kl_z{i}": tf.reduce_mean(q_i - p_i, axis=0) for i, (q_i, p_i) in enumerate(zip(log_q, log_p), 1)}
+    return {name: tf.reduce_mean(q_i - p_i, axis=0)
+            for name, q_i, p_i in zip(layer_kl_names(sample.q.latent_dims), log_q, log_p)}
 
 
 def elbo(sample, beta=1.0):
@@ -145,7 +151,7 @@ def importance_sampled(model, x, num_samples, noise, condition=None, with_log_we
     chunk = tf.clip_by_value(_CHUNK_ELEMENTS // tf.maximum(batch_size * event_size, 1), 1, num_samples)
     q = model.posterior(x, condition)
     # A hierarchy's KL of each layer too, from the same samples (sums in the loop only for a hierarchy).
-    layers = [f"kl_z{i}" for i in range(1, len(q.latent_dims) + 1)] if isinstance(q, heads.Chain) else []
+    layers = layer_kl_names(q.latent_dims) if isinstance(q, heads.Chain) else []
 
     def body(done, log_sum, log_likelihood_sum, kl_sum, layer_sums, *chunks):
         k = tf.minimum(chunk, num_samples - done)
