@@ -71,6 +71,20 @@ def test_equal_weights_are_their_value_with_no_error_and_full_ess():
     np.testing.assert_allclose(evaluate._diagnosed(one_heavy).ess, 1.0, rtol=1e-12)
 
 
+def test_pareto_k_is_the_tail_index_of_the_weights():
+    # Weights w = 1 + Pareto(alpha) have a right tail P(w > t) ~ t^-alpha, so k = 1 / alpha; k-hat is of the
+    # weights' right tail, where large weights carry the estimate (it was once fitted to 1 / w, whose tail
+    # is bounded: k-hat near -1 for every alpha).
+    rng = np.random.default_rng(0)
+    alphas = np.array([1.0, 2.0, 4.0])
+    log_w = np.log1p(rng.pareto(alphas, size=(4000, 3)))
+    k_hat = evaluate._diagnosed(log_w).pareto_k
+    np.testing.assert_allclose(k_hat, 1.0 / alphas, atol=0.2)
+    np.testing.assert_allclose(evaluate._diagnosed(log_w - 1000.0).pareto_k, k_hat, atol=1e-9)  # w's scale is moot
+    light = evaluate._diagnosed(np.log(rng.uniform(1.0, 2.0, size=(4000, 1)))).pareto_k  # bounded: k < 0
+    assert light[0] < 0.0
+
+
 def test_seeds_repeat_an_estimate_and_a_distribution_proposal_is_the_encoders(poisson_2d):
     model, x, _ = poisson_2d
     x = x[:8]

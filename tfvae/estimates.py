@@ -134,7 +134,9 @@ def _pareto_k(log_w):
         return k_hat
     for column in range(log_w.shape[1]):
         try:
-            k_hat[column] = float(array_stats.psislw(log_w[:, column], r_eff=1.0, axis=-1)[1])
+            # psislw takes log-likelihoods, as in leave-one-out, whose importance ratios are 1 / p(y|theta):
+            # it fits the right tail of minus its input, so our log-weights go in negated.
+            k_hat[column] = float(array_stats.psislw(-log_w[:, column], r_eff=1.0, axis=-1)[1])
         except ValueError:  # "All tail values are the same"
             pass
     return k_hat
