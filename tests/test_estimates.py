@@ -18,21 +18,23 @@ def poisson_2d():
     return poisson_counts_model()
 
 
-def test_the_refined_proposal_halves_the_encoders_error_and_the_flag_marks_what_is_far_off(poisson_2d):
+def test_the_refined_proposal_is_within_a_quarter_nat_and_k_hat_marks_what_is_far_off(poisson_2d):
     model, x, exact = poisson_2d
     encoder = evaluate.log_prob_estimate(model, x, 2000, seed=1)
     refined = evaluate.log_prob_estimate(model, x, 2000, proposal="refined", seed=1)
     encoder_error, refined_error = np.abs(encoder.log_prob - exact), np.abs(refined.log_prob - exact)
-    # Measured here: encoder 1.08 nats off on average (6 of 60 examples more than 1 nat), refined 0.40 (2 of 60;
-    # one example, 19 nats below quadrature under both, has posterior mass neither proposal reaches).
-    assert np.mean(refined_error) < 0.5 * np.mean(encoder_error)
-    assert np.median(refined_error) < 0.1 and np.sum(refined_error > 1.0) < np.sum(encoder_error > 1.0)
+    # Measured here: encoder 1.08 nats off on average (6 of 60 examples more than 1 nat), refined 0.09 (2 of 60;
+    # one image's posterior has two modes, and refinement from the encoder's q alone climbed the minor one,
+    # 18 nats low: the starts drawn from the prior reach the other).
+    assert np.mean(refined_error) < 0.25 and np.median(refined_error) < 0.1
+    assert np.sum(refined_error > 1.0) < np.sum(encoder_error > 1.0)
     assert np.median(refined.ess) > np.median(encoder.ess) and refined.ess.min() > encoder.ess.min()
-    # The diagnostics flag the estimates that are far off: k-hat above 0.7 on every refined one, and the
-    # reliability flag (k-hat with the standard error, or the ESS) on every one under either proposal.
-    assert np.all(refined.pareto_k[refined_error > 1.0] > 0.7)
+    # k-hat above 0.7 on at least 80% of the estimates more than 1 nat off (measured: all of them, under
+    # either proposal), and the reliability flag (k-hat with the standard error, or the ESS) on all.
+    assert np.mean(encoder.pareto_k[encoder_error > 1.0] > 0.7) >= 0.8
+    assert np.mean(refined.pareto_k[refined_error > 1.0] > 0.7) >= 0.8
     assert np.all(encoder.unreliable[encoder_error > 1.0]) and np.all(refined.unreliable[refined_error > 1.0])
-    assert np.mean(refined.unreliable) < 0.25  # measured 0.15
+    assert np.mean(refined.unreliable) < 0.25  # measured 0.12
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tfvae import annealing, arguments, checks, noise, objectives, resources
+from tfvae import annealing, arguments, checks, noise, objectives, proposals, resources
 
 
 class LogProbEstimate(NamedTuple):
@@ -64,8 +64,9 @@ def log_prob_estimate(model, x, num_samples=1000, proposal="encoder", condition=
     """log p(x) for each example by importance sampling, with its standard error, ESS and PSIS k-hat.
 
     log w_k = log p(x|z_k) + log p(z_k) - log r(z_k) for z_k ~ r, the proposal: the encoder's
-    q(z|x), q refined per example by `model.infer` (often a far better proposal where the encoder
-    fits badly), or any TFP distribution over z with batch shape [B].
+    q(z|x), q refined per example from several starts and mixed (`tfvae.inference.refined_mixture`,
+    often a far better proposal where the encoder fits badly or p(z|x) has several modes), or any TFP
+    distribution over z with batch shape [B].
 
     `method="ais"` is annealed importance sampling instead (Neal 2001; Wu et al. 2017 evaluated VAEs
     with it): `num_samples` chains start at z ~ p(z) and move through `ais_steps` intermediate densities
@@ -76,7 +77,7 @@ def log_prob_estimate(model, x, num_samples=1000, proposal="encoder", condition=
         model: a `tfvae.VAE`.
         x: a batch of shape (B, *model.event_shape).
         num_samples: K, importance samples (or AIS chains) per example, >= 1.
-        proposal: "encoder", "refined" (`model.infer(x)` with its defaults), or a TFP distribution
+        proposal: "encoder", "refined" (`inference.refined_mixture` with its defaults), or a TFP distribution
             with batch shape [B] and event shape [latent_dim] (e.g. what `model.infer` returns). AIS
             starts from the prior and takes "encoder" only.
         condition: the conditions of x, for a conditional model.
@@ -103,8 +104,7 @@ def log_prob_estimate(model, x, num_samples=1000, proposal="encoder", condition=
         start = model.prior.sample([num_samples, int(x.shape[0])], seed=tf.cast(seed, tf.int32))
         log_w = annealing.run(model, x, start, ais_steps, condition, seed + 1)
     else:
-        q = objectives.proposal_distribution(model, x, proposal, condition, seed)
-        log_w = objectives.proposal_log_weights(model, x, q, num_samples, condition, seed, isinstance(proposal, str))
+        log_w = proposals.log_weights(model, x, proposal, num_samples, condition, seed)
     estimate = _diagnosed(log_w)
     checks.finite_estimate(estimate.log_prob, "log_prob_estimate", x=x, condition=condition)
     return estimate
@@ -206,12 +206,12 @@ def _nanmax(values):
 
 def _check_estimator(proposal, method, ais_steps, precision="float32"):
     """Refuses a bad method, ais_steps, proposal or precision before any work; a proposal distribution's
-    shapes are checked against each batch by `objectives.proposal_distribution`."""
+    shapes are checked against each batch by `proposals.distribution`."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}; got {method!r}.")
     ais_steps = arguments.positive_int(ais_steps, "ais_steps")
     if method == "ais" and not (isinstance(proposal, str) and proposal == "encoder"):
         raise ValueError(f"proposal: AIS starts from the prior p(z) and takes no proposal; got {proposal!r}.")
-    objectives.check_proposal(proposal)
+    proposals.check(proposal)
     objectives.check_precision(precision, proposal, method)
     return ais_steps

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfvae import arguments, checks, inference, objectives, resources
+from tfvae import arguments, checks, inference, objectives, proposals, resources
 from tfvae import precision as tfvae_precision
 from tfvae.estimates import BDMCBounds, LogProbEstimate, bdmc, log_prob_estimate, unreliable  # noqa: F401 (public)
 from tfvae.estimates import _check_estimator, _diagnosed, _nanmax
@@ -64,7 +64,7 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
     num_samples = arguments.positive_int(num_samples, "num_samples")
     precision = tfvae_precision.check(precision)
     if not isinstance(proposal, str):  # a distribution fits one batch
-        raise TypeError(f"proposal: expected one of {', '.join(objectives.PROPOSALS)} (a distribution has one batch's "
+        raise TypeError(f"proposal: expected one of {', '.join(proposals.PROPOSALS)} (a distribution has one batch's "
                         f"shape: give it to log_prob_estimate); got {type(proposal).__name__}.")
     _check_estimator(proposal, method, ais_steps, precision)
     dimensions = math.prod(model.event_shape)

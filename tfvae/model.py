@@ -6,8 +6,8 @@ import numbers
 import keras
 import tensorflow as tf
 
-from tfvae import arguments, checks, distribute, heads, inference, networks, noise, objectives, resources, schedules
-from tfvae import conditions, trainer
+from tfvae import arguments, checks, distribute, heads, inference, networks, noise, objectives, proposals, resources
+from tfvae import conditions, schedules, trainer
 from tfvae import precision as tfvae_precision
 
 
@@ -310,7 +310,7 @@ class VAE(trainer.Trainer, keras.Model):
         precision: "float32", or "bfloat16" for the decoder's matrix products (about twice as
             fast on CPUs with avx512_bf16 or AMX; see `tfvae.precision`).
         seed: an int repeats the estimate; None takes the model's next noise.
-        proposal: "encoder" (q(z|x)), "refined" (q refined by `infer`) or a TFP distribution over z with
+        proposal: "encoder" (q(z|x)), "refined" (q refined by `infer` from several starts, `tfvae.inference.refined_mixture`) or a TFP distribution over z with
             batch shape [B]; `tfvae.evaluate.log_prob_estimate` gives the estimate's reliability too.
         """
         num_samples = arguments.positive_int(num_samples, "num_samples")
@@ -325,8 +325,7 @@ class VAE(trainer.Trainer, keras.Model):
             with noise.seeded(self.seed_generator, seed):
                 log_prob = self.importance_sampled(x, tf.constant(num_samples), precision, condition)["log_prob"]
         else:
-            q = objectives.proposal_distribution(self, x, proposal, condition, seed)
-            log_w = objectives.proposal_log_weights(self, x, q, num_samples, condition, seed, isinstance(proposal, str))
+            log_w = proposals.log_weights(self, x, proposal, num_samples, condition, seed)
             log_prob = tf.constant(objectives.log_mean_exp(log_w), tf.float32)
         return checks.finite_estimate(log_prob, "log_prob", x=x, condition=condition)
 

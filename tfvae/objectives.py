@@ -183,10 +183,6 @@ def importance_sampled(model, x, num_samples, noise, condition=None, with_log_we
     return terms
 
 
-# The proposals `proposal_distribution` takes by name.
-PROPOSALS = ("encoder", "refined")
-
-
 def check_precision(precision, proposal, method="importance"):
     """Refuses a reduced precision with any estimator but the encoder proposal's compiled one, the only one
     that runs the decoder in it (it would be ignored silently)."""
@@ -196,38 +192,6 @@ def check_precision(precision, proposal, method="importance"):
              f"proposal={proposal if isinstance(proposal, str) else type(proposal).__name__!r}")
     raise ValueError(f"precision: {precision!r} runs the encoder proposal's compiled estimator only; with {other} "
                      f"use precision='float32'.")
-
-
-def check_proposal(proposal):
-    """Refuses a proposal that is neither one of the PROPOSALS by name nor a TFP distribution; a
-    distribution's shapes are checked against each batch by `proposal_distribution`."""
-    if isinstance(proposal, str):
-        if proposal not in PROPOSALS:
-            raise ValueError(f"proposal: expected one of {', '.join(PROPOSALS)} or a TFP distribution over z; "
-                             f"got {proposal!r}.")
-    elif not isinstance(proposal, tfd.Distribution):
-        raise TypeError(f"proposal: expected one of {', '.join(PROPOSALS)} or a TFP distribution over z; "
-                        f"got {type(proposal).__name__}.")
-
-
-def proposal_distribution(model, x, proposal, condition=None, seed=None):
-    """The importance sampler's proposal over z for the float32 batch x, checked: batch shape [B], event [latent_dim].
-
-    Args:
-        proposal: "encoder" (q(z|x)), "refined" (`model.infer(x)` with its defaults, seeded by `seed`), or
-            a TFP distribution with batch shape [B] and event shape [latent_dim].
-    """
-    check_proposal(proposal)
-    if isinstance(proposal, str):
-        if proposal == "refined":
-            return model.infer(x, seed=seed, condition=condition)
-        return model.posterior(x, condition)
-    shapes = (tuple(proposal.batch_shape), tuple(proposal.event_shape))
-    if shapes != ((x.shape[0],), (model.latent_dim,)):
-        raise ValueError(f"proposal: expected a distribution with batch shape ({x.shape[0]},), one per example, and "
-                         f"event shape ({model.latent_dim},), the latent_dim; got batch shape {shapes[0]} and event "
-                         f"shape {shapes[1]}.")
-    return proposal
 
 
 def proposal_log_weights(model, x, q, num_samples, condition=None, seed=None, from_head=True):

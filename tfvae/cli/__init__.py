@@ -174,8 +174,9 @@ def _parser():
         help="the decoder's matrix products in float32, or bfloat16: about twice as fast on CPUs with "
              "avx512_bf16 or AMX, within a few hundredths of a nat (default: float32)")
     add("--proposal", choices=("encoder", "refined"), default="encoder",
-        help="importance sampling's proposal: the encoder's q(z|x), or q refined per image by model.infer, "
-             "a better proposal where the encoder fits badly (default: encoder)")
+        help="importance sampling's proposal: the encoder's q(z|x), or q refined per image by model.infer "
+             "from 8 starts and mixed, a better proposal where the encoder fits badly or p(z|x) has several "
+             "modes (default: encoder)")
     add("--method", choices=("importance", "ais"), default="importance",
         help="importance sampling, or annealed importance sampling from the prior with K chains per image "
              "(slower; for estimates importance sampling leaves unreliable) (default: importance)")
