@@ -75,3 +75,20 @@ def digits_run(tmp_path_factory):
                                         result["stderr"])
     assert train.returncode == 0, train.stderr
     return workdir / "runs" / "digits", train
+
+
+# Exports of the heads a module's parametrized `trained` fixture trains, 15-30 s each, left to `-m slow` but
+# for one or two per module: the default run exports the ones whose ops differ most (lgamma, the logistic's bins).
+SLOW_EXPORTS = {
+    "test_models.py::test_exports_to_saved_model_and_tflite_with_parity": {"negative_binomial", "vamp",
+                                                                         "continuous_bernoulli"},
+    "test_custom_heads.py::test_exports_to_saved_model_and_tflite_with_parity": {"encoder_prior", "two_parameter"},
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m "not slow" deselects
+def pytest_collection_modifyitems(items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec and callspec.params.get("trained") in SLOW_EXPORTS.get(f"{item.path.name}::{item.originalname}", ()):
+            item.add_marker(pytest.mark.slow)

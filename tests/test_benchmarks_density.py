@@ -272,6 +272,7 @@ def test_a_run_started_before_the_newer_settings_resumes_with_their_defaults(tmp
         script.check_settings(str(tmp_path), older, {**older, **script.SETTING_DEFAULTS, "he_init": True})
 
 
+@pytest.mark.slow
 def test_a_longer_budget_continues_a_constant_rate_run(tmp_path):
     script = load_script()
     flags = [*TINY_EXEMPLAR, "--run-dir", str(tmp_path), "--warmup-epochs", "1", "--patience", "5"]

@@ -27,6 +27,7 @@ def test_bad_arguments_exit_2_naming_the_flag(args, message, capsys):
     assert message in captured.err and captured.out == ""
 
 
+@pytest.mark.slow
 def test_quick_run_times_both_forms_of_the_same_estimate(tmp_path):
     if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
         pytest.skip("needs Debian's dataset-fashion-mnist")

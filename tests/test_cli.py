@@ -374,6 +374,7 @@ def test_bad_runs_inputs_and_flags_are_refused_and_the_run_is_left_alone(run, in
     assert not os.listdir(tmp_path / "empty")
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_trains_longer(run, tmp_path, capsys):
     import shutil
 

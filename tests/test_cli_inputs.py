@@ -80,6 +80,7 @@ def test_16_bit_pngs_are_read_at_full_scale(folders, run, capsys):  # noqa: F811
     np.testing.assert_array_equal(np.load(folders / "z16.npy"), np.load(folders / "z16ref.npy"))
 
 
+@pytest.mark.slow
 def test_an_image_too_large_to_decode_is_one_line_naming_it(folders, results, run, capsys):  # noqa: F811
     result = results["encode bomb"]
 

@@ -56,6 +56,7 @@ def test_a_folder_trains_conditioned_on_its_subfolders_and_the_run_records_it(da
     assert report["num_examples"] == source.size("test") and report["dataset"] == str(data / "folder")
 
 
+@pytest.mark.slow
 def test_tfrecord_files_train_evaluate_and_resume(data):
     _train(data, "--dataset", "images.tfrecord", "--out", "runs/records")
     evaluated = in_process(["evaluate", "runs/records", "--num-samples", 5, "--json"], data)

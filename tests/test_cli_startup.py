@@ -155,6 +155,7 @@ def results(digits_run, tmp_path_factory):
     return {"train": train, **results}
 
 
+@pytest.mark.slow
 def test_train_prints_no_tensorflow_logs(results):
     # `score`, `evaluate` and `export` are checked on test_cli's commands, which run in a user's environment too.
     result = results["train"]

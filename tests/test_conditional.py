@@ -336,6 +336,7 @@ def _runtimes(directory):
     return {"saved_model": saved_model, "tflite": tflite}
 
 
+@pytest.mark.slow
 def test_litert_estimates_draw_fresh_noise_after_an_empty_first_call(exported, labelled_digits):
     # LiteRT's BROADCAST_TO (the conditions over K samples of z) answered the first call after an empty first
     # one with stale rows: log_prob over 200 copies of 4 digits came out 0.8 nats above the SavedModel's.
@@ -459,6 +460,7 @@ def cli_run(tmp_path_factory):
     return workdir, trained, {"sample": sample, "status": status, "report": report}
 
 
+@pytest.mark.slow
 def test_cli_trains_a_conditional_run_and_samples_a_class(cli_run, classifier):
     workdir, trained, results = cli_run
     assert "samples.png has a column per class" in trained.stdout

@@ -151,6 +151,7 @@ class LgammaPoisson(Poisson):
         return tfd.Independent(tfd.Poisson(log_rate=log_rate), reinterpreted_batch_ndims=1)
 
 
+@pytest.mark.slow
 def test_a_head_with_ops_tflite_lacks_is_refused_and_nothing_is_written(tmp_path):
     keras.utils.set_random_seed(0)
     model = _model(likelihood=LgammaPoisson(64))

@@ -101,6 +101,7 @@ def locked_by_another_process(run):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_a_run_in_use_by_another_process_is_refused(run_copy, tmp_path, capsys):
     """The second of two `train --out R` exits 2 and the first one's files stay as they were."""
     fresh = tmp_path / "fresh"
@@ -207,7 +208,8 @@ export.save(keras.models.load_model(model_path), directory, tflite=False, log_pr
 """
 
 
-@pytest.mark.parametrize("step", ["exchange", pytest.param("fallback", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["exchange", "fallback"])
 def test_export_killed_while_replacing_an_export_leaves_a_complete_one(step, small_model, tmp_path):
     model, model_path = small_model
     directory = str(tmp_path / "export")
@@ -326,7 +328,8 @@ main(["train", "--dataset", "digits", "--latent-dim", "2", "--epochs", "1", "--b
 """
 
 
-@pytest.mark.parametrize("point", [pytest.param("before the config", marks=pytest.mark.slow), "after the config"])
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["before the config", "after the config"])
 def test_a_run_killed_during_its_first_writes_is_accepted_again(point, tmp_path, capsys):
     run = tmp_path / "run"
     killed = subprocess.run([sys.executable, "-c", KILLED_TRAIN, str(run), point],

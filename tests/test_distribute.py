@@ -91,6 +91,7 @@ def test_mirrored_strategy_trains_as_one_device(trained_mirrored, one_device):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_an_empty_replica_share_and_free_bits_train_as_one_device(mirrored, digits):
     """401 examples in batches of 100: the last batch, of 1, leaves the second replica nothing; the free
     bits floor the KL's mean over the global batch, whatever the shares."""
@@ -183,6 +184,7 @@ def test_keras_metric_variables_are_summed_across_replicas_on_read(mirrored):
     assert float(mean.result()) == pytest.approx((1 + 2 + 1) / 3)
 
 
+@pytest.mark.slow
 def test_a_users_steps_per_execution_runs_every_batch_under_several_replicas(mirrored, digits):
     with mirrored.scope():
         model = tfvae.VAE(input_shape=(64,), latent_dim=2)
@@ -289,6 +291,7 @@ def test_a_worker_other_than_the_chief_writes_nothing(digits, tmp_path, monkeypa
         tfvae.export.save(model, tmp_path / "export", log_prob_samples=0)
 
 
+@pytest.mark.slow
 def test_two_workers_read_disjoint_shards_of_a_streamed_source_that_together_are_the_epoch(tmp_path):
     """As `tfvae train` shards a streamed dataset: each worker reads its own images of the folder, every
     training image is read once an epoch by one of them, and the two train one model on their shards."""

@@ -207,6 +207,7 @@ def test_amortization_gap_rejects_bad_arguments(trained_2d, digits):
         evaluate.amortization_gap(trained_2d, digits[1], steps=-1)
 
 
+@pytest.mark.slow
 def test_iwae_training_is_at_least_as_good_as_elbo_training(digits):
     """Same data, seed, epochs and K = 5: the IWAE-trained model's test log-likelihood is at least the ELBO-trained one's.
 

@@ -240,6 +240,7 @@ def test_seeded_hash_is_lowbias32():
     np.testing.assert_array_equal(uniform.ravel(), ((bits >> 8).astype(np.float32) + 0.5) * 2.0**-24)
 
 
+@pytest.mark.slow
 def test_seeded_prior_noise_has_the_prior_distribution(exported_mixture):
     normal = tfvae.heads.StandardNormal(latent_dim=2).distribution()
     z = signatures._prior_sample_from_seed(normal, 20000, 2, tf.constant(3)).numpy()
@@ -253,6 +254,7 @@ def test_seeded_prior_noise_has_the_prior_distribution(exported_mixture):
         assert stats.ks_2samp(column, expected).pvalue > 1e-3
 
 
+@pytest.mark.slow
 def test_full_covariance_posterior_exports_to_saved_model_and_tflite(digits, tmp_path):
     keras.utils.set_random_seed(2)
     model = tfvae.VAE(input_shape=(64,), latent_dim=4, posterior="full")
@@ -295,6 +297,7 @@ def test_wrong_feature_size_is_a_shape_error(exported, shape):
     assert z_mean.shape == (3, 4)
 
 
+@pytest.mark.slow
 def test_saved_model_cli_shows_named_signatures(exported):
     _, directory, _ = exported
     shown = subprocess.run(
@@ -313,6 +316,7 @@ def test_saved_model_cli_shows_named_signatures(exported):
     assert "output_0" not in shown
 
 
+@pytest.mark.slow
 def test_consumer_scripts_run_without_tfvae(exported, digits, tmp_path):
     model, directory, _ = exported
     shadow = tmp_path / "shadow"
@@ -348,6 +352,7 @@ def test_consumer_scripts_run_without_tfvae(exported, digits, tmp_path):
     np.testing.assert_allclose(seeded, in_process["x_mean"], rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_mixture_gaussian_export_to_default_directory(exported_mixture, digits):
     model, directory, manifest = exported_mixture
     assert os.path.abspath(directory).endswith(os.path.join("export", "mixvae"))

@@ -180,7 +180,7 @@ class ExpScaleGaussian(keras.layers.Layer):
         return tfd.Independent(tfd.Normal(loc, tf.exp(tf.clip_by_value(log_scale, -5.0, 3.0))), 1)
 
 
-@pytest.mark.parametrize("prior", ["vamp", "mixture"])
+@pytest.mark.parametrize("prior", ["vamp", pytest.param("mixture", marks=pytest.mark.slow)])
 def test_any_top_prior_full_covariance_layers_conditions_iwae_and_a_users_head(digits, prior):
     labels = np.eye(10)[np.arange(len(digits[0])) % 10].astype(np.float32)
     condition_shape = None if prior == "vamp" else (10,)  # a VampPrior encodes unconditioned pseudo-inputs
@@ -230,6 +230,7 @@ def test_per_layer_lists_of_the_wrong_length_and_conv_on_vectors_are_refused():
         tfvae.VAE(input_shape=(64,), latent_dim=(4, 2), encoder="conv", decoder="conv")
 
 
+@pytest.mark.slow
 def test_the_command_line_trains_evaluates_and_resumes_a_hierarchy(tmp_path, capsys):
     train = ["train", "--dataset", "digits", "--latent-dim", "4,2", "--epochs", "2", "--batch-size", "100",
              "--diagnostics-every", "2", "--diagnostics-samples", "10", "--out", "runs/h"]

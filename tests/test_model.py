@@ -376,6 +376,7 @@ class _Steps(keras.callbacks.Callback):
         self.told["predict"].append(batch)
 
 
+@pytest.mark.slow
 def test_batch_callbacks_are_told_the_epochs_own_steps(digits):
     # 1,500 examples in batches of 12 are 125 steps, run as executions of 100 and 25: Keras told callbacks
     # of step 199. The validation data's 1,250 examples are 105 steps.
