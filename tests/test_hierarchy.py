@@ -62,6 +62,9 @@ def test_log_prob_of_two_layers_matches_quadrature_and_ais(scalar_layers):
     assert np.mean(model.elbo(x, num_samples=200, seed=1)) < np.mean(exact)  # log p(x) - ELBO = KL(q || p(z|x)) >= 0
     ais = tfvae.evaluate.log_prob_estimate(model, x, num_samples=16, method="ais", ais_steps=300, seed=0)
     assert np.mean(np.abs(ais.log_prob - exact)) < 0.1
+    # The refined proposal: a mixture of hierarchical posteriors, each refined on every layer.
+    refined = tfvae.evaluate.log_prob_estimate(model, x, num_samples=2000, proposal="refined", seed=2)
+    np.testing.assert_array_less(np.abs(refined.log_prob - exact), 4 * refined.stderr + 0.01)
 
 
 def test_two_layers_round_trip_through_keras_files(scalar_layers, tmp_path):
