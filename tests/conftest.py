@@ -77,11 +77,11 @@ def digits_run(tmp_path_factory):
     return workdir / "runs" / "digits", train
 
 
-# Exports of the heads a module's parametrized `trained` fixture trains, 15-30 s each, left to `-m slow` but
-# for one or two per module: the default run exports the ones whose ops differ most (lgamma, the logistic's bins).
+# Exports of the heads a module's parametrized `trained` fixture trains, 15-40 s each, left to `-m slow` but
+# for one per module: the default run exports the logistic's bins and a user's Poisson head (lgamma).
 SLOW_EXPORTS = {
     "test_models.py::test_exports_to_saved_model_and_tflite_with_parity": {"negative_binomial", "vamp",
-                                                                         "continuous_bernoulli"},
+                                                                         "continuous_bernoulli", "poisson"},
     "test_custom_heads.py::test_exports_to_saved_model_and_tflite_with_parity": {"encoder_prior", "two_parameter"},
 }
 

@@ -19,6 +19,7 @@ SCRIPT = benchmark_scripts.path("density.py")
 load_script = functools.partial(benchmark_scripts.load, "density.py")
 
 
+@pytest.mark.slow
 def test_tiny_run_prints_the_json_fields(tmp_path):
     output = tmp_path / "density.json"
     flags = [

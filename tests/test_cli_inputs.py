@@ -94,6 +94,7 @@ def test_an_image_too_large_to_decode_is_one_line_naming_it(folders, results, ru
         check_error(capsys, [argv[0], run, "--input", folders / "bomb", *argv[1:]], "big.png: cannot read the image")
 
 
+@pytest.mark.slow
 def test_plot_latent_draws_a_single_image_and_rgba_images(folders, run, capsys):  # noqa: F811
     for name in ("one", "rgba"):
         assert main(["plot-latent", str(run), "--input", str(folders / name), "-o", str(folders / f"{name}.png")]) == 0

@@ -39,6 +39,7 @@ def _train(data, *args):
     return result
 
 
+@pytest.mark.slow
 def test_a_folder_trains_conditioned_on_its_subfolders_and_the_run_records_it(data):
     result = _train(data, "--dataset", "folder", "--condition", "labels", "--out", "runs/folder")
     source = sources.open(data / "folder")
@@ -82,6 +83,7 @@ def test_a_csv_of_counts_trains_with_a_poisson_likelihood(data):
     assert refused.returncode == 2 and "negative.csv" in refused.stderr
 
 
+@pytest.mark.slow
 def test_score_and_encode_read_a_folder_recursively_with_its_labels(data):
     _train(data, "--dataset", "folder", "--out", "runs/plain")
     scored = in_process(["score", "runs/plain", "--input", "folder", "-o", "scores.csv", "--num-samples", 5], data)

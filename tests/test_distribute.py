@@ -40,6 +40,7 @@ def one_device():
     return model.get_weights(), history
 
 
+@pytest.mark.slow
 def test_two_workers_train_as_one_process_with_the_same_global_batch(tmp_path, one_device):
     logs, out = tmp_path / "logs", tmp_path / "out"
     logs.mkdir()
@@ -78,6 +79,7 @@ def trained_mirrored(mirrored):
     return distributed_worker.train(mirrored)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_trains_as_one_device(trained_mirrored, one_device):
     """make_dataset's shuffles (no batch drawn before the first epoch), 38 + 37 examples per replica,
     a last batch of 25 (13 + 12) and a KL warm-up: the same numbers as one device."""
@@ -148,6 +150,7 @@ def test_keras_fit_builds_a_model_made_under_a_strategy_by_maybe_symbolic_build(
     assert model.optimizer.built
 
 
+@pytest.mark.slow
 def test_keras_fit_and_evaluate_call_their_step_functions_with_a_distributed_iterator(mirrored, digits):
     """Keras calls `make_train_function`/`make_test_function`, then the function they set with each
     epoch's iterator: tfvae.VAE's versions return tfvae.distribute.step_function there."""

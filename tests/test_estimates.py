@@ -152,6 +152,7 @@ def test_ais_from_the_prior_reaches_quadrature_as_its_steps_grow(bernoulli_2d):
     assert np.all((estimate.ess >= 1) & (estimate.ess <= 32)) and np.all(estimate.stderr > 0)
 
 
+@pytest.mark.slow
 def test_ais_reaches_the_user_written_poisson_head_where_importance_sampling_does_not(poisson_2d):
     # Measured on all 60 images: 0.098 nats mean absolute error at 1,000 steps and 32 chains, 0.051 at 3,000,
     # mean signed error -0.008 (unbiased); the encoder proposal at K = 2000 is 1.08 off.
@@ -162,6 +163,7 @@ def test_ais_reaches_the_user_written_poisson_head_where_importance_sampling_doe
     assert np.all(np.abs(error) < 5 * estimate.stderr + 0.05), (error, estimate.stderr)
 
 
+@pytest.mark.slow
 def test_bdmc_brackets_quadrature_and_its_gap_shrinks_with_the_steps(bernoulli_2d):
     # Measured over 200 drawn examples (8 chains): at 30 steps upper - exact 0.094 +- 0.026, lower - exact
     # -0.070 +- 0.026; at 300 steps 0.004 +- 0.011 and -0.022 +- 0.008.

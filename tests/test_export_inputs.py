@@ -177,6 +177,7 @@ def test_likelihood_heads_give_their_support_in_graph_form():
     np.testing.assert_array_equal(heads.in_support(heads.Gaussian(event_shape=(6,)), x), np.ones((1, 6), bool))
 
 
+@pytest.mark.slow
 def test_consumer_scripts_refuse_in_one_line(exported, tmp_path):
     _, x_test, _, directory = exported
     bad_values = x_test[:2].copy()

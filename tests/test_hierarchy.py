@@ -89,6 +89,7 @@ def test_elbo_is_below_iwae_which_rises_with_k(layered, digits):
     assert elbo < iwae[1] < iwae[2] < iwae[3]
 
 
+@pytest.mark.slow
 def test_log_prob_with_5000_samples_has_converged(layered, digits):
     model, _ = layered
     x = digits[1][:100]
@@ -205,6 +206,7 @@ def test_any_top_prior_full_covariance_layers_conditions_iwae_and_a_users_head(d
     assert model.sample(4, seed=1, condition=None if c is None else c[0]).shape == (4, 64)
 
 
+@pytest.mark.slow
 def test_a_conv_hierarchy_trains_on_images(digits):
     images = digits[0].reshape(-1, 8, 8, 1)
     model = tfvae.VAE(input_shape=(8, 8, 1), latent_dim=(4, 2), encoder="conv", decoder="conv", seed=0)

@@ -236,6 +236,7 @@ class EagerOnly(ood.Score):
         return -evidence.importance(self.num_samples)["reconstruction"]
 
 
+@pytest.mark.slow
 def test_a_detector_without_a_graph_form_exports_the_part_that_has_one_or_is_refused(binary, tmp_path):
     model, x, _ = binary
     # A single score no graph runs exports the inference gap, calibrated on the same data (and saved with it).
