@@ -76,6 +76,7 @@ def test_two_layers_round_trip_through_keras_files(scalar_layers, tmp_path):
     np.testing.assert_array_equal(loaded.log_prob(x_test[:20], 50, seed=3), model.log_prob(x_test[:20], 50, seed=3))
 
 
+@pytest.mark.slow
 def test_two_layers_export_with_parity(scalar_layers, tmp_path):
     assert_exports_with_parity(scalar_layers, tmp_path)
 
@@ -184,7 +185,8 @@ class ExpScaleGaussian(keras.layers.Layer):
         return tfd.Independent(tfd.Normal(loc, tf.exp(tf.clip_by_value(log_scale, -5.0, 3.0))), 1)
 
 
-@pytest.mark.parametrize("prior", ["vamp", pytest.param("mixture", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("prior", ["vamp", "mixture"])
 def test_any_top_prior_full_covariance_layers_conditions_iwae_and_a_users_head(digits, prior):
     labels = np.eye(10)[np.arange(len(digits[0])) % 10].astype(np.float32)
     condition_shape = None if prior == "vamp" else (10,)  # a VampPrior encodes unconditioned pseudo-inputs

@@ -202,6 +202,7 @@ def test_cli_refuses_count_likelihoods_on_images_naming_the_dataset(tmp_path, ca
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_resumes_runs_written_before_prior_was_a_flag(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--dataset", "digits", "--latent-dim", "2", "--epochs", "1", "--out", str(run)]) == 0

@@ -303,8 +303,8 @@ def fit_under(strategy, schedule, x):
     return history.history, model.get_weights()
 
 
-@pytest.mark.parametrize("schedule", [pytest.param(schedules.Cyclical(period=3), marks=pytest.mark.slow),
-                                      schedules.FreeBits(nats=0.5)])
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", [schedules.Cyclical(period=3), schedules.FreeBits(nats=0.5)])
 def test_mirrored_strategy_applies_the_schedule_as_one_device_does(schedule, digits, mirrored):
     """Each replica reads the step; free bits floor the KL's mean over the global batch, not each replica's."""
     x = digits[0][:160]
