@@ -77,12 +77,12 @@ def digits_run(tmp_path_factory):
     return workdir / "runs" / "digits", train
 
 
-# Exports of the heads a module's parametrized `trained` fixture trains, 15-40 s each, left to `-m slow` but
-# for one per module: the default run exports the logistic's bins and a user's Poisson head (lgamma).
+# Exports of the heads a module's parametrized `trained` fixture trains, 15-40 s each, left to `-m slow`: the
+# default run exports the discretized logistic's bins here and tfvae's other heads in test_export.py.
 SLOW_EXPORTS = {
     "test_models.py::test_exports_to_saved_model_and_tflite_with_parity": {"negative_binomial", "vamp",
                                                                          "continuous_bernoulli", "poisson"},
-    "test_custom_heads.py::test_exports_to_saved_model_and_tflite_with_parity": {"encoder_prior"},
+    "test_custom_heads.py::test_exports_to_saved_model_and_tflite_with_parity": {"encoder_prior", "poisson"},
 }
 
 

@@ -70,6 +70,7 @@ def test_tfrecord_files_train_evaluate_and_resume(data):
     assert [row.split(",")[0] for row in rows[1:]] == ["0", "1"]
 
 
+@pytest.mark.slow
 def test_a_csv_of_counts_trains_with_a_poisson_likelihood(data):
     result = _train(data, "--dataset", "counts.csv", "--likelihood", "poisson", "--out", "runs/counts")
     assert "csv streamed" in result.stdout and "binarization" not in result.stderr

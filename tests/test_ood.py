@@ -203,6 +203,7 @@ def test_every_likelihood_gets_a_coder_and_conditions_pass_through():
                                -conditional.log_prob(x, 100, condition=condition, seed=0).numpy(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_export_scores_in_every_runtime_as_the_detector_it_names(binary, tmp_path):
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
