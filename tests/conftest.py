@@ -86,7 +86,8 @@ SLOW_EXPORTS = {
 }
 
 
-# Heads whose every test is left to `-m slow`: a user's heteroscedastic normal, a second user likelihood beside the Poisson one.
+# Heads whose every test is left to `-m slow`: a user's heteroscedastic normal, a second user likelihood
+# beside the Poisson one.
 SLOW_HEADS = {"test_custom_heads.py": {"two_parameter"}}
 
 

@@ -210,7 +210,7 @@ def _check_estimator(proposal, method, ais_steps, precision="float32"):
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}; got {method!r}.")
     ais_steps = arguments.positive_int(ais_steps, "ais_steps")
-    if method == "ais" and not (isinstance(proposal, str) and proposal == "encoder"):
+    if method == "ais" and not proposals.is_encoder(proposal):
         raise ValueError(f"proposal: AIS starts from the prior p(z) and takes no proposal; got {proposal!r}.")
     proposals.check(proposal)
     objectives.check_precision(precision, proposal, method)

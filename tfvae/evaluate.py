@@ -75,7 +75,7 @@ def log_likelihood(model, data, num_samples=5000, batch_size=100, verbose=1, pre
     )
     log_p, reconstruction, kl, estimates, layers = [], [], [], [], []
     seen, total = 0, 0.0
-    compiled = method == "importance" and isinstance(proposal, str) and proposal == "encoder"
+    compiled = method == "importance" and proposals.is_encoder(proposal)
     for x, c in batches:
         terms = model.importance_sampled(x, tf.constant(num_samples), precision, c, with_log_weights=compiled)
         if compiled:

@@ -310,8 +310,9 @@ class VAE(trainer.Trainer, keras.Model):
         precision: "float32", or "bfloat16" for the decoder's matrix products (about twice as
             fast on CPUs with avx512_bf16 or AMX; see `tfvae.precision`).
         seed: an int repeats the estimate; None takes the model's next noise.
-        proposal: "encoder" (q(z|x)), "refined" (q refined by `infer` from several starts, `tfvae.inference.refined_mixture`) or a TFP distribution over z with
-            batch shape [B]; `tfvae.evaluate.log_prob_estimate` gives the estimate's reliability too.
+        proposal: "encoder" (q(z|x)), "refined" (q refined by `infer` from several starts and mixed,
+            `tfvae.inference.refined_mixture`) or a TFP distribution over z with batch shape [B];
+            `tfvae.evaluate.log_prob_estimate` gives the estimate's reliability too.
         """
         num_samples = arguments.positive_int(num_samples, "num_samples")
         precision = tfvae_precision.check(precision)
@@ -321,7 +322,7 @@ class VAE(trainer.Trainer, keras.Model):
         x = self.as_input(x)
         condition = self.as_condition(condition, x.shape[0])
         objectives.check_precision(precision, proposal)
-        if isinstance(proposal, str) and proposal == "encoder":
+        if proposals.is_encoder(proposal):
             with noise.seeded(self.seed_generator, seed):
                 log_prob = self.importance_sampled(x, tf.constant(num_samples), precision, condition)["log_prob"]
         else:
