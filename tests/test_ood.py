@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 import tfvae
 from digits_models import digits_as, two_d_model, train
 from tfvae import ood
-from tfvae.ood import coders, conformal
+from tfvae.ood import coders, conformal, learned_context
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +56,15 @@ def test_log_prob_inference_gap_and_complexity_are_their_definitions(binary):
     bits = np.array([8 * len(bz2.compress(np.packbits(row.astype(bool)).tobytes())) for row in x[:50]])
     np.testing.assert_allclose(tfvae.OutlierDetector(model, "complexity", coder="bits").score(x[:50]),
                                -log_prob / math.log(2) - bits, rtol=1e-6)
-    np.testing.assert_allclose(tfvae.OutlierDetector(model, "complexity").score(x[:50]),
+    np.testing.assert_allclose(tfvae.OutlierDetector(model, "complexity", coder="context").score(x[:50]),
                                -log_prob / math.log(2) - [sequential_context_bits(row.reshape(8, 8)) for row in x[:50]],
                                rtol=1e-5)
+    # The default coder of binary images learns its rates from the calibration data.
+    learned = tfvae.OutlierDetector(model, "complexity").calibrate(x[50:150])
+    counts = counted_contexts(x[50:150])
+    np.testing.assert_allclose(learned.score(x[:50]), -log_prob / math.log(2) - [
+        min(learned_bits(row.reshape(8, 8), counts), sequential_context_bits(row.reshape(8, 8))) + 1 for row in x[:50]],
+        rtol=1e-5)
 
 
 def sequential_context_bits(image):
@@ -74,6 +80,51 @@ def sequential_context_bits(image):
             bits -= math.log2((counts[context, pixel] + 0.5) / (counts[context].sum() + 1.0))
             counts[context, pixel] += 1
     return bits
+
+
+def template_contexts(image):
+    """Each pixel's context under `learned_context.TEMPLATE`, one pixel at a time (pixels outside the image 0)."""
+    padded = np.pad(image, ((2, 0), (2, 2)))
+    height, width = image.shape
+    return [[sum(int(padded[i + 2 + dy, j + 2 + dx]) << bit for bit, (dy, dx) in enumerate(learned_context.TEMPLATE))
+             for j in range(width)] for i in range(height)]
+
+
+def counted_contexts(images):
+    """{context: [zeros, ones]} over the images [N, 64]."""
+    counts = {}
+    for image in images:
+        image = image.reshape(8, 8)
+        for i, row in enumerate(template_contexts(image)):
+            for j, context in enumerate(row):
+                counts.setdefault(context, [0, 0])[int(image[i, j])] += 1
+    return counts
+
+
+def learned_bits(image, counts):
+    """-log2 prod over pixels of the counted rate (count + 1/2) / (seen + 1) of the pixel's value in its context."""
+    bits = 0.0
+    for i, row in enumerate(template_contexts(image)):
+        for j, context in enumerate(row):
+            seen = counts.get(context, [0, 0])
+            bits -= math.log2((seen[int(image[i, j])] + 0.5) / (sum(seen) + 1.0))
+    return bits
+
+
+def test_the_learned_coder_codes_a_calibration_image_with_the_others_counts(binary):
+    _, x, noise = binary
+    everything = learned_context.Counts.count([x[:40]])
+    left_out = everything.code_lengths(x[:40], leave_out=True).numpy()
+    for i in (0, 17, 39):
+        others = learned_context.Counts.count([np.delete(x[:40], i, axis=0)])
+        np.testing.assert_allclose(left_out[i], others.code_lengths(x[i : i + 1]).numpy()[0], rtol=1e-9)
+    # Counted in batches or at once, the same counts; with itself counted, an image codes shorter.
+    np.testing.assert_array_equal(learned_context.Counts.count([x[:15], x[15:40]]).seen, everything.seen)
+    assert np.all(everything.code_lengths(x[:40]).numpy() <= left_out + 1e-9)
+    # Noise is coded by the adaptive coder instead, plus the bit that says so.
+    np.testing.assert_allclose(everything.code_lengths(noise[:5]).numpy(),
+                               [min(learned_bits(n.reshape(8, 8), counted_contexts(x[:40])),
+                                    sequential_context_bits(n.reshape(8, 8))) + 1 for n in noise[:5]], rtol=1e-5)
 
 
 def test_the_context_coder_is_shorter_than_bz2_on_images_and_longer_on_noise(binary):
@@ -109,14 +160,16 @@ def test_the_default_and_the_combination_flag_noise_and_hold_their_false_positiv
 
 def test_calibration_is_needed_for_p_values_and_for_the_combination(binary):
     model, x, _ = binary
-    complexity = tfvae.OutlierDetector(model, "complexity")
+    complexity = tfvae.OutlierDetector(model, "complexity", coder="context")
     assert complexity.score(x[:5]).shape == (5,)
     with pytest.raises(ValueError, match=r"p_value: the detector is not calibrated; call calibrate"):
         complexity.p_value(x[:5])
     with pytest.raises(ValueError, match=r"predict: the detector is not calibrated"):
         complexity.predict(x[:5])
-    with pytest.raises(ValueError, match=r"score: the 'combined' method ranks x against in-distribution data"):
-        tfvae.OutlierDetector(model, "combined").score(x[:5])
+    for method in ("combined", None):  # the default's coder learns its rates from the calibration data
+        with pytest.raises(ValueError, match=r"score: the '(combined|complexity)' method learns from in-distribution "
+                                             r"data; call calibrate\(x_in\) first"):
+            tfvae.OutlierDetector(model, method).score(x[:5])
     with pytest.raises(ValueError, match=r"false_positive_rate: 0.01 needs at least 99 calibration examples.*on 20"):
         complexity.calibrate(x[:20]).predict(x[:5], false_positive_rate=0.01)
 
@@ -128,7 +181,7 @@ def test_bad_methods_options_and_inputs_are_refused(binary):
         tfvae.OutlierDetector(model, "typicality")
     with pytest.raises(TypeError, match=r"options: .*steps"):
         tfvae.OutlierDetector(model, "log_prob", steps=3)
-    with pytest.raises(ValueError, match=r"coder: expected one of context, bits, png, bz2; got 'gzip'"):
+    with pytest.raises(ValueError, match=r"coder: expected one of learned, context, bits, png, bz2; got 'gzip'"):
         tfvae.OutlierDetector(model, "complexity", coder="gzip")
     with pytest.raises(ValueError, match=r"scores: expected two or more different scores"):
         tfvae.OutlierDetector(model, "combined", scores=["log_prob"])
@@ -137,8 +190,8 @@ def test_bad_methods_options_and_inputs_are_refused(binary):
         detector.calibrate(np.zeros((3, 8, 8), np.float32))
     with pytest.raises(ValueError, match=r"x: .*NaN"):
         detector.score(np.full((2, 64), np.nan, np.float32))
-    with pytest.raises(ValueError, match=r"x: the 'context' coder codes binary images .*got values strictly between, e.g. 0.5"):
-        tfvae.OutlierDetector(model, "complexity").score(np.full((2, 64), 0.5, np.float32))
+    with pytest.raises(ValueError, match=r"x: the 'learned' coder codes binary images .*got values strictly between, e.g. 0.5"):
+        tfvae.OutlierDetector(model, "complexity").calibrate(np.full((20, 64), 0.5, np.float32))
     with pytest.raises(ValueError, match=r"false_positive_rate: expected a number in \(0, 1\); got 1.5"):
         detector.calibrate(x[:30]).predict(x[:2], false_positive_rate=1.5)
 
@@ -211,9 +264,9 @@ def test_the_export_scores_in_every_runtime_as_the_detector_it_names(binary, tmp
     model, x, noise = binary
     detector = tfvae.OutlierDetector(model).calibrate(x[:150])
     manifest = tfvae.export.save(model, tmp_path / "e", detector=detector, sample_inputs=x)
-    # The context coder is TensorFlow ops: the whole default runs in the export.
-    assert manifest["anomaly_score"] == {"method": "complexity", "num_samples": 100, "calibration_size": 150,
-                                         "detector_method": "complexity"}
+    # The learned coder is TensorFlow ops, its counts constants: the whole default runs in the export.
+    assert manifest["anomaly_score"] == {"method": "complexity", "coder": "learned", "num_samples": 100,
+                                         "calibration_size": 150, "detector_method": "complexity"}
     assert detector.exported() is detector
     assert "anomaly_score" in manifest["tflite_signatures"]
     exported = detector.exported()

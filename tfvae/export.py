@@ -128,14 +128,17 @@ def _exported_detector(detector, model):
 
 def _anomaly_score(detector, exported):
     """The manifest's account of the anomaly_score signature: what it computes and from what calibration."""
+    from tfvae.ood import Combined, Complexity
+
     method = exported.method
     return {
         "method": method.name,
-        **({"scores": list(method.scores)} if method.needs_reference else {}),
+        **({"scores": list(method.scores)} if isinstance(method, Combined) else {}),
+        **({"coder": method.coder_of(exported.model)} if isinstance(method, Complexity) else {}),
         "num_samples": method.num_samples,
         "calibration_size": int(len(exported.calibration_scores)),
         "detector_method": detector.method.name,
-        **({"detector_scores": list(detector.method.scores)} if detector.method.needs_reference else {}),
+        **({"detector_scores": list(detector.method.scores)} if isinstance(detector.method, Combined) else {}),
     }
 
 

@@ -9,14 +9,14 @@ import keras
 import numpy as np
 
 from tfvae import arguments, atomic, checks, resources
-from tfvae.ood import conformal, scores as scores_lib
+from tfvae.ood import coders, conformal, scores as scores_lib
 
 DEFAULT_METHOD = "complexity"
 # What an export runs for a single score that no graph can (regret; complexity by bz2 or PNG): the best of those
 # that run in one (benchmarks/ood.py), from the importance pass the score shares, so calibrating it costs little.
 EXPORT_FALLBACK = "inference_gap"
 DETECTOR_FILE = "tfvae_detector.json"  # the entry a saved detector adds to the model's .keras file
-FORMAT = "tfvae-outlier-detector/1"
+FORMAT = "tfvae-outlier-detector/2"  # /2: a score's learned state (a coder's counts) saved
 
 
 class OutlierDetector:
@@ -24,7 +24,8 @@ class OutlierDetector:
 
     The default method, "complexity", is -log2 p(x) (importance sampling, K = 100) minus the bits of a
     lossless code of x: the score that measured best on binary and 8-bit images alike, the combination
-    of scores included (docs/ood.md has the measurements behind the choice).
+    of scores included (docs/ood.md has the measurements behind the choice). For binary images its
+    coder learns the images' local statistics from the calibration data, so it scores after `calibrate`.
 
     Args:
         model: a trained `tfvae.VAE`.
@@ -59,26 +60,19 @@ class OutlierDetector:
 
     def score(self, x, condition=None):
         """The score of each x, higher = more anomalous: float64 numpy [N]."""
-        if self.method.needs_reference and self.method.reference is None:
+        if self.method.learns(self.model) and self.calibration_scores is None:
             raise ValueError(
-                f"score: the {self.method.name!r} method ranks x against in-distribution data; call "
-                "calibrate(x_in) first (or pick a method that scores alone, e.g. 'complexity')."
+                f"score: the {self.method.name!r} method learns from in-distribution data; call calibrate(x_in) "
+                "first (or pick a method that scores alone, e.g. 'log_prob', or complexity with coder='context')."
             )
         return np.concatenate([self.method(evidence) for evidence in self._evidence(x, condition, "x")])
 
     def calibrate(self, x, condition=None):
         """Scores held-out in-distribution x (not the training data) as the reference of the p-values; returns self."""
-        evidence = self._evidence(x, condition, "x")
-        if self.method.needs_reference:
-            parts = [self.method.components(e) for e in evidence]
-            components = {name: np.concatenate([p[name] for p in parts]) for name in self.method.scores}
-            self.calibration_scores = self.method.fit(components)
-        else:
-            evidence = list(evidence)
-            self.calibration_scores = np.concatenate([self.method(e) for e in evidence])
-            if self._falls_back():
-                fallback = self._fallback().method
-                self.fallback_calibration_scores = np.concatenate([fallback(e) for e in evidence])
+        evidence = list(self._evidence(x, condition, "x"))
+        self.calibration_scores = self.method.fit(evidence)
+        if self._falls_back():
+            self.fallback_calibration_scores = self._fallback().method.fit(evidence)
         return self
 
     def p_value(self, x, condition=None):
@@ -101,11 +95,11 @@ class OutlierDetector:
 
         Itself if its method runs in a graph (`Score.in_graph`: a function of x and one importance-sampling
         pass); for a combination, the combination of its scores that do (regret takes gradient steps,
-        complexity with a coder other than "context" runs bz2 or PNG), ValueError when none does; for
+        complexity with a coder other than "learned" or "context" runs bz2 or PNG), ValueError when none does; for
         another single score, `EXPORT_FALLBACK`'s detector, calibrated on the same data."""
         self._check_calibrated("exported")
         method = self.method
-        if not method.needs_reference:
+        if not isinstance(method, scores_lib.Combined):
             if self._falls_back():
                 fallback = self._fallback()
                 fallback.calibration_scores = self.fallback_calibration_scores
@@ -116,13 +110,15 @@ class OutlierDetector:
             raise ValueError(f"detector: none of the combined scores {list(method.scores)} runs in an exported graph.")
         if len(kept) == len(method.scores):
             return self
+        # The kept scores as fitted (a learned coder's counts included), with their calibration scores.
         if len(kept) == 1:
-            detector = OutlierDetector(self.model, kept[0], self.seed, self.batch_size, num_samples=method.num_samples)
+            detector = OutlierDetector(self.model, method.scores[kept[0]], self.seed, self.batch_size)
             detector.calibration_scores = method.reference[kept[0]]
             return detector
         detector = OutlierDetector(self.model, method.name, self.seed, self.batch_size, scores=kept,
                                    num_samples=method.num_samples)
-        detector.calibration_scores = detector.method.fit(method.reference)
+        detector.method.scores = {name: method.scores[name] for name in kept}
+        detector.calibration_scores = detector.method.use_reference(method.reference)
         return detector
 
     def graph_outputs(self, terms, x):
@@ -136,7 +132,7 @@ class OutlierDetector:
             return (1.0 + at_least) / (float(calibration.shape[0]) + 1.0)
 
         method = self.method
-        if method.needs_reference:
+        if isinstance(method, scores_lib.Combined):
             score = tf.add_n([-2.0 * tf.math.log(p_values(method.reference[name], s.from_terms(terms, x)))
                               for name, s in method.scores.items()])
         else:
@@ -144,16 +140,16 @@ class OutlierDetector:
         return {"score": score, "p_value": p_values(self.calibration_scores, score)}
 
     def _falls_back(self):
-        return not self.method.needs_reference and not self.method.in_graph(self.model)
+        return not isinstance(self.method, scores_lib.Combined) and not self.method.in_graph(self.model)
 
     def _fallback(self):
         # With its own K (complexity's, 100 by default, shares the importance pass).
         return OutlierDetector(self.model, EXPORT_FALLBACK, self.seed, self.batch_size)
 
     def takes_binary_input(self):
-        """Whether the scores code x as a binary image (the "context" and "bits" coders): then only 0s and 1s."""
-        scores = self.method.scores.values() if self.method.needs_reference else [self.method]
-        return any(isinstance(s, scores_lib.Complexity) and s.coder_of(self.model) in ("context", "bits") for s in scores)
+        """Whether the scores code x as binary (`coders.BINARY`: "learned", "context", "bits"): then only 0s and 1s."""
+        scores = self.method.scores.values() if isinstance(self.method, scores_lib.Combined) else [self.method]
+        return any(isinstance(s, scores_lib.Complexity) and s.coder_of(self.model) in coders.BINARY for s in scores)
 
     def _check_calibrated(self, call):
         if self.calibration_scores is None:
@@ -173,8 +169,7 @@ class OutlierDetector:
             calibration = {"scores": self.calibration_scores.tolist()}
             if self.fallback_calibration_scores is not None:
                 calibration["fallback_scores"] = self.fallback_calibration_scores.tolist()
-            if self.method.needs_reference:
-                calibration["reference"] = {k: v.tolist() for k, v in self.method.reference.items()}
+            calibration["state"] = self.method.get_state()
         return {"format": FORMAT, "method": self.method.name, "options": self.method.get_config(), "seed": self.seed,
                 "batch_size": self.batch_size, "calibration": calibration}
 
@@ -186,8 +181,7 @@ class OutlierDetector:
             detector.calibration_scores = np.asarray(calibration["scores"], np.float64)
             if "fallback_scores" in calibration:
                 detector.fallback_calibration_scores = np.asarray(calibration["fallback_scores"], np.float64)
-            if detector.method.needs_reference:
-                detector.method.reference = {k: np.asarray(v, np.float64) for k, v in calibration["reference"].items()}
+            detector.method.set_state(calibration["state"])
         return detector
 
     def save(self, path, overwrite=False):
@@ -217,5 +211,10 @@ class OutlierDetector:
             raise ValueError(
                 f"path: {path!r} holds a model without a detector; load it with keras.models.load_model and "
                 "build one with tfvae.OutlierDetector(model)."
+            )
+        if config.get("format") != FORMAT:
+            raise ValueError(
+                f"path: the detector in {path!r} is in format {config.get('format')!r}; this tfvae reads {FORMAT!r}. "
+                "Load the model with keras.models.load_model and calibrate a new tfvae.OutlierDetector(model)."
             )
         return cls.from_config(keras.models.load_model(path), config)

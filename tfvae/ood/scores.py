@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import arguments, inference, noise
-from tfvae.ood import coders, conformal
+from tfvae.ood import coders, conformal, learned_context
 
 
 class Evidence:
@@ -55,7 +55,6 @@ class Score:
 
     name = None
     from_terms = None  # (terms, x) -> [B] in TensorFlow ops, for a score of x and the importance terms alone
-    needs_reference = False  # a score that ranks x against calibration data (see Combined)
 
     def __init__(self, num_samples=100):
         self.num_samples = arguments.positive_int(num_samples, "num_samples")
@@ -66,6 +65,22 @@ class Score:
     def in_graph(self, model):
         """Whether the score of `model`'s x runs in an exported graph (it has `from_terms`)."""
         return self.from_terms is not None
+
+    def learns(self, model):
+        """Whether the score of `model`'s x learns from the calibration data (`fit`), and so scores only after it."""
+        return False
+
+    def fit(self, evidences):
+        """Learns what the score learns from the calibration data (a list of `Evidence`); returns their scores [n],
+        each scored as a new example would be (a score that learns leaves the example itself out)."""
+        return np.concatenate([self(evidence) for evidence in evidences])
+
+    def get_state(self):
+        """What `fit` learned, JSON-ready (None: nothing), saved with the detector; `set_state` takes it back."""
+        return None
+
+    def set_state(self, state):
+        pass
 
     def __call__(self, evidence):
         terms = evidence.importance(self.num_samples)
@@ -100,12 +115,13 @@ class InferenceGap(Score):
 class Complexity(Score):
     """Input complexity (Serra et al. 2020): -log2 p(x) - L(x) in bits, L(x) the length of a lossless code of x.
 
-    Simple inputs get high likelihoods from every model; a universal coder's length corrects for that.
+    Simple inputs get high likelihoods from every model; a lossless coder's length corrects for that.
 
     Args:
         num_samples: K of the log p(x) estimate.
-        coder: "context", "bits", "png" or "bz2" (`tfvae.ood.coders`); None picks by the model's likelihood
-            ("context" for binary images).
+        coder: "learned", "context", "bits", "png" or "bz2" (`tfvae.ood.coders`); None picks by the model's
+            likelihood ("learned" for binary images: it counts its contexts on the calibration data, so the
+            score needs `OutlierDetector.calibrate` first; "context" scores alone).
     """
 
     name = "complexity"
@@ -113,6 +129,7 @@ class Complexity(Score):
     def __init__(self, num_samples=100, coder=None):
         super().__init__(num_samples)
         self.coder = None if coder is None else coders.check(coder)
+        self.counts = None  # the "learned" coder's context model (`learned_context.Counts`), set by `fit`
 
     def get_config(self):
         return {**super().get_config(), "coder": self.coder}
@@ -123,11 +140,34 @@ class Complexity(Score):
     def in_graph(self, model):
         return self.coder_of(model) in coders.IN_GRAPH
 
-    def from_terms(self, terms, x):  # the "context" coder's, in TensorFlow ops
+    def learns(self, model):
+        return self.coder_of(model) == "learned"
+
+    def fit(self, evidences):
+        if not self.learns(evidences[0].model):
+            return super().fit(evidences)
+        self.counts = learned_context.Counts.count(coders.check_binary(e.x, "learned") for e in evidences)
+        return np.concatenate([_complexity(e.importance(self.num_samples)["log_prob"],
+                                           self.counts.code_lengths(e.x, leave_out=True).numpy()) for e in evidences])
+
+    def get_state(self):
+        return None if self.counts is None else {"counts": self.counts.get_config()}
+
+    def set_state(self, state):
+        if state is not None:
+            self.counts = learned_context.Counts(**state["counts"])
+
+    def from_terms(self, terms, x):  # the "learned" coder's, or the "context" coder's, in TensorFlow ops
+        if self.counts is not None:
+            return _complexity(terms["log_prob"], self.counts.code_lengths(x, dtype=tf.float32))
         return _complexity(terms["log_prob"], coders.context_code_lengths(x, coders.image_size(x.shape[1:])))
 
     def __call__(self, evidence):
-        bits = coders.code_lengths(np.asarray(evidence.x), self.coder_of(evidence.model))
+        coder = self.coder_of(evidence.model)
+        if coder == "learned":
+            bits = self.counts.code_lengths(coders.check_binary(evidence.x, coder)).numpy()
+        else:
+            bits = coders.code_lengths(np.asarray(evidence.x), coder)
         return _complexity(evidence.importance(self.num_samples)["log_prob"], bits)
 
 
@@ -183,7 +223,6 @@ class Combined(Score):
     """
 
     name = "combined"
-    needs_reference = True
 
     def __init__(self, scores=("log_prob", "inference_gap", "complexity"), num_samples=100):
         super().__init__(num_samples)
@@ -196,18 +235,34 @@ class Combined(Score):
     def get_config(self):
         return {"scores": list(self.scores), "num_samples": self.num_samples}
 
-    def components(self, evidence):
-        """{name: [B]} of each combined score."""
-        return {name: score(evidence) for name, score in self.scores.items()}
+    def learns(self, model):
+        return True
 
-    def fit(self, components):
-        """Takes the calibration data's component scores as the reference; returns their statistics T [n]."""
-        self.reference = {name: np.asarray(components[name], np.float64) for name in self.scores}
+    def fit(self, evidences):
+        """Fits each score on the calibration data and takes their scores as the reference; returns T [n]."""
+        return self.use_reference({name: score.fit(evidences) for name, score in self.scores.items()})
+
+    def use_reference(self, reference):
+        """Takes {name: calibration scores [n]} as the reference; returns their statistics T [n], each
+        calibration example's p-values against the other n - 1."""
+        self.reference = {name: np.asarray(reference[name], np.float64) for name in self.scores}
         return conformal.fisher([conformal.leave_one_out_p_values(s) for s in self.reference.values()])
 
+    def get_state(self):
+        if self.reference is None:
+            return None
+        return {"reference": {name: s.tolist() for name, s in self.reference.items()},
+                "scores": {name: score.get_state() for name, score in self.scores.items()}}
+
+    def set_state(self, state):
+        if state is not None:
+            for name, score in self.scores.items():
+                score.set_state(state["scores"][name])
+            self.use_reference(state["reference"])
+
     def __call__(self, evidence):
-        components = self.components(evidence)
-        return conformal.fisher([conformal.p_values(self.reference[name], components[name]) for name in self.scores])
+        return conformal.fisher([conformal.p_values(self.reference[name], score(evidence))
+                                 for name, score in self.scores.items()])
 
 
 SCORES = {score.name: score for score in (LogProb, InferenceGap, Complexity, Regret, Combined)}
