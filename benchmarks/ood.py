@@ -44,7 +44,8 @@ import common  # noqa: E402
 METHODS = {
     "log_prob": {},
     "inference_gap": {},
-    "complexity": {},  # the "context" coder of binary images
+    "complexity": {},  # the "learned" coder of binary images, counted on the calibration images
+    "complexity_context": {"method": "complexity", "coder": "context"},
     "complexity_bz2": {"method": "complexity", "coder": "bits"},
     "complexity_png": {"method": "complexity", "coder": "png"},
     "regret": {},

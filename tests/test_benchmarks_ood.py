@@ -48,3 +48,12 @@ def test_the_committed_grey_result_exports_the_fallback_of_the_png_coder():
     assert export["manifest"]["method"] == "inference_gap" and export["manifest"]["detector_method"] == "complexity"
     for runtime in ("saved_model", "tflite"):
         assert abs(export[runtime]["mnist"]["auroc"] - grey["methods"]["inference_gap"]["mnist"]["auroc"]) <= 0.02
+
+
+def test_the_committed_default_meets_the_issues_targets():
+    """Issue 33's targets for the default on the binary setup, as the committed run measured them."""
+    default = result("ood-fashion.json")["methods"]["complexity"]
+    assert default["mnist"]["auroc"] >= 0.97 and default["vflip"]["auroc"] >= 0.90 and default["noise"]["auroc"] >= 0.99
+    flagged = default["flagged_at_5_percent"]
+    assert flagged["mnist"] >= 0.80 and 0.03 <= flagged["in_distribution"] <= 0.07
+    assert default["examples_per_second"] >= 300
