@@ -11,7 +11,9 @@ pass of K samples, shared by every score of the batch that asks for it):
 
 `tfvae.ood.register(MyScore)` makes it a method by name (and lets a saved detector that uses it
 load). A score that is a function of x and the importance-sampling terms alone also defines
-`from_terms(terms, x)` in TensorFlow ops (TFLite builtins): then it is exported too.
+`from_terms(terms, x)` in TensorFlow ops (TFLite builtins): then it is exported too. A score that
+learns from the calibration data (complexity's "learned" coder, the combination) says so in `learns`,
+learns in `fit` and keeps what it learned in `get_state` for saving.
 """
 
 import math
