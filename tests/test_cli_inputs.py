@@ -206,6 +206,9 @@ def test_library_errors_name_the_flags(run, capsys, tmp_path):  # noqa: F811
                 "--quantize: 'dynamic' needs the TFLite model (drop --no-tflite).")
     check_error(capsys, ["evaluate", run, "--dataset", tmp_path / "missing.npy"],
                 f"--dataset: no such file or folder '{tmp_path / 'missing.npy'}'.")
+    (tmp_path / "bad.csv").write_text("a,b\n1,NA\n")  # a table's bad cell, named with the flag
+    check_error(capsys, ["evaluate", run, "--dataset", tmp_path / "bad.csv"],
+                f"--dataset {tmp_path / 'bad.csv'}: {tmp_path / 'bad.csv'}, line 2, column 'b': expected a number")
     check_error(capsys, ["score", run, "--input", tmp_path / "grey.npy", "-o", tmp_path / "s.csv"],
                 f"--input {tmp_path / 'grey.npy'}: the Bernoulli likelihood expects values in [0, 1]")
     check_error(capsys, ["reconstruct", run, "--input", tmp_path / "grey.npy", "-o", tmp_path / "r.npy"],

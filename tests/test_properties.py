@@ -298,7 +298,7 @@ def test_constructor_refuses_or_builds_a_model_that_answers(profile):
     strategy = {
         "input_shape": _shapes(), "latent_dim": counts(1, 3, huge=False), "beta": positive_floats(1e3, inclusive_zero=True),
         "num_samples": counts(1, 3, huge=False), "objective": _names_of(["elbo", "iwae"], ["vi", "", None, 3, "ELBO"]),
-        "seed": seeds(), "likelihood": _names_of(["bernoulli", "gaussian"], ["poisson", None, 1]),
+        "seed": seeds(), "likelihood": _names_of(["bernoulli", "gaussian"], ["gamma", None, 1]),
         "prior": _names_of(["normal", "mixture"], ["uniform", 0]), "posterior": _names_of(["diagonal", "full"], ["x", ()]),
     }
 
@@ -572,6 +572,10 @@ DATA_REFUSALS = {
     "load(b'digits')": (lambda m: data.load(b"digits"), r"name_or_path: expected a dataset name or a path"),
     "make_dataset seed 2**63": (lambda m: data.make_dataset(np.zeros((2, 4)), 2, seed=2**63), r"seed: expected None or an integer in \[-2\*\*63"),
     "binarize_static seed 2**64": (lambda m: data.binarize_static(np.zeros((2, 4)), 2**64), r"seed: expected None or an integer"),
+    "make_dataset batch 2**31": (lambda m: data.make_dataset(np.zeros((2, 4)), 2**31),
+                                 r"batch_size: expected an integer from 1 to 2147483647; got 2147483648"),
+    "log_likelihood batch 2**31": (lambda m: evaluate.log_likelihood(m, np.zeros((1, *EVENT_SHAPE)), 1, 2**31, verbose=0),
+                                   r"batch_size: expected an integer from 1 to 2147483647"),
     "log_likelihood K = 2**40": (lambda m: evaluate.log_likelihood(m, np.zeros((2, *EVENT_SHAPE)), 2**40, verbose=0),
                                  r"num_samples=1099511627776 \(per example\): one step without progress would compute 1.8e\+13"),
     "amortization_gap steps = 10**9": (lambda m: evaluate.amortization_gap(m, np.zeros((2, *EVENT_SHAPE)), steps=10**9),

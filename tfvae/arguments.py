@@ -11,6 +11,8 @@ import numpy as np
 
 # The largest step count a graph holds: the optimizer's step is an int64, and a larger count would wrap.
 INT64_MAX = 2**63 - 1
+# The largest batch: TensorFlow and Keras keep batch sizes in int32, and tf.data fails deep inside on more.
+BATCH_MAX = 2**31 - 1
 # Numbers that enter the graph as float32: a larger one is inf there.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -18,6 +20,11 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 def positive_int(value, name, maximum=None):
     """Returns `value` as an int, or raises unless it is a whole number >= 1 (and <= maximum, if given)."""
     return _int_at_least(value, 1, name, maximum)
+
+
+def batch_size(value, name="batch_size"):
+    """Returns `value` as an int, or raises unless it is a whole number from 1 to `BATCH_MAX`."""
+    return positive_int(value, name, BATCH_MAX)
 
 
 def non_negative_int(value, name):

@@ -291,7 +291,7 @@ class Diagnostics(keras.callbacks.Callback):
         self.every = arguments.positive_int(every, "every")
         self.num_samples = arguments.positive_int(num_samples, "num_samples")
         self.threshold = arguments.finite_float(threshold, "threshold", inclusive=True)
-        self.batch_size = arguments.positive_int(batch_size, "batch_size")
+        self.batch_size = arguments.batch_size(batch_size)
         if log_dir is not None and importlib.util.find_spec("tensorboard") is None:
             raise ImportError("log_dir: TensorBoard scalars need the tensorboard package (pip install tensorboard).")
         self.log_dir = log_dir
@@ -393,7 +393,7 @@ def kl_per_dimension(model, x, num_samples=100, batch_size=100, condition=None):
     x = model.as_input(x, "x")  # refuses an empty x too
     condition = model.as_condition(condition, x.shape[0])
     num_samples = arguments.positive_int(num_samples, "num_samples")
-    batch_size = arguments.positive_int(batch_size, "batch_size")
+    batch_size = arguments.batch_size(batch_size)
     if not _marginals_known(model):
         return None
     log_weights, p_loc, p_scale = _marginals(model.prior)

@@ -165,7 +165,7 @@ def make_dataset(x, batch_size, binarization=None, shuffle=True, seed=None, labe
     """
     if binarization not in BINARIZATIONS:
         raise ValueError(f"binarization: expected one of {BINARIZATIONS}; got {binarization!r}.")
-    batch_size = arguments.positive_int(batch_size, "batch_size")
+    batch_size = arguments.batch_size(batch_size)
     seed = _seed(seed)
     x = _unit_interval(x, "x") if binarization else _finite(x, "x")
     if labels is not None and len(labels) != len(x):

@@ -212,7 +212,7 @@ def amortization_gap(
 def _bounded_batch(num_samples, dimensions, batch_size, request):
     """The batch size, at most `batch_size`, whose step of `num_samples` samples per example stays within
     tfvae.resources' work rule, or a ResourceError if one example's samples alone would exceed it."""
-    batch_size = arguments.positive_int(batch_size, "batch_size")
+    batch_size = arguments.batch_size(batch_size)
     resources.check_step(num_samples * dimensions, f"{request} (per example)")
     return resources.examples_per_step(num_samples, dimensions, batch_size)
 
@@ -230,7 +230,7 @@ def _stderr(values):
 def _batches(model, data, batch_size, condition=None, name="data"):
     """Checks `data` (and the conditions) and returns (an iterable of float32 batches (x, condition), the
     number of examples or None); the condition is None for an unconditional model."""
-    batch_size = arguments.positive_int(batch_size, "batch_size")
+    batch_size = arguments.batch_size(batch_size)
     if isinstance(data, tf.data.Dataset):
         if condition is not None:
             raise ValueError(

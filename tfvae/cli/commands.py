@@ -4,6 +4,7 @@ Each checks its request against the resource rule (`tfvae.resources`) before any
 reports errors of the library in the words of the command line: flags, not parameter names.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -52,7 +53,8 @@ def evaluate(args):
     name = args.dataset or config.get("dataset")
     if name is None:
         raise ValueError(f"{args.run}: has no {runs.CONFIG} to name its dataset; pass --dataset.")
-    x, labels = runs.evaluation_data(config, runs.open_source(config, name))
+    with flags.about(f"--dataset {name}") if args.dataset else contextlib.nullcontext():
+        x, labels = runs.evaluation_data(config, runs.open_source(config, name))
     x = runs.as_model_input(x, model.event_shape, f"--dataset {name}")
     batch_size = _batch_for_progress(model, args.num_samples, args.batch_size)
     condition = labels_as_conditions(model, labels, f"--dataset {name}")

@@ -37,3 +37,16 @@ def named(names):
         if message == str(error):
             raise
         raise type(error)(message) from None
+
+
+@contextlib.contextmanager
+def about(flag):
+    """Re-raises a ValueError or OSError from reading the data `flag` names (a CSV table's bad cell, say) with
+    the flag in front, so the one-line error names what the user typed; a message naming a flag already stays."""
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        message = str(error)
+        if message.startswith("-"):
+            raise
+        raise type(error)(f"{flag}: {message}") from None

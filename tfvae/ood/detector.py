@@ -53,7 +53,7 @@ class OutlierDetector:
         # One example's K samples are one step without progress; a batch is made smaller to stay one step.
         event_size, num_samples = math.prod(model.event_shape), self.method.num_samples
         resources.check_step(num_samples * event_size, "num_samples")
-        batch_size = arguments.positive_int(batch_size, "batch_size")
+        batch_size = arguments.batch_size(batch_size)
         self.batch_size = resources.examples_per_step(num_samples, event_size, batch_size)
         self.calibration_scores = None
         self.fallback_calibration_scores = None  # EXPORT_FALLBACK's, for a method no graph runs

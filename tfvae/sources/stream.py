@@ -81,7 +81,7 @@ class Source:
             drop_remainder: drop a last batch smaller than `batch_size`.
         """
         split = _split(split)
-        batch_size = arguments.positive_int(batch_size, "batch_size")
+        batch_size = arguments.batch_size(batch_size)
         if binarization not in BINARIZATIONS:
             raise ValueError(f"binarization: expected one of {BINARIZATIONS}; got {binarization!r}.")
         if labels not in LABELS:
