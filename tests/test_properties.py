@@ -196,6 +196,19 @@ def counts(low=1, high=3, none_ok=False, huge=True):
     return Spec(valid, st.one_of(valid, st.one_of(*invalid).map(lambda v: Arg(v, False))))
 
 
+def latent_dims():
+    """An Arg for latent_dim: a count in [1, 3], or a list or tuple of them (a hierarchy, bottom first), or anything else."""
+    count = counts(1, 3, huge=False)
+    layers = st.lists(st.integers(1, 3), min_size=1, max_size=2)
+    valid = st.one_of(count.valid, layers.map(lambda v: Arg(v, True)), layers.map(lambda v: Arg(tuple(v), True)))
+
+    def wrong(arg):  # counts' invalid draws, less the lists of counts >= 1, which are hierarchies
+        value = arg.value
+        return not arg.valid and not (isinstance(value, list) and len(value) > 0 and all(d >= 1 for d in value))
+
+    return Spec(valid, st.one_of(valid, count.any.filter(wrong)))
+
+
 def seeds():
     """An Arg for a seed: None or an int in [-2**63, 2**63)."""
     valid = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.integers(0, 9).map(np.int64))
@@ -296,7 +309,7 @@ def test_constructor_refuses_or_builds_a_model_that_answers(profile):
     # latent_dim is drawn small, so that every example builds in milliseconds; one too large to build
     # is refused by the resource rule (test_a_model_too_large_to_build_is_refused_and_leaves_keras_usable).
     strategy = {
-        "input_shape": _shapes(), "latent_dim": counts(1, 3, huge=False), "beta": positive_floats(1e3, inclusive_zero=True),
+        "input_shape": _shapes(), "latent_dim": latent_dims(), "beta": positive_floats(1e3, inclusive_zero=True),
         "num_samples": counts(1, 3, huge=False), "objective": _names_of(["elbo", "iwae"], ["vi", "", None, 3, "ELBO"]),
         "seed": seeds(), "likelihood": _names_of(["bernoulli", "gaussian"], ["gamma", None, 1]),
         "prior": _names_of(["normal", "mixture"], ["uniform", 0]), "posterior": _names_of(["diagonal", "full"], ["x", ()]),
