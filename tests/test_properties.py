@@ -765,12 +765,15 @@ def test_counts_beyond_int32_are_refused_naming_the_argument(model, call):
 
 def test_requests_beyond_the_resource_rule_are_refused_before_any_work(model):
     # 10**9 draws fit int32 but would compute 10**9 x 16 decoder outputs in one step; 10**8 latent
-    # dimensions would need terabytes of weights. Both are refused from the estimate, naming the argument.
+    # dimensions would need terabytes of weights, and so would 2**40 inputs with one latent dimension
+    # (2**40 x 200 x 4 bytes for the first layer alone). Each is refused from the estimate, naming the argument.
     expected = r"^num_samples: one step without progress would compute 1.6e\+10"
     with pytest.raises(tfvae.resources.ResourceError, match=expected):
         model.sample(10**9)
     with pytest.raises(tfvae.resources.ResourceError, match=r"^latent_dim: would need ~[0-9,]+ GB of memory"):
         tfvae.VAE(input_shape=EVENT_SHAPE, latent_dim=10**8)
+    with pytest.raises(tfvae.resources.ResourceError, match=r"^input_shape: would need ~[0-9,]+ GB of memory"):
+        tfvae.VAE(input_shape=(2**40,), latent_dim=1)
 
 
 # The address space is capped, so the 16 GB kernel fails to allocate at once instead of taking this

@@ -114,6 +114,8 @@ class VAE(trainer.Trainer, keras.Model):
         if all(spec in ("mlp", "gated_mlp", "conv") for spec in bodies):  # tfvae's, whose size resources knows
             # Mixed bodies are estimated as MLPs, the smallest: a refused model would certainly not fit.
             body = bodies[0] if bodies[0] == bodies[1] else "mlp"
+            # Named for what makes it too large: the input shape if even one latent dimension would not fit.
+            resources.check_memory(resources.model_bytes(self.event_shape, 1, body), "input_shape")
             resources.check_memory(resources.model_bytes(self.event_shape, self.latent_dim, body), "latent_dim")
         try:
             self.build((None, *self.event_shape))
