@@ -11,7 +11,8 @@ layers of 300 units, latent 40; Adam(5e-4), batch 100; the KL weight rising line
 --warmup-epochs (100: 1/100 in the first epoch, 1 from the 100th); up to --epochs (2000) with early
 stopping on the validation ELBO (patience 50; as in the authors' code, epochs before the KL weight
 reaches 1 do not count towards it) and the best epoch's weights restored. `--prior vamp` is their
-VampPrior (500 pseudo-inputs).
+VampPrior (500 pseudo-inputs). `--latent-dim 40,40` is their 2-level HVAE, and `--architecture conv` puts
+tfvae's convolutional encoder and decoder (`tfvae.VAE(encoder="conv", decoder="conv")`) on the 28x28 images.
 
 Both: Bernoulli p(x|z) whose output bias starts at the logit of the mean training pixel (`--no-bias-init`
 leaves it at 0); training images binarized afresh every time they are used, validation and test images
@@ -72,42 +73,46 @@ STATE = "state.json"
 CURVE = "learning_curve.png"
 RESULT = "result.json"
 # Settings a run keeps for its whole life: resuming with another value would train a different model.
-RUN_SETTINGS = ("setup", "dataset", "prior", "objective", "num_samples", "latent_dim", "batch_size", "learning_rate",
+RUN_SETTINGS = ("setup", "architecture", "dataset", "prior", "objective", "num_samples", "latent_dim", "batch_size", "learning_rate",
                 "lr_schedule", "plateau_patience", "warmup_epochs", "bias_init", "train_examples",
                 "validation_examples", "seed", "posterior_log_variance_range", "he_init")
 # Settings added after runs were started with this script: such a run's state lacks them and had these values.
-SETTING_DEFAULTS = {"posterior_log_variance_range": None, "he_init": False}
+SETTING_DEFAULTS = {"posterior_log_variance_range": None, "he_init": False, "architecture": "mlp"}
 
 
 class UsageError(Exception):
     """A command-line mistake found after parsing; main() reports it as argparse does (exit 2)."""
 
 
-def build_model(setup, input_dim, latent_dim, prior, objective, num_samples, seed, log_variance_range=None):
-    """The setup's VAE on flat inputs of size `input_dim`, with one stochastic layer (an int `latent_dim`)
+def build_model(setup, event_shape, latent_dim, prior, objective, num_samples, seed, log_variance_range=None):
+    """The setup's VAE on inputs of shape `event_shape`, with one stochastic layer (an int `latent_dim`)
     or a hierarchy (a list, bottom first: the HVAE of Tomczak & Welling 2018, every layer's network the
     setup's MLP); each Gaussian layer's scale by softplus, or by a log-variance clipped to
-    `log_variance_range` (the VampPrior authors' Hardtanh(-6, 2), on every layer of their HVAE too)."""
+    `log_variance_range` (the VampPrior authors' Hardtanh(-6, 2), on every layer of their HVAE too).
+    Images (height, width, channels) get tfvae's convolutional encoder and decoder (`--architecture conv`,
+    toward the ConvHVAE rows); a hierarchy's layers keep the setup's MLP, as `tfvae.VAE(encoder="conv")` does."""
     spec = SETUPS[setup]
+    event_shape = tuple(event_shape)
 
     def body():
         if spec["body"] == "gated_mlp":
             return networks.GatedMLP(spec["hidden"])
         return networks.MLP(spec["hidden"], activation="tanh")
 
+    convolutional = len(event_shape) == 3
     dims = [latent_dim] if isinstance(latent_dim, int) else list(latent_dim)
     gaussians = [heads.DiagonalGaussian(d, log_variance_range=log_variance_range) for d in dims]
     posterior, prior_head = gaussians[0], prior  # "vamp": 500 pseudo-inputs, the VampPrior paper's and the Exemplar VAE's
     if len(dims) > 1:
         posterior = heads.HierarchicalPosterior(dims, [body() for _ in dims[1:]], layer=gaussians)
-        prior_head = heads.HierarchicalPrior(dims, [body() for _ in dims[1:]], top=prior, event_shape=(input_dim,),
+        prior_head = heads.HierarchicalPrior(dims, [body() for _ in dims[1:]], top=prior, event_shape=event_shape,
                                              layer=[heads.DiagonalGaussian(d, log_variance_range=log_variance_range)
                                                     for d in dims[:-1]])
     return tfvae.VAE(
-        input_shape=(input_dim,),
+        input_shape=event_shape,
         latent_dim=latent_dim,
-        encoder=body(),
-        decoder=body(),
+        encoder="conv" if convolutional else body(),
+        decoder="conv" if convolutional else body(),
         likelihood="bernoulli",
         prior=prior_head,
         posterior=posterior,
@@ -118,9 +123,12 @@ def build_model(setup, input_dim, latent_dim, prior, objective, num_samples, see
 
 
 def set_output_bias(model, x_train):
-    """Starts p(x|z) at the training pixels' marginal: bias = logit(mean pixel), as Burda et al. do."""
-    mean = np.clip(x_train.mean(axis=0), _PIXEL_MEAN_FLOOR, 1.0 - _PIXEL_MEAN_FLOOR)
-    model.likelihood_head.dense.bias.assign(np.log(mean / (1.0 - mean)).astype(np.float32))
+    """Starts p(x|z) at the training pixels' marginal: bias = logit(mean pixel), as Burda et al. do; a
+    convolutional decoder's head shares its bias over the positions, so it starts at their mean."""
+    bias = model.likelihood_head.dense.bias
+    mean = x_train.mean(axis=0).reshape(-1, bias.shape[0]).mean(axis=0)
+    mean = np.clip(mean, _PIXEL_MEAN_FLOOR, 1.0 - _PIXEL_MEAN_FLOOR)
+    bias.assign(np.log(mean / (1.0 - mean)).astype(np.float32))
 
 
 def he_init(model, seed):
@@ -325,11 +333,13 @@ def learning_curve(history, best_epoch, path):
 
 
 def split(args):
-    """(train, validation or None, test) flat images: validation is the last --validation-examples of the
-    training images, binarized once (seed + 1); train the images before them (the first --train-examples);
-    test the first --test-examples test images, binarized once (seed)."""
+    """(train, validation or None, test) images, flat (or (N, height, width, 1) for `--architecture conv`):
+    validation is the last --validation-examples of the training images, binarized once (seed + 1); train
+    the images before them (the first --train-examples); test the first --test-examples test images,
+    binarized once (seed)."""
     dataset = data.load(args.dataset, data_dir=args.data_dir)
-    x_all = data.flatten(dataset.x_train)
+    shaped = (lambda x: x) if args.architecture == "conv" else data.flatten
+    x_all = shaped(dataset.x_train)
     if args.validation_examples >= len(x_all):
         raise UsageError(f"--validation-examples: expected fewer than the {len(x_all)} training images of "
                          f"--dataset {args.dataset}; got {args.validation_examples}")
@@ -337,12 +347,12 @@ def split(args):
     x_validation = None
     if args.validation_examples:
         x_validation = data.binarize_static(x_all[len(x_all) - args.validation_examples :], seed=args.seed + 1)
-    x_test = data.binarize_static(data.flatten(dataset.x_test)[: args.test_examples], seed=args.seed)
+    x_test = data.binarize_static(shaped(dataset.x_test)[: args.test_examples], seed=args.seed)
     return x_train, x_validation, x_test
 
 
 def new_model(args, x_train):
-    model = build_model(args.setup, x_train.shape[1], args.latent_dim, args.prior, args.objective, args.num_samples,
+    model = build_model(args.setup, x_train.shape[1:], args.latent_dim, args.prior, args.objective, args.num_samples,
                         args.seed, args.posterior_log_variance_range)
     if args.he_init:
         he_init(model, args.seed)
@@ -361,8 +371,8 @@ def train(args, run_dir, state, x_train, x_validation):
         args: the parsed command line.
         run_dir: the run's directory; `state` is read from it (or new) and written to it every epoch.
         state: the run's state (see `new_state`), updated in place.
-        x_train: flat grey training images, binarized afresh at every use.
-        x_validation: flat binary validation images, or None (no early stopping).
+        x_train: grey training images, binarized afresh at every use.
+        x_validation: binary validation images, or None (no early stopping).
 
     Returns:
         The model with the best epoch's weights (the last epoch's without validation data).
@@ -445,14 +455,19 @@ def run(args, argv=None):
     gap_time = time.perf_counter() - gap_start
     spec = SETUPS[args.setup]
     body = "gated" if spec["body"] == "gated_mlp" else "tanh"
+    hidden = "-".join(map(str, spec["hidden"]))
+    if args.architecture == "conv":
+        architecture = (f"{'x'.join(map(str, x_train.shape[1:]))} conv-{latent_name(args.latent_dim)}-conv "
+                        f"(layers between z: {hidden} {body}), Bernoulli")
+    else:
+        architecture = f"{x_train.shape[1]}-{hidden}-{latent_name(args.latent_dim)} {body}, Bernoulli"
     epochs_run = state["epochs_done"]
 
     report = {
         "benchmark": "density",
         "setup": args.setup,
         "dataset": args.dataset,
-        "architecture": f"{x_train.shape[1]}-{'-'.join(map(str, spec['hidden']))}-{latent_name(args.latent_dim)} {body}, "
-                        f"Bernoulli",
+        "architecture": architecture,
         "stochastic_layers": 1 if isinstance(args.latent_dim, int) else len(args.latent_dim),
         "prior": args.prior,
         "objective": args.objective,
@@ -524,7 +539,7 @@ def run(args, argv=None):
 
 def default_run_dir(args):
     """benchmarks/runs/<the settings that tell runs apart>: the same command finds the same run."""
-    name = f"{args.setup}-{args.dataset}-{args.prior}-{args.objective}-k{args.num_samples}-{args.lr_schedule}"
+    name = f"{args.setup}{'-conv' if args.architecture == 'conv' else ''}-{args.dataset}-{args.prior}-{args.objective}-k{args.num_samples}-{args.lr_schedule}"
     name += f"-warmup{args.warmup_epochs}{'' if args.bias_init else '-nobias'}{'-he' if args.he_init else ''}"
     if args.posterior_log_variance_range is not None:
         name += "-logvar{:g},{:g}".format(*args.posterior_log_variance_range)
@@ -542,6 +557,9 @@ def make_parser():
     parser = _Parser(prog="density.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--setup", choices=sorted(SETUPS), default="burda",
                         help="the published setup whose defaults to take (default burda)")
+    parser.add_argument("--architecture", choices=("mlp", "conv"), default="mlp",
+                        help="mlp: the setup's MLP encoder and decoder on flat images; conv: tfvae's convolutional "
+                             "ones on the images, a hierarchy's layers between them the setup's MLP (default mlp)")
     parser.add_argument("--dataset", default=None,
                         help=f"one of {', '.join(data.DATASETS)} (default: the setup's, fashion_mnist)")
     parser.add_argument("--data-dir", default=None, help="directory with the idx files (default: tfvae.data's search)")

@@ -243,6 +243,7 @@ def test_a_killed_run_resumes_with_one_history_row_per_epoch(tmp_path):
         ([], {"prior": "vamp"}, "--prior"),
         ([], {"bias_init": False}, "--no-bias-init"),
         ([], {"he_init": True}, "--he-init"),
+        ([], {"architecture": "conv"}, "--architecture"),
         (["--posterior-log-variance-range", "-6", "2"], {"posterior_log_variance_range": None},
          "--posterior-log-variance-range"),
         # The cosine schedule's decay length is the epoch budget it was built with.
@@ -301,6 +302,28 @@ def test_unknown_dataset_lists_the_valid_ones():
     script = load_script()
     with pytest.raises(ValueError, match="name_or_path: expected one of digits, mnist-5k, fashion_mnist, mnist"):
         script.run(script.parse_args(["--dataset", "nope", "--epochs", "1"]))
+
+
+def test_the_conv_architecture_trains_a_hierarchy_on_the_images_and_reports_it(tmp_path):
+    script = load_script()
+    flags = [*TINY_EXEMPLAR, "--architecture", "conv", "--latent-dim", "4,2", "--prior", "vamp", "--epochs", "1",
+             "--warmup-epochs", "1", "--run-dir", str(tmp_path)]
+    args = script.parse_args(flags)
+    x_train, x_validation, x_test = script.split(args)
+    assert (x_train.shape, x_validation.shape, x_test.shape) == ((300, 8, 8, 1), (100, 8, 8, 1), (20, 8, 8, 1))
+    model = script.new_model(args, x_train)
+    assert (type(model.encoder).__name__, type(model.decoder).__name__) == ("ConvEncoder", "ConvDecoder")
+    assert model.event_shape == (8, 8, 1) and model.latent_dims == (4, 2)
+    assert all(type(b).__name__ == "GatedMLP" for b in model.posterior_head.bodies + model.prior_head.bodies)
+    # The per-pixel head shares one bias over the positions: the logit of the mean training pixel.
+    mean = x_train.mean()
+    np.testing.assert_allclose(model.likelihood_head.dense.bias.numpy(), [math.log(mean / (1 - mean))], rtol=1e-5)
+
+    result = script.main(flags)
+    assert result["architecture"] == "8x8x1 conv-(4,2)-conv (layers between z: 300-300 gated), Bernoulli"
+    assert (result["stochastic_layers"], result["epochs_run"], result["test_examples"]) == (2, 1, 20)
+    assert result["test_elbo"] <= -result["test_nll"] + 1.0 and len(result["test_kl_layers"]) == 2
+    assert "exemplar-vae-conv-digits-vamp" in script.default_run_dir(args)
 
 
 def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
