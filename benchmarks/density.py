@@ -75,22 +75,25 @@ RESULT = "result.json"
 # Settings a run keeps for its whole life: resuming with another value would train a different model.
 RUN_SETTINGS = ("setup", "architecture", "dataset", "prior", "objective", "num_samples", "latent_dim", "batch_size", "learning_rate",
                 "lr_schedule", "plateau_patience", "warmup_epochs", "bias_init", "train_examples",
-                "validation_examples", "seed", "posterior_log_variance_range", "he_init")
+                "validation_examples", "seed", "posterior_log_variance_range", "he_init", "inference")
 # Settings added after runs were started with this script: such a run's state lacks them and had these values.
-SETTING_DEFAULTS = {"posterior_log_variance_range": None, "he_init": False, "architecture": "mlp"}
+SETTING_DEFAULTS = {"posterior_log_variance_range": None, "he_init": False, "architecture": "mlp",
+                    "inference": "top_down"}
 
 
 class UsageError(Exception):
     """A command-line mistake found after parsing; main() reports it as argparse does (exit 2)."""
 
 
-def build_model(setup, event_shape, latent_dim, prior, objective, num_samples, seed, log_variance_range=None):
+def build_model(setup, event_shape, latent_dim, prior, objective, num_samples, seed, log_variance_range=None,
+                inference="top_down"):
     """The setup's VAE on inputs of shape `event_shape`, with one stochastic layer (an int `latent_dim`)
     or a hierarchy (a list, bottom first: the HVAE of Tomczak & Welling 2018, every layer's network the
     setup's MLP); each Gaussian layer's scale by softplus, or by a log-variance clipped to
     `log_variance_range` (the VampPrior authors' Hardtanh(-6, 2), on every layer of their HVAE too).
     Images (height, width, channels) get tfvae's convolutional encoder and decoder (`--architecture conv`,
-    toward the ConvHVAE rows); a hierarchy's layers keep the setup's MLP, as `tfvae.VAE(encoder="conv")` does."""
+    toward the ConvHVAE rows); a hierarchy's layers keep the setup's MLP, as `tfvae.VAE(encoder="conv")` does.
+    A hierarchy's q is the HVAE's (`inference="top_down"`) or the ladder VAE's (`"ladder"`)."""
     spec = SETUPS[setup]
     event_shape = tuple(event_shape)
 
@@ -104,7 +107,7 @@ def build_model(setup, event_shape, latent_dim, prior, objective, num_samples, s
     gaussians = [heads.DiagonalGaussian(d, log_variance_range=log_variance_range) for d in dims]
     posterior, prior_head = gaussians[0], prior  # "vamp": 500 pseudo-inputs, the VampPrior paper's and the Exemplar VAE's
     if len(dims) > 1:
-        posterior = heads.HierarchicalPosterior(dims, [body() for _ in dims[1:]], layer=gaussians)
+        posterior = heads.HierarchicalPosterior(dims, [body() for _ in dims[1:]], layer=gaussians, direction=inference)
         prior_head = heads.HierarchicalPrior(dims, [body() for _ in dims[1:]], top=prior, event_shape=event_shape,
                                              layer=[heads.DiagonalGaussian(d, log_variance_range=log_variance_range)
                                                     for d in dims[:-1]])
@@ -353,7 +356,7 @@ def split(args):
 
 def new_model(args, x_train):
     model = build_model(args.setup, x_train.shape[1:], args.latent_dim, args.prior, args.objective, args.num_samples,
-                        args.seed, args.posterior_log_variance_range)
+                        args.seed, args.posterior_log_variance_range, args.inference)
     if args.he_init:
         he_init(model, args.seed)
     if args.bias_init:
@@ -469,6 +472,7 @@ def run(args, argv=None):
         "dataset": args.dataset,
         "architecture": architecture,
         "stochastic_layers": 1 if isinstance(args.latent_dim, int) else len(args.latent_dim),
+        "inference": None if isinstance(args.latent_dim, int) else args.inference,
         "prior": args.prior,
         "objective": args.objective,
         "train_num_samples": args.num_samples,
@@ -543,7 +547,7 @@ def default_run_dir(args):
     name += f"-warmup{args.warmup_epochs}{'' if args.bias_init else '-nobias'}{'-he' if args.he_init else ''}"
     if args.posterior_log_variance_range is not None:
         name += "-logvar{:g},{:g}".format(*args.posterior_log_variance_range)
-    name += f"-seed{args.seed}"
+    name += f"{'-ladder' if args.inference == 'ladder' else ''}-seed{args.seed}"
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs", name)
 
 
@@ -560,6 +564,9 @@ def make_parser():
     parser.add_argument("--architecture", choices=("mlp", "conv"), default="mlp",
                         help="mlp: the setup's MLP encoder and decoder on flat images; conv: tfvae's convolutional "
                              "ones on the images, a hierarchy's layers between them the setup's MLP (default mlp)")
+    parser.add_argument("--inference", choices=("top_down", "ladder"), default="top_down",
+                        help="a hierarchy's q: top_down, the HVAE's q(z_2|x) q(z_1|x, z_2); ladder, the ladder VAE's "
+                             "(p(z_1|z_2) times a bottom-up estimate). Default top_down")
     parser.add_argument("--dataset", default=None,
                         help=f"one of {', '.join(data.DATASETS)} (default: the setup's, fashion_mnist)")
     parser.add_argument("--data-dir", default=None, help="directory with the idx files (default: tfvae.data's search)")

@@ -116,6 +116,11 @@ def test_a_latent_dim_list_builds_the_two_level_hvae_with_the_log_variance_range
     assert type(prior.top_head).__name__ == "VampPrior" and prior.top_head.num_components == 500
     assert script.latent_name(args.latent_dim) == "(40,40)"
 
+    ladder = script.parse_args(["--setup", "exemplar-vae", "--latent-dim", "40,40", "--inference", "ladder"])
+    model = script.new_model(ladder, np.full((10, 784), 0.25, np.float32))
+    assert model.posterior_head.direction == "ladder" and model.posterior_head.estimate_sizes == [80]
+    assert script.default_run_dir(ladder).endswith("-ladder-seed0")
+
 
 @pytest.mark.parametrize("text", ["0", "40,0", "40,", "a"])
 def test_a_bad_latent_dim_is_a_clear_error(text, capsys):
@@ -244,6 +249,7 @@ def test_a_killed_run_resumes_with_one_history_row_per_epoch(tmp_path):
         ([], {"bias_init": False}, "--no-bias-init"),
         ([], {"he_init": True}, "--he-init"),
         ([], {"architecture": "conv"}, "--architecture"),
+        ([], {"inference": "ladder"}, "--inference"),
         (["--posterior-log-variance-range", "-6", "2"], {"posterior_log_variance_range": None},
          "--posterior-log-variance-range"),
         # The cosine schedule's decay length is the epoch budget it was built with.

@@ -294,3 +294,69 @@ def test_burdas_bottom_up_chain_matches_quadrature_and_decodes_from_z1_alone(tmp
     loaded = keras.models.load_model(tmp_path / "chain.keras")
     assert loaded.posterior_head.direction == "bottom_up"
     np.testing.assert_array_equal(loaded.log_prob(x, 50, seed=3), model.log_prob(x, 50, seed=3))
+
+
+def _ladder(dims=(1, 1)):
+    """The ladder VAE's structure: q(z_1|x, z_2) the prior's p(z_1|z_2) times a bottom-up estimate."""
+    posterior = heads.HierarchicalPosterior(dims, [tfvae.networks.MLP([32])], direction="ladder")
+    prior = heads.HierarchicalPrior(dims, [tfvae.networks.MLP([32])])
+    return tfvae.VAE(input_shape=(64,), latent_dim=dims, encoder=tfvae.networks.MLP([64]),
+                     decoder=tfvae.networks.MLP([64]), posterior=posterior, prior=prior, seed=0)
+
+
+def test_the_ladder_matches_quadrature_and_multiplies_the_priors_layer_by_its_estimate(tmp_path):
+    _, model, x_test, history = train("ladder", _ladder, "binary")
+    assert history["elbo"][-1] > history["elbo"][0] + 1.0
+    x = x_test[:10]
+    exact = _exact_log_prob(model, x)
+    estimate = model.log_prob(x, num_samples=5000, seed=1).numpy()
+    np.testing.assert_array_less(np.abs(estimate - exact), 4 * importance_sampling_stderr(model, x, 5000) + 0.01)
+    assert np.all(model.elbo(x, 1000, seed=2).numpy() < exact)
+
+    # q(z_1|x, z_2): precisions add, and the mean is the precision-weighted mean of the two Gaussians.
+    z = model.encode(x).sample(seed=4)
+    q1 = model.encode(x).layers(z)[0]
+    p1 = model.prior.layers(z)[0]
+    head = model.posterior_head.layer_heads[0]
+    params = model.posterior_parameters(x)
+    m = head.distribution(params[..., model.posterior_head.first_size :])
+    precision = m.stddev() ** -2 + p1.stddev() ** -2
+    np.testing.assert_allclose(q1.stddev(), precision**-0.5, rtol=1e-5)
+    np.testing.assert_allclose(q1.mean(), (m.mean() * m.stddev() ** -2 + p1.mean() * p1.stddev() ** -2) / precision,
+                               rtol=1e-4, atol=1e-5)
+    # The parameters infer moves are every layer's estimate: the top's (2) and z_1's (2).
+    assert params.shape == (10, 4)
+    # q and p share p(z_1|z_2)'s networks: each weight once in the model, and once in its file.
+    assert len({id(w) for w in model.weights}) == len(model.weights)
+    model.save(tmp_path / "ladder.keras")
+    loaded = keras.models.load_model(tmp_path / "ladder.keras")
+    assert loaded.posterior_head.direction == "ladder" and len(loaded.weights) == len(model.weights)
+    np.testing.assert_array_equal(loaded.log_prob(x, 50, seed=3), model.log_prob(x, 50, seed=3))
+
+
+@pytest.mark.slow
+def test_a_ladder_under_a_vampprior_exports_with_parity(tmp_path):
+    def ladder():
+        posterior = heads.HierarchicalPosterior((2, 1), [tfvae.networks.MLP([32])], direction="ladder")
+        prior = heads.HierarchicalPrior((2, 1), [tfvae.networks.MLP([32])], top="vamp", event_shape=(64,))
+        return tfvae.VAE(input_shape=(64,), latent_dim=(2, 1), encoder=tfvae.networks.MLP([64]),
+                         decoder=tfvae.networks.MLP([64]), posterior=posterior, prior=prior, seed=0)
+
+    assert_exports_with_parity(train("ladder-vamp", ladder, "binary"), tmp_path)
+
+
+def test_a_ladder_needs_diagonal_gaussian_layers_and_a_hierarchical_prior():
+    body = [tfvae.networks.MLP([8])]
+    with pytest.raises(ValueError, match="posterior: a ladder posterior multiplies diagonal Gaussian layers; got a "
+                                         "FullCovarianceGaussian layer"):
+        heads.HierarchicalPosterior((2, 2), body, layer="full", direction="ladder")
+    ladder = heads.HierarchicalPosterior((2, 2), body, direction="ladder")
+    with pytest.raises(ValueError, match="prior: a ladder posterior needs a HierarchicalPrior of the same layers "
+                                         r"\(latent_dim=\(2, 2\)\); got HierarchicalPrior"):
+        tfvae.VAE(input_shape=(64,), latent_dim=(2, 2), posterior=ladder,
+                  prior=heads.HierarchicalPrior((3, 1), [tfvae.networks.MLP([8])]))
+    with pytest.raises(ValueError, match="prior: a ladder posterior multiplies diagonal Gaussian layers"):
+        tfvae.VAE(input_shape=(64,), latent_dim=(2, 2), posterior=ladder,
+                  prior=heads.HierarchicalPrior((2, 2), [tfvae.networks.MLP([8])], layer="full"))
+    with pytest.raises(ValueError, match="direction: expected one of top_down, bottom_up, ladder; got 'up'"):
+        heads.HierarchicalPosterior((2, 2), body, direction="up")

@@ -102,6 +102,8 @@ class VAE(trainer.Trainer, keras.Model):
         self.prior_head = heads.get(
             heads.PRIORS, _deserialize(prior), "prior", latent_dim=self.latent_dim, event_shape=self.event_shape
         )
+        if hasattr(self.posterior_head, "attach_prior"):  # a ladder's q multiplies the prior's layers
+            self.posterior_head.attach_prior(self.prior_head)
         self.likelihood_head = heads.get(
             heads.LIKELIHOODS, _deserialize(likelihood), "likelihood", event_shape=self.event_shape
         )

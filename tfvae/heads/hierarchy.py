@@ -8,7 +8,9 @@ The default structure is the 2-level HVAE of Tomczak & Welling 2018 ("VAE with a
     p(z)   = p(z_L) p(z_{L-1}|z_L) ... p(z_1|z_2)          and p(x|z_1, ..., z_L) from the decoder
 
 and `HierarchicalPosterior(direction="bottom_up")` is Burda et al.'s (2015) chain instead,
-q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1}) (with `tfvae.networks.Bottom` for their p(x|z_1)).
+q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1}) (with `tfvae.networks.Bottom` for their p(x|z_1)), and
+`direction="ladder"` the ladder VAE's (Sonderby et al. 2016): q(z_i|x, z_{i+1}) is the prior's
+p(z_i|z_{i+1}) and a bottom-up Gaussian estimate of z_i from x multiplied and normalized.
 
 Both q and p are `Chain` distributions: drawn one layer at a time, each layer a distribution of the one
 drawn before it (and of x). Every layer's distribution comes from a head that follows the posterior
@@ -23,7 +25,7 @@ from tensorflow_probability import distributions as tfd
 from tensorflow_probability.python.internal import samplers
 
 from tfvae.heads import ops
-from tfvae.heads.posteriors import POSTERIORS
+from tfvae.heads.posteriors import POSTERIORS, DiagonalGaussian
 from tfvae.heads.priors import PRIORS
 from tfvae.heads.protocol import get, posterior_log_prob, posterior_stddev, prior_distribution, reparameterize
 
@@ -170,6 +172,14 @@ class Chain(tfd.Distribution):
         return tf.concat(self._by_means(stddev)[0], axis=-1)
 
 
+def _diagonal_layers(layer_heads, argument):
+    """Refuses layers that are not diagonal Gaussians: the ladder multiplies their densities in closed form."""
+    for head in layer_heads:
+        if not isinstance(head, DiagonalGaussian):
+            raise ValueError(f"{argument}: a ladder posterior multiplies diagonal Gaussian layers; got a "
+                             f"{type(head).__name__} layer.")
+
+
 def _conditional(body, head, features):
     """The distribution `head` gives from `body(features)`, features [..., F] with any leading shape."""
     leading = tf.shape(features)[:-1]
@@ -209,7 +219,24 @@ def _serialized(spec):
     return keras.saving.serialize_keras_object(spec)
 
 
-DIRECTIONS = ("top_down", "bottom_up")
+DIRECTIONS = ("top_down", "bottom_up", "ladder")
+
+
+def precision_weighted(estimate, prior):
+    """The normalized product of two diagonal Gaussians N(m, s) and N(m_p, s_p): N(mu, sigma) with
+    sigma^-2 = s^-2 + s_p^-2 and mu = sigma^2 (m s^-2 + m_p s_p^-2), broadcast over their leading shapes."""
+    precision = tf.math.reciprocal(tf.square(estimate.stddev()))
+    prior_precision = tf.math.reciprocal(tf.square(prior.stddev()))
+    variance = tf.math.reciprocal(precision + prior_precision)
+    loc = variance * (estimate.mean() * precision + prior.mean() * prior_precision)
+    return tfd.Independent(tfd.Normal(loc, tf.sqrt(variance)), reinterpreted_batch_ndims=1)
+
+
+class _Shared:
+    """A layer used, not owned: not tracked by Keras, so its weights are saved once, by their owner."""
+
+    def __init__(self, layer):
+        self.layer = layer
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -222,14 +249,20 @@ class HierarchicalPosterior(keras.layers.Layer):
     - "bottom_up" (Burda et al.'s chain): q(z_1|x) prod_i q(z_{i+1}|z_i), q(z_1|x) a head on h and
       q(z_{i+1}|z_i) a head on body_i(z_i). Its parameters are q(z_1|x)'s: `infer` refines the bottom layer,
       the layers above follow it.
+    - "ladder" (Sonderby et al.'s ladder VAE): a deterministic path up, d_1 = h and d_{i+1} = body_i(d_i),
+      each layer's head giving a Gaussian estimate N(m_i, s_i) of z_i from d_i; then down, q(z_L|x) = N(m_L, s_L)
+      and q(z_i|x, z_{i+1}) = N(m_i, s_i) x p(z_i|z_{i+1}) normalized (`precision_weighted`), so q shares the
+      prior's top-down networks. Its parameters are every layer's estimate, which `infer` refines. Diagonal
+      Gaussian layers only, of q and of p; the model hands it its prior (`attach_prior`).
 
     Args:
         latent_dims: (d_1, ..., d_L), bottom first, L >= 2.
         bodies: L - 1 Keras layers, bottom first: for "top_down" those of z_1 ... z_{L-1}, each from
-            [h, z_{i+1}] to features; for "bottom_up" those of z_2 ... z_L, each from z_{i-1}.
+            [h, z_{i+1}] to features; for "bottom_up" those of z_2 ... z_L, each from z_{i-1}; for "ladder"
+            those of d_2 ... d_L, each from d_{i-1}.
         layer: the posterior head of every layer, a name in `tfvae.heads.POSTERIORS` ("diagonal",
             "full"), or a list of L heads (bottom first) following the posterior protocol.
-        direction: "top_down" or "bottom_up".
+        direction: "top_down", "bottom_up" or "ladder".
 
     Example:
         >>> model = tfvae.VAE(input_shape=(784,), latent_dim=(40, 40))
@@ -257,13 +290,35 @@ class HierarchicalPosterior(keras.layers.Layer):
         else:
             self.first_head = get(POSTERIORS, layer, "posterior", latent_dim=self.latent_dims[first])
         self.layer_heads = _layer_heads(layer, rest, self.latent_dims, "posterior", "but the first drawn")
+        self._prior = None  # the ladder's p(z_i|z_{i+1}), from `attach_prior`
+        if direction == "ladder":
+            _diagonal_layers([self.first_head, *self.layer_heads], "posterior")
 
     def get_config(self):
         return {**super().get_config(), "latent_dims": list(self.latent_dims), "layer": self._layer,
                 "direction": self.direction, "bodies": [keras.saving.serialize_keras_object(b) for b in self.bodies]}
 
+    def attach_prior(self, prior):
+        """The model's prior, whose p(z_i|z_{i+1}) the ladder's q(z_i|x, z_{i+1}) multiplies; other directions
+        do not use it."""
+        if self.direction != "ladder":
+            return
+        if not isinstance(prior, HierarchicalPrior) or prior.latent_dims != self.latent_dims:
+            raise ValueError(f"prior: a ladder posterior needs a HierarchicalPrior of the same layers "
+                             f"(latent_dim={self.latent_dims}); got {type(prior).__name__}.")
+        _diagonal_layers(prior.layer_heads, "prior")
+        self._prior = _Shared(prior)
+
     def build(self, input_shape):
         features = ops.flatten_features(tf.zeros((1, *input_shape[1:])))
+        if self.direction == "ladder":
+            # Up the deterministic path: each layer's estimate from its own d_i, the top's from d_L.
+            self.estimate_sizes = []
+            for body, head in zip(self.bodies, self.layer_heads):
+                self.estimate_sizes.append(int(head(features).shape[-1]))
+                features = body(features)
+            self.first_size = int(self.first_head(features).shape[-1])
+            return
         self.first_size = int(self.first_head(features).shape[-1])
         upward = self.direction == "bottom_up"
         # Each body's input: z of the layer below (bottom-up), or [h, z of the layer above] (top-down).
@@ -275,6 +330,12 @@ class HierarchicalPosterior(keras.layers.Layer):
         h = ops.as_float32(ops.flatten_features(h))
         if self.direction == "bottom_up":
             return ops.as_float32(self.first_head(h))
+        if self.direction == "ladder":
+            estimates = []
+            for body, head in zip(self.bodies, self.layer_heads):
+                estimates.append(ops.as_float32(head(h)))
+                h = body(h)
+            return tf.concat([ops.as_float32(self.first_head(h)), *estimates], axis=-1)
         return tf.concat([ops.as_float32(self.first_head(h)), h], axis=-1)
 
     def distribution(self, params):
@@ -283,6 +344,8 @@ class HierarchicalPosterior(keras.layers.Layer):
             conditionals = [(head, lambda z_below, body=body, head=head: _conditional(body, head, z_below))
                             for body, head in zip(self.bodies, self.layer_heads)]
             return Chain(first, conditionals, self.latent_dims, self.first_head, upward=True)
+        if self.direction == "ladder":
+            return self._ladder(first, params[..., self.first_size :])
         h = params[..., self.first_size :]
 
         def given(body, head):
@@ -294,6 +357,22 @@ class HierarchicalPosterior(keras.layers.Layer):
 
         conditionals = [given(body, head) for body, head in zip(self.bodies, self.layer_heads)][::-1]
         return Chain(first, conditionals, self.latent_dims, self.first_head)
+
+    def _ladder(self, first, estimate_params):
+        if self._prior is None:
+            raise ValueError("posterior: a ladder posterior multiplies the prior's layers; give it to a tfvae.VAE "
+                             "with a HierarchicalPrior (which calls attach_prior).")
+        prior = self._prior.layer
+        estimates = [head.distribution(p) for head, p in
+                     zip(self.layer_heads, tf.split(estimate_params, self.estimate_sizes, axis=-1))]
+
+        def given(i):
+            def make(z_above):
+                return precision_weighted(estimates[i], _conditional(prior.bodies[i], prior.layer_heads[i], z_above))
+
+            return self.layer_heads[i], make
+
+        return Chain(first, [given(i) for i in reversed(range(len(estimates)))], self.latent_dims, self.first_head)
 
     def reparameterize(self, q, eps):
         return q.reparameterize(eps)
