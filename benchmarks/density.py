@@ -73,8 +73,8 @@ STATE = "state.json"
 CURVE = "learning_curve.png"
 RESULT = "result.json"
 # Settings a run keeps for its whole life: resuming with another value would train a different model.
-RUN_SETTINGS = ("setup", "architecture", "dataset", "prior", "objective", "num_samples", "latent_dim", "batch_size", "learning_rate",
-                "lr_schedule", "plateau_patience", "warmup_epochs", "bias_init", "train_examples",
+RUN_SETTINGS = ("setup", "architecture", "dataset", "prior", "objective", "num_samples", "latent_dim", "batch_size",
+                "learning_rate", "lr_schedule", "plateau_patience", "warmup_epochs", "bias_init", "train_examples",
                 "validation_examples", "seed", "posterior_log_variance_range", "he_init", "inference")
 # Settings added after runs were started with this script: such a run's state lacks them and had these values.
 SETTING_DEFAULTS = {"posterior_log_variance_range": None, "he_init": False, "architecture": "mlp",
@@ -543,7 +543,8 @@ def run(args, argv=None):
 
 def default_run_dir(args):
     """benchmarks/runs/<the settings that tell runs apart>: the same command finds the same run."""
-    name = f"{args.setup}{'-conv' if args.architecture == 'conv' else ''}-{args.dataset}-{args.prior}-{args.objective}-k{args.num_samples}-{args.lr_schedule}"
+    name = f"{args.setup}{'-conv' if args.architecture == 'conv' else ''}-{args.dataset}-{args.prior}"
+    name += f"-{args.objective}-k{args.num_samples}-{args.lr_schedule}"
     name += f"-warmup{args.warmup_epochs}{'' if args.bias_init else '-nobias'}{'-he' if args.he_init else ''}"
     if args.posterior_log_variance_range is not None:
         name += "-logvar{:g},{:g}".format(*args.posterior_log_variance_range)
